@@ -1,0 +1,3 @@
+//! Authentication: password hashes, sessions, the login flow.
+
+pub mod next_path;

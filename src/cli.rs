@@ -1,0 +1,42 @@
+//! The command line: what each subcommand takes. Parsing only; `main`
+//! decides what to run.
+//!
+//! No option takes a secret: passwords, tokens and keys come from files,
+//! the environment or the terminal, because argv is visible to every user
+//! of the machine (`ps`, `/proc/PID/cmdline`) and lands in shell history.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "nbgate", version, about = "A hardened HTTPS gate in front of Jupyter", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML). Without one, embedded defaults apply.
+        #[arg(short, long, env = "NBGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTPS listen address, replacing server.listen (e.g. 0.0.0.0:8443).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Jupyter's address: http://127.0.0.1:8888 or unix:/path/to/jupyter.sock.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Where generated certificates and keys are kept.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration and print the effective settings (secrets redacted).
+    CheckConfig {
+        /// Configuration file (TOML). Without one, embedded defaults are shown.
+        #[arg(short, long, env = "NBGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}

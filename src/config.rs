@@ -1,0 +1,741 @@
+//! Configuration: the TOML file as written (`RawConfig`), and the validated
+//! `Config` the rest of nbgate runs on.
+//!
+//! Parse, then validate: serde mirrors the file with `deny_unknown_fields`
+//! (a typo is an error, not a silently ignored key), and `Config::try_from_raw`
+//! applies defaults, parses durations, sizes and addresses, and rejects bad
+//! combinations with a message naming the key. Only `Config` leaves this
+//! module. This module imports nothing else of the crate.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The HTTPS port used when no listener is configured. 8443 rather than 443
+/// so that nbgate runs unprivileged out of the box; systemd socket or
+/// `CAP_NET_BIND_SERVICE` moves it to 443.
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
+
+/// Errors from loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The file as written. Every field optional: defaults live in `try_from_raw`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Vec<String>>,
+    http_listen: Option<Vec<String>>,
+    server_names: Option<Vec<String>>,
+    state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    max_header_bytes: Option<String>,
+    max_headers: Option<usize>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    hsts: Option<bool>,
+    hsts_max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    connect_timeout: Option<String>,
+    websocket_idle_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    access_log: Option<bool>,
+}
+
+/// Command-line values that override the file (`--listen`, `--upstream`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the configuration came from ("<defaults>" when no file was given).
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub http_listen: Vec<SocketAddr>,
+    pub server_names: Vec<String>,
+    pub state_dir: PathBuf,
+    pub max_connections: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub tls_handshake_timeout: Duration,
+    #[serde(serialize_with = "ser_size")]
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    SelfSigned,
+    Files,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    pub hsts: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub hsts_max_age: Duration,
+}
+
+/// Where Jupyter listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `http://host:port` — the authority is what Jupyter sees as `Host`.
+    Tcp { authority: String },
+    /// `unix:/path` — Jupyter's `--ServerApp.sock`.
+    Unix { path: PathBuf },
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { authority } => write!(f, "http://{authority}"),
+            UpstreamAddr::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for UpstreamAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The Jupyter token, kept out of `Debug` and serialized output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// Where the upstream token is read from. The token itself is read at
+/// startup by `load_upstream_token`, never from argv.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub url: UpstreamAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The token value, loaded from `token_file` or `token_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub websocket_idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_size<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_size(*n))
+}
+
+/// Parses a human size: `"512"`, `"16KiB"`, `"10MiB"`, `"1GiB"`, `"64kB"`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. \"16KiB\" or \"10MiB\")"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, kB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+fn format_size(n: usize) -> String {
+    for (unit, m) in [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= m && n % m == 0 {
+            return format!("{}{unit}", n / m);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Parses a human duration: `"30s"`, `"5m"`, `"1h 30m"`, `"365days"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?}: {e} (expected e.g. \"30s\", \"5m\", \"1h\")")
+    })
+}
+
+/// The documented default state directory: systemd's `$STATE_DIRECTORY`
+/// when run as a service with `StateDirectory=`, `/var/lib/nbgate` for root,
+/// otherwise `$XDG_STATE_HOME/nbgate` or `~/.local/state/nbgate`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; the first is ours.
+        let s = dir.to_string_lossy().into_owned();
+        if let Some(first) = s.split(':').next().filter(|p| !p.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/nbgate");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("nbgate");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/state/nbgate");
+    }
+    PathBuf::from("nbgate-state")
+}
+
+/// Parses an upstream: `http://127.0.0.1:8888`, `http://localhost:8888/`,
+/// `unix:/run/jupyter.sock`. HTTPS upstreams are refused: Jupyter sits on
+/// loopback or a socket, and TLS there only hides misconfiguration.
+pub fn parse_upstream(text: &str) -> Result<UpstreamAddr, String> {
+    let t = text.trim();
+    if let Some(path) = t.strip_prefix("unix:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{text:?}: a unix socket path must be absolute (unix:/path/to/jupyter.sock)"
+            ));
+        }
+        return Ok(UpstreamAddr::Unix {
+            path: PathBuf::from(path),
+        });
+    }
+    let rest = t
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{text:?}: expected http://HOST:PORT or unix:/path/to/socket"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{text:?}: give only scheme, host and port (Jupyter's base_url is forwarded unchanged)"
+        ));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|e| format!("{text:?}: invalid host:port: {e}"))?;
+    let authority = if uri.port().is_some() {
+        uri.as_str().to_owned()
+    } else {
+        format!("{}:80", uri.as_str())
+    };
+    Ok(UpstreamAddr::Tcp { authority })
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected IP:PORT, e.g. \"0.0.0.0:8443\" or \"[::]:8443\""))
+}
+
+impl Config {
+    /// Loads `path` (or embedded defaults when `None`), applies CLI overrides
+    /// and validates. The upstream token is read here, from a file or an
+    /// environment variable, never from the command line.
+    ///
+    /// # Errors
+    /// A `ConfigError` that names the file, the key and the problem.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (raw, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                (Self::parse_raw(&text, p)?, p.to_path_buf())
+            }
+            None => (RawConfig::default(), PathBuf::from("<defaults>")),
+        };
+        Self::try_from_raw(raw, source, overrides)
+    }
+
+    fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+
+    /// Validates a parsed file; `source` is used in error messages.
+    pub fn try_from_raw(
+        raw: RawConfig,
+        source: PathBuf,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: source.clone(),
+            key,
+            message,
+        };
+        let dur = |key: &'static str, v: Option<String>, default: Duration| match v {
+            Some(t) => parse_duration(&t).map_err(|m| invalid(key, m)),
+            None => Ok(default),
+        };
+
+        let s = raw.server;
+        let listen_text = match &overrides.listen {
+            Some(l) => vec![l.clone()],
+            None => s
+                .listen
+                .unwrap_or_else(|| vec![format!("0.0.0.0:{DEFAULT_HTTPS_PORT}")]),
+        };
+        if listen_text.is_empty() {
+            return Err(invalid(
+                "server.listen",
+                "at least one HTTPS listener is required".into(),
+            ));
+        }
+        let listen = listen_text
+            .iter()
+            .map(|l| parse_listen(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("server.listen", m))?;
+        let http_listen = s
+            .http_listen
+            .unwrap_or_default()
+            .iter()
+            .map(|l| parse_listen(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("server.http_listen", m))?;
+        let server_names = s.server_names.unwrap_or_default();
+        for name in &server_names {
+            if name.is_empty() || name.contains(['/', ':', ' ', '*']) {
+                return Err(invalid(
+                    "server.server_names",
+                    format!("{name:?} is not a host name"),
+                ));
+            }
+        }
+        let max_header_bytes = match s.max_header_bytes {
+            Some(t) => parse_size(&t).map_err(|m| invalid("server.max_header_bytes", m))?,
+            None => 32 * 1024,
+        };
+        if !(1024..=1 << 20).contains(&max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 1KiB and 1MiB".into(),
+            ));
+        }
+        let max_connections = s.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        let max_headers = s.max_headers.unwrap_or(100);
+        if max_headers == 0 {
+            return Err(invalid("server.max_headers", "must be at least 1".into()));
+        }
+        let server = ServerConfig {
+            listen,
+            http_listen,
+            server_names,
+            state_dir: overrides
+                .state_dir
+                .clone()
+                .or(s.state_dir)
+                .unwrap_or_else(default_state_dir),
+            max_connections,
+            header_read_timeout: dur(
+                "server.header_read_timeout",
+                s.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            tls_handshake_timeout: dur(
+                "server.tls_handshake_timeout",
+                s.tls_handshake_timeout,
+                Duration::from_secs(10),
+            )?,
+            max_header_bytes,
+            max_headers,
+            shutdown_grace: dur(
+                "server.shutdown_grace",
+                s.shutdown_grace,
+                Duration::from_secs(30),
+            )?,
+        };
+
+        let t = raw.tls;
+        let mode =
+            match t.mode.as_deref() {
+                None | Some("self-signed") => TlsMode::SelfSigned,
+                Some("files") => TlsMode::Files,
+                Some("acme") => return Err(invalid(
+                    "tls.mode",
+                    "\"acme\" is not available in this build yet; use \"self-signed\" or \"files\""
+                        .into(),
+                )),
+                Some(other) => {
+                    return Err(invalid(
+                        "tls.mode",
+                        format!("unknown mode {other:?} (expected \"self-signed\" or \"files\")"),
+                    ))
+                }
+            };
+        if mode == TlsMode::Files {
+            if t.cert_file.is_none() {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "must be set when tls.mode = \"files\"".into(),
+                ));
+            }
+            if t.key_file.is_none() {
+                return Err(invalid(
+                    "tls.key_file",
+                    "must be set when tls.mode = \"files\"".into(),
+                ));
+            }
+        } else if t.cert_file.is_some() || t.key_file.is_some() {
+            return Err(invalid(
+                "tls.cert_file",
+                "cert_file/key_file are only used with tls.mode = \"files\"".into(),
+            ));
+        }
+        let tls = TlsConfig {
+            mode,
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+            // HSTS pins browsers to this host's certificate chain; with a
+            // self-signed certificate that would lock users out after the
+            // first certificate change, so it is off by default there.
+            hsts: t.hsts.unwrap_or(mode != TlsMode::SelfSigned),
+            hsts_max_age: dur(
+                "tls.hsts_max_age",
+                t.hsts_max_age,
+                Duration::from_secs(365 * 24 * 3600),
+            )?,
+        };
+
+        let u = raw.upstream;
+        let url_text = overrides
+            .upstream
+            .clone()
+            .or(u.url)
+            .unwrap_or_else(|| "http://127.0.0.1:8888".to_owned());
+        let url = parse_upstream(&url_text).map_err(|m| invalid("upstream.url", m))?;
+        if u.token_file.is_some() && u.token_env.is_some() {
+            return Err(invalid(
+                "upstream.token_file",
+                "set either token_file or token_env, not both".into(),
+            ));
+        }
+        let token = match (&u.token_file, &u.token_env) {
+            (Some(f), _) => {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    invalid(
+                        "upstream.token_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        invalid(
+                            "upstream.token_env",
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(tok) = &token {
+            if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "upstream.token_file",
+                    "the Jupyter token is empty or has characters not allowed in a header".into(),
+                ));
+            }
+        }
+        let upstream = UpstreamConfig {
+            url,
+            token_file: u.token_file,
+            token_env: u.token_env,
+            token: token.map(Secret::new),
+            connect_timeout: dur(
+                "upstream.connect_timeout",
+                u.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            // Far above Jupyter's 30 s WebSocket pings: nginx's 60 s default
+            // is a known cause of dropped kernels.
+            websocket_idle_timeout: dur(
+                "upstream.websocket_idle_timeout",
+                u.websocket_idle_timeout,
+                Duration::from_secs(3600),
+            )?,
+            pool_idle_timeout: dur(
+                "upstream.pool_idle_timeout",
+                u.pool_idle_timeout,
+                Duration::from_secs(60),
+            )?,
+            pool_max_idle: u.pool_max_idle.unwrap_or(64),
+        };
+
+        let l = raw.log;
+        let format = match l.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                ))
+            }
+        };
+        Ok(Config {
+            source,
+            server,
+            tls,
+            upstream,
+            log: LogConfig {
+                format,
+                access_log: l.access_log.unwrap_or(true),
+            },
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let raw = Config::parse_raw(text, Path::new("test.toml"))?;
+        Config::try_from_raw(raw, PathBuf::from("test.toml"), &Overrides::default())
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = load_str("").expect("defaults are valid");
+        assert_eq!(c.server.listen, vec!["0.0.0.0:8443".parse().expect("addr")]);
+        assert_eq!(c.tls.mode, TlsMode::SelfSigned);
+        assert!(!c.tls.hsts, "no HSTS with a self-signed certificate");
+        assert_eq!(
+            c.upstream.url,
+            UpstreamAddr::Tcp {
+                authority: "127.0.0.1:8888".into()
+            }
+        );
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_line_and_key() {
+        let e = load_str("[server]\nlisten = [\"127.0.0.1:1\"]\nlistne = 3\n")
+            .expect_err("typo must fail");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml:3:"), "{msg}");
+        assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = load_str("[server]\nheader_read_timeout = \"ten seconds\"\n").expect_err("bad");
+        assert!(e.to_string().contains("server.header_read_timeout"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_in_human_form() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("10 parsecs").is_err());
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn upstream_forms_are_parsed_and_https_refused() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:8888/"),
+            Ok(UpstreamAddr::Tcp {
+                authority: "127.0.0.1:8888".into()
+            })
+        );
+        assert_eq!(
+            parse_upstream("unix:/run/j.sock"),
+            Ok(UpstreamAddr::Unix {
+                path: "/run/j.sock".into()
+            })
+        );
+        assert!(parse_upstream("https://127.0.0.1:8888").is_err());
+        assert!(parse_upstream("unix:relative.sock").is_err());
+        assert!(parse_upstream("http://127.0.0.1:8888/lab").is_err());
+    }
+
+    #[test]
+    fn files_mode_requires_cert_and_key() {
+        let e = load_str("[tls]\nmode = \"files\"\n").expect_err("missing cert");
+        assert!(e.to_string().contains("tls.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn check_config_output_redacts_the_token() {
+        std::env::set_var("NBGATE_TEST_TOKEN_CONFIG", "s3cr3t-token");
+        let c = load_str("[upstream]\ntoken_env = \"NBGATE_TEST_TOKEN_CONFIG\"\n").expect("valid");
+        let out = c.to_toml();
+        assert!(!out.contains("s3cr3t-token"), "{out}");
+        assert!(out.contains("<redacted>"), "{out}");
+        assert!(!format!("{c:?}").contains("s3cr3t-token"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nbgate.example.toml");
+        Config::load(Some(&path), &Overrides::default()).expect("example is valid");
+    }
+}

@@ -1,0 +1,24 @@
+//! nbgate: a hardened HTTPS gate in front of Jupyter.
+//!
+//! # Layout
+//! - `cli`: the command line (clap); parsing only.
+//! - `config`: TOML file -> validated `Config`; imports nothing else of the crate.
+//! - `state`: the state directory; private, atomic file writes.
+//! - `tls`: rustls server config, certificate resolver, self-signed and file certificates.
+//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels.
+//! - `pages`: HTML pages and JSON error bodies a client sees.
+//! - `server`: listeners, accept loops, TLS handshakes under timeouts, graceful shutdown.
+//! - `telemetry`: logging setup; access and audit targets.
+//!
+//! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
+//! `server -> tls -> state`, and everything may read `config`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod pages;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,93 @@
+//! The `nbgate` binary: parse the command line, load the configuration,
+//! start logging and the runtime, run the chosen command, map errors to an
+//! exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use nbgate::cli::{Cli, Command};
+use nbgate::config::{Config, LogFormat, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            upstream,
+            state_dir,
+        } => {
+            let overrides = Overrides {
+                listen,
+                upstream,
+                state_dir,
+            };
+            serve(config.as_deref(), &overrides)
+        }
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nbgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = Config::load(path, &Overrides::default())?;
+    println!("# effective configuration from {}", config.source.display());
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
+    let config = match Config::load(path, overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            nbgate::telemetry::init(LogFormat::Text);
+            return Err(e.into());
+        }
+    };
+    nbgate::telemetry::init(config.log.format);
+    let config = Arc::new(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let resolver = nbgate::tls::load_resolver(&config)?;
+        let listeners = nbgate::server::Listeners::bind(&config).await?;
+        tracing::info!(
+            upstream = %config.upstream.url,
+            state_dir = %config.server.state_dir.display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "nbgate started"
+        );
+        nbgate::server::run(config, listeners, resolver, shutdown_signal()).await;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    tracing::info!("nbgate stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

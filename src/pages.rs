@@ -1,0 +1,859 @@
+//! Every HTML page nbgate shows a person, and the JSON error bodies it sends API clients.
+//!
+//! Owns: the login page, the logged-out page, the logout form fragment, the browser error
+//! pages, their one shared inline stylesheet, the Content-Security-Policy that goes with
+//! them, Accept-Language negotiation between the two supported languages, and the shape of
+//! the JSON error body.
+//!
+//! Must not: do I/O, choose status codes, read request state beyond the strings it is
+//! handed, or judge whether a `next` target is safe (that is `crate::auth::next_path`; this
+//! module only escapes it). Pages carry no JavaScript and load nothing from anywhere, so the
+//! CSP can start from `default-src 'none'`; keep it that way when editing the markup.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use http::StatusCode;
+
+/// The languages nbgate's own pages are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    ZhHans,
+}
+
+impl Lang {
+    /// The BCP 47 tag for `<html lang>`, so screen readers pick the right voice.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::ZhHans => "zh-Hans",
+        }
+    }
+}
+
+/// Language ranges looked at in one Accept-Language header; the rest is ignored so a
+/// hostile header cannot make negotiation expensive.
+const MAX_LANGUAGE_RANGES: usize = 32;
+
+/// Picks the page language from an Accept-Language header (RFC 9110 §12.5.4).
+///
+/// q-values are honoured (highest wins, ties go to the earlier range, `q=0` means "not
+/// this one", a malformed q-value drops that range). `zh`, `zh-CN`, `zh-SG`, `zh-Hans*` map
+/// to [`Lang::ZhHans`]; Traditional Chinese (`zh-Hant*`, `zh-TW`, `zh-HK`, `zh-MO`) is not
+/// offered and so falls through to English. `*` and `en*` map to English. Anything else, or
+/// no header, gives English.
+pub fn negotiate_lang(accept_language: Option<&str>) -> Lang {
+    let Some(header) = accept_language else {
+        return Lang::En;
+    };
+    let mut best: Option<(u16, Lang)> = None;
+    for item in header.split(',').take(MAX_LANGUAGE_RANGES) {
+        let mut parts = item.split(';');
+        let range = parts.next().unwrap_or_default().trim();
+        let mut quality = Some(1000);
+        for param in parts {
+            let param = param.trim();
+            if let Some(value) = param
+                .strip_prefix("q=")
+                .or_else(|| param.strip_prefix("Q="))
+            {
+                quality = parse_qvalue(value.trim());
+            }
+        }
+        let Some(quality) = quality.filter(|q| *q > 0) else {
+            continue;
+        };
+        let Some(lang) = lang_for_range(range) else {
+            continue;
+        };
+        match best {
+            Some((best_quality, _)) if best_quality >= quality => {}
+            _ => best = Some((quality, lang)),
+        }
+    }
+    best.map_or(Lang::En, |(_, lang)| lang)
+}
+
+/// Maps one language range to a page language, or `None` when nbgate has no page in it.
+fn lang_for_range(range: &str) -> Option<Lang> {
+    let range = range.to_ascii_lowercase();
+    let mut subtags = range.split('-');
+    match subtags.next()? {
+        "*" | "en" => Some(Lang::En),
+        "zh" => {
+            // Script before region in BCP 47, so the first decisive subtag wins:
+            // zh-Hans-TW is Simplified, zh-Hant-CN is Traditional.
+            for subtag in subtags {
+                match subtag {
+                    "hans" => return Some(Lang::ZhHans),
+                    "hant" | "tw" | "hk" | "mo" => return None,
+                    _ => {}
+                }
+            }
+            Some(Lang::ZhHans)
+        }
+        _ => None,
+    }
+}
+
+/// Parses an RFC 9110 §12.4.2 qvalue into thousandths (`0.5` -> 500), `None` if malformed.
+fn parse_qvalue(value: &str) -> Option<u16> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut thousandths: u16 = 0;
+    let mut scale: u16 = 100;
+    for digit in fraction.bytes() {
+        thousandths += u16::from(digit - b'0') * scale;
+        scale /= 10;
+    }
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// The one stylesheet of every page, inlined in `<style>` and allowed by its hash in
+/// [`page_csp`]. Never put `style=""` attributes in the markup: a hash does not cover them.
+const STYLESHEET: &str = r#"
+:root{color-scheme:light dark;--bg:#f4f5f7;--fg:#1c2026;--muted:#5d6572;--card:#fff;--line:#d4d8df;--field:#fff;--accent:#2d6bd8;--accent-fg:#fff;--focus:#2d6bd8;--err-bg:#fdeceb;--err-fg:#8b1d18;--info-bg:#e9f1fd;--info-fg:#1c4788}
+@media (prefers-color-scheme:dark){:root{--bg:#14171c;--fg:#e5e7eb;--muted:#9ba3ae;--card:#1d2127;--line:#3a414b;--field:#15181d;--accent:#5c93ef;--accent-fg:#0c1016;--focus:#8db4f5;--err-bg:#3a1c1c;--err-fg:#f4b7b3;--info-bg:#1a2a43;--info-fg:#b8d0f6}}
+*{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%;text-size-adjust:100%}
+body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;padding:16px;background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue","Noto Sans","PingFang SC","Hiragino Sans GB","Microsoft YaHei",sans-serif}
+main{width:100%;max-width:380px;background:var(--card);border:1px solid var(--line);border-radius:12px;padding:28px 24px}
+.brand{margin:0 0 4px;color:var(--muted);font-size:14px;font-weight:600;letter-spacing:.04em}
+h1{margin:0 0 20px;font-size:24px;line-height:1.25;font-weight:600}
+p{margin:0 0 16px}
+.muted{color:var(--muted);font-size:14px;margin:0}
+.notice{padding:12px 14px;border-radius:8px;margin:0 0 20px}
+.notice-error{background:var(--err-bg);color:var(--err-fg)}
+.notice-info{background:var(--info-bg);color:var(--info-fg)}
+label{display:block;margin:0 0 6px;font-weight:500}
+input{display:block;width:100%;min-height:48px;margin:0 0 18px;padding:10px 12px;font:inherit;font-size:16px;color:var(--fg);background:var(--field);border:1px solid var(--line);border-radius:8px}
+button,.button{display:block;width:100%;min-height:48px;padding:10px 16px;font:inherit;font-weight:600;text-align:center;text-decoration:none;color:var(--accent-fg);background:var(--accent);border:0;border-radius:8px;cursor:pointer}
+button:hover,.button:hover{filter:brightness(1.08)}
+input:focus-visible,button:focus-visible,.button:focus-visible{outline:3px solid var(--focus);outline-offset:2px}
+.logout{margin:0}
+"#;
+
+/// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
+fn style_hash_source() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, STYLESHEET.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    )
+}
+
+/// The Content-Security-Policy to send with every page this module renders.
+///
+/// `default-src 'none'` with the stylesheet allowed by hash (not `'unsafe-inline'`) stops
+/// injected markup from running script or pulling in styles, and stops exfiltration through
+/// loads; `img-src data:` only admits the empty `data:` favicon; `form-action 'self'` stops
+/// an injected `<form>` or `formaction` from posting the password elsewhere;
+/// `frame-ancestors 'none'` stops clickjacking of the login form; `base-uri 'none'` stops a
+/// `<base>` tag from re-pointing the relative form action.
+pub fn page_csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        format!(
+            "default-src 'none'; style-src '{}'; img-src data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+            style_hash_source()
+        )
+    })
+    .as_str()
+}
+
+/// Why the login page is shown again, rendered as an announced message above the form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    WrongCredentials,
+    RateLimited { retry_after_secs: u64 },
+    LockedOut { retry_after_secs: u64 },
+    LoggedOut,
+    SessionExpired,
+    CsrfFailed,
+}
+
+/// Everything the login page shows. All string fields are escaped on output; `next` must
+/// already have passed `crate::auth::next_path::sanitize_next`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginView<'a> {
+    pub lang: Lang,
+    /// The form's POST target, e.g. `/_nbgate/login`.
+    pub action: &'a str,
+    pub csrf_token: &'a str,
+    pub next: &'a str,
+    /// Prefilled after a failed attempt so only the password has to be typed again.
+    pub username: &'a str,
+    pub notice: Option<Notice>,
+}
+
+/// Renders the login page: one document, inline CSS, no script, no external resources.
+///
+/// Form fields: `username`, `password`, and the hidden `csrf` and `next`.
+pub fn render_login(view: &LoginView<'_>) -> String {
+    let (title, heading, user_label, password_label, submit) = match view.lang {
+        Lang::En => (
+            "nbgate — Log in",
+            "Log in",
+            "User name",
+            "Password",
+            "Log in",
+        ),
+        Lang::ZhHans => ("nbgate — 登录", "登录", "用户名", "密码", "登录"),
+    };
+    let (user_focus, password_focus) = if view.username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
+    let mut main = String::with_capacity(1536);
+    main.push_str("<main>\n<p class=\"brand\">nbgate</p>\n");
+    main.push_str(&format!("<h1>{}</h1>\n", html_escape(heading)));
+    if let Some(notice) = view.notice {
+        main.push_str(&notice_html(notice, view.lang));
+    }
+    main.push_str(&format!(
+        "<form method=\"post\" action=\"{action}\" accept-charset=\"utf-8\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\n\
+         <label for=\"username\">{user_label}</label>\n\
+         <input id=\"username\" name=\"username\" type=\"text\" value=\"{username}\" \
+         autocomplete=\"username\" autocapitalize=\"none\" autocorrect=\"off\" \
+         spellcheck=\"false\" required{user_focus}>\n\
+         <label for=\"password\">{password_label}</label>\n\
+         <input id=\"password\" name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" required{password_focus}>\n\
+         <button type=\"submit\">{submit}</button>\n\
+         </form>\n</main>\n",
+        action = html_escape(view.action),
+        csrf = html_escape(view.csrf_token),
+        next = html_escape(view.next),
+        user_label = html_escape(user_label),
+        username = html_escape(view.username),
+        password_label = html_escape(password_label),
+        submit = html_escape(submit),
+    ));
+    document(view.lang, title, &main)
+}
+
+/// The notice paragraph. `role="alert"` and its place before the form make screen readers
+/// announce it as soon as the page loads.
+fn notice_html(notice: Notice, lang: Lang) -> String {
+    let class = match notice {
+        Notice::LoggedOut => "notice-info",
+        _ => "notice-error",
+    };
+    format!(
+        "<p class=\"notice {class}\" role=\"alert\">{}</p>\n",
+        html_escape(&notice_text(notice, lang))
+    )
+}
+
+/// The sentence for a notice.
+///
+/// Wrong user name and wrong password share one sentence, and a per-account lockout reads
+/// the same as a per-address rate limit: either difference would let an attacker enumerate
+/// user names.
+fn notice_text(notice: Notice, lang: Lang) -> String {
+    match (notice, lang) {
+        (Notice::WrongCredentials, Lang::En) => "Wrong user name or password.".to_owned(),
+        (Notice::WrongCredentials, Lang::ZhHans) => "用户名或密码错误。".to_owned(),
+        (Notice::RateLimited { retry_after_secs } | Notice::LockedOut { retry_after_secs }, _) => {
+            too_many_attempts(retry_after_secs, lang)
+        }
+        (Notice::LoggedOut, Lang::En) => "You have been logged out.".to_owned(),
+        (Notice::LoggedOut, Lang::ZhHans) => "您已退出登录。".to_owned(),
+        (Notice::SessionExpired, Lang::En) => {
+            "Your session has expired. Please log in again.".to_owned()
+        }
+        (Notice::SessionExpired, Lang::ZhHans) => "会话已过期，请重新登录。".to_owned(),
+        (Notice::CsrfFailed, Lang::En) => "This form has expired. Please try again.".to_owned(),
+        (Notice::CsrfFailed, Lang::ZhHans) => "表单已过期，请重试。".to_owned(),
+    }
+}
+
+fn too_many_attempts(retry_after_secs: u64, lang: Lang) -> String {
+    let wait = humanize_wait(retry_after_secs, lang);
+    match lang {
+        Lang::En => format!("Too many attempts. Try again in {wait}."),
+        Lang::ZhHans => format!("尝试次数过多。请在 {wait}后重试。"),
+    }
+}
+
+/// "45 seconds", "5 minutes", "3 hours" (rounded up, so the user never retries too early).
+/// Seconds below 2 minutes, minutes below 2 hours, then hours.
+fn humanize_wait(secs: u64, lang: Lang) -> String {
+    let secs = secs.max(1);
+    let (count, unit) = if secs < 120 {
+        (secs, Unit::Second)
+    } else if secs < 2 * 60 * 60 {
+        (secs.div_ceil(60), Unit::Minute)
+    } else {
+        (secs.div_ceil(60 * 60), Unit::Hour)
+    };
+    match (lang, unit) {
+        (Lang::En, unit) => {
+            let word = match unit {
+                Unit::Second => "second",
+                Unit::Minute => "minute",
+                Unit::Hour => "hour",
+            };
+            let plural = if count == 1 { "" } else { "s" };
+            format!("{count} {word}{plural}")
+        }
+        (Lang::ZhHans, Unit::Second) => format!("{count} 秒"),
+        (Lang::ZhHans, Unit::Minute) => format!("{count} 分钟"),
+        (Lang::ZhHans, Unit::Hour) => format!("{count} 小时"),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Second,
+    Minute,
+    Hour,
+}
+
+/// A small page for an error a browser sees: localized title, one sentence, the code.
+///
+/// `retry_after_secs` is shown for 429 and 503 when `Some`. Statuses without their own text
+/// get a generic sentence. The sentences never carry details of the cause: those go to logs.
+pub fn render_error_page(status: StatusCode, lang: Lang, retry_after_secs: Option<u64>) -> String {
+    let (heading, sentence) = error_text(status, lang, retry_after_secs);
+    let (title, code_line) = match lang {
+        Lang::En => (
+            format!("nbgate — {heading}"),
+            format!("Error {}", status.as_u16()),
+        ),
+        Lang::ZhHans => (
+            format!("nbgate — {heading}"),
+            format!("错误代码 {}", status.as_u16()),
+        ),
+    };
+    let main = format!(
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{}</p>\n<p class=\"muted\">{}</p>\n</main>\n",
+        html_escape(&heading),
+        html_escape(&sentence),
+        html_escape(&code_line),
+    );
+    document(lang, &title, &main)
+}
+
+/// (heading, sentence) for an error status.
+fn error_text(status: StatusCode, lang: Lang, retry_after_secs: Option<u64>) -> (String, String) {
+    let wait = retry_after_secs.map(|secs| humanize_wait(secs, lang));
+    let (heading, sentence): (&str, String) = match (status.as_u16(), lang) {
+        (400, Lang::En) => ("Bad request", "The request could not be understood.".into()),
+        (400, Lang::ZhHans) => ("请求无效", "无法理解该请求。".into()),
+        (403, Lang::En) => ("Forbidden", "You do not have access to this page.".into()),
+        (403, Lang::ZhHans) => ("禁止访问", "您无权访问此页面。".into()),
+        (404, Lang::En) => ("Not found", "There is nothing at this address.".into()),
+        (404, Lang::ZhHans) => ("未找到", "此地址没有内容。".into()),
+        (421, Lang::En) => (
+            "Misdirected request",
+            "This server does not serve this host name.".into(),
+        ),
+        (421, Lang::ZhHans) => ("请求被误导", "此服务器不提供该主机名的服务。".into()),
+        (429, Lang::En) => (
+            "Too many requests",
+            match wait {
+                Some(wait) => format!("Too many requests. Try again in {wait}."),
+                None => "Too many requests. Please wait a moment and try again.".into(),
+            },
+        ),
+        (429, Lang::ZhHans) => (
+            "请求过多",
+            match wait {
+                Some(wait) => format!("请求过多。请在 {wait}后重试。"),
+                None => "请求过多，请稍后重试。".into(),
+            },
+        ),
+        (431, Lang::En) => (
+            "Request headers too large",
+            "The request headers are too large. Clearing this site's cookies may help.".into(),
+        ),
+        (431, Lang::ZhHans) => (
+            "请求头过大",
+            "请求头过大。清除此网站的 Cookie 可能会有帮助。".into(),
+        ),
+        (500, Lang::En) => (
+            "Internal server error",
+            "Something went wrong on our side.".into(),
+        ),
+        (500, Lang::ZhHans) => ("服务器内部错误", "服务器出现了问题。".into()),
+        (502, Lang::En) => (
+            "Bad gateway",
+            "The notebook server did not answer properly.".into(),
+        ),
+        (502, Lang::ZhHans) => ("网关错误", "笔记本服务器未能正确响应。".into()),
+        (503, Lang::En) => (
+            "Service unavailable",
+            match wait {
+                Some(wait) => {
+                    format!("The service is temporarily unavailable. Try again in {wait}.")
+                }
+                None => "The service is temporarily unavailable. Please try again later.".into(),
+            },
+        ),
+        (503, Lang::ZhHans) => (
+            "服务不可用",
+            match wait {
+                Some(wait) => format!("服务暂时不可用。请在 {wait}后重试。"),
+                None => "服务暂时不可用，请稍后重试。".into(),
+            },
+        ),
+        (504, Lang::En) => (
+            "Gateway timeout",
+            "The notebook server took too long to answer.".into(),
+        ),
+        (504, Lang::ZhHans) => ("网关超时", "笔记本服务器响应超时。".into()),
+        (_, Lang::En) => ("Error", "The request could not be completed.".into()),
+        (_, Lang::ZhHans) => ("错误", "无法完成该请求。".into()),
+    };
+    (heading.to_owned(), sentence)
+}
+
+/// The page shown after logging out, with a link to log in again.
+///
+/// `login_href` is the login page's path (e.g. `/_nbgate/login`); it is escaped, not checked.
+pub fn render_logged_out(lang: Lang, login_href: &str) -> String {
+    let (title, heading, sentence, link) = match lang {
+        Lang::En => (
+            "nbgate — Logged out",
+            "Logged out",
+            "You have been logged out.",
+            "Log in again",
+        ),
+        Lang::ZhHans => (
+            "nbgate — 已退出登录",
+            "已退出登录",
+            "您已退出登录。",
+            "重新登录",
+        ),
+    };
+    let main = format!(
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{}</p>\n<a class=\"button\" href=\"{}\">{}</a>\n</main>\n",
+        html_escape(heading),
+        html_escape(sentence),
+        html_escape(login_href),
+        html_escape(link),
+    );
+    document(lang, title, &main)
+}
+
+/// An HTML fragment: a POST form with the hidden `csrf` field and a "Log out" button.
+///
+/// Logging out is a POST with a CSRF token so that a cross-site link or image cannot log the
+/// user out.
+pub fn logout_form(action: &str, csrf_token: &str, lang: Lang) -> String {
+    let label = match lang {
+        Lang::En => "Log out",
+        Lang::ZhHans => "退出登录",
+    };
+    format!(
+        "<form class=\"logout\" method=\"post\" action=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button type=\"submit\">{}</button></form>",
+        html_escape(action),
+        html_escape(csrf_token),
+        html_escape(label),
+    )
+}
+
+/// Wraps a `<main>` in the shared document: viewport, favicon, stylesheet.
+///
+/// The empty `data:` favicon stops the browser from asking the gate for `/favicon.ico`;
+/// `no-referrer` keeps the login URL (with its `next`) out of Referer headers.
+fn document(lang: Lang, title: &str, main: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n\
+         <html lang=\"{lang}\">\n\
+         <head>\n\
+         <meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"color-scheme\" content=\"light dark\">\n\
+         <meta name=\"robots\" content=\"noindex, nofollow\">\n\
+         <meta name=\"referrer\" content=\"no-referrer\">\n\
+         <title>{title}</title>\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
+         <style>{STYLESHEET}</style>\n\
+         </head>\n\
+         <body>\n{main}</body>\n\
+         </html>\n",
+        lang = lang.tag(),
+        title = html_escape(title),
+    )
+}
+
+/// JSON error body for API clients:
+/// `{"error": code, "message": message, "status": n}` plus `"retry_after": secs` when `Some`.
+///
+/// `code` is a stable snake_case identifier clients can match on; `message` is one English
+/// sentence for humans reading logs. Neither may carry internal details.
+pub fn error_json(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after_secs: Option<u64>,
+) -> String {
+    let mut body = serde_json::Map::new();
+    body.insert("error".to_owned(), code.into());
+    body.insert("message".to_owned(), message.into());
+    body.insert("status".to_owned(), status.as_u16().into());
+    if let Some(secs) = retry_after_secs {
+        body.insert("retry_after".to_owned(), secs.into());
+    }
+    serde_json::Value::Object(body).to_string()
+}
+
+/// Escapes `& < > " '` so `s` is inert in HTML text and in quoted attribute values.
+/// Every interpolated value goes through here: it is what stops reflected XSS through a
+/// user name, a `next` value or a token.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "\"><script>alert('x')</script>";
+
+    fn view(lang: Lang, notice: Option<Notice>) -> LoginView<'static> {
+        LoginView {
+            lang,
+            action: "/_nbgate/login",
+            csrf_token: "tok123",
+            next: "/lab",
+            username: "",
+            notice,
+        }
+    }
+
+    fn all_pages() -> Vec<String> {
+        let mut pages = vec![
+            render_login(&view(Lang::En, None)),
+            render_login(&view(Lang::ZhHans, Some(Notice::WrongCredentials))),
+            render_logged_out(Lang::En, "/_nbgate/login"),
+            render_logged_out(Lang::ZhHans, "/_nbgate/login"),
+        ];
+        for code in [400, 403, 404, 421, 429, 431, 500, 502, 503, 504, 418] {
+            let status = StatusCode::from_u16(code).expect("valid status code");
+            for lang in [Lang::En, Lang::ZhHans] {
+                pages.push(render_error_page(status, lang, Some(30)));
+                pages.push(render_error_page(status, lang, None));
+            }
+        }
+        pages
+    }
+
+    fn inline_style(page: &str) -> &str {
+        let start = page.find("<style>").expect("page has a <style>") + "<style>".len();
+        let end = page.find("</style>").expect("page closes its <style>");
+        &page[start..end]
+    }
+
+    #[test]
+    fn html_escape_escapes_all_five_special_characters() {
+        assert_eq!(
+            html_escape(r#"a&b<c>d"e'f"#),
+            "a&amp;b&lt;c&gt;d&quot;e&#39;f"
+        );
+        assert_eq!(html_escape("用户 plain"), "用户 plain");
+    }
+
+    #[test]
+    fn login_page_escapes_hostile_username_next_csrf_and_action() {
+        let page = render_login(&LoginView {
+            lang: Lang::En,
+            action: HOSTILE,
+            csrf_token: HOSTILE,
+            next: HOSTILE,
+            username: HOSTILE,
+            notice: Some(Notice::WrongCredentials),
+        });
+        assert!(!page.contains("<script"));
+        assert!(!page.contains(HOSTILE));
+        assert!(
+            page.contains("value=\"&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;\"")
+        );
+    }
+
+    #[test]
+    fn logged_out_page_and_logout_form_escape_their_inputs() {
+        assert!(!render_logged_out(Lang::En, HOSTILE).contains("<script"));
+        let form = logout_form(HOSTILE, HOSTILE, Lang::En);
+        assert!(!form.contains("<script"));
+        assert!(form.contains("method=\"post\""));
+        assert!(form.contains("name=\"csrf\""));
+        assert!(form.contains(">Log out</button>"));
+        assert!(logout_form("/_nbgate/logout", "t", Lang::ZhHans).contains(">退出登录</button>"));
+    }
+
+    #[test]
+    fn zh_cn_accept_language_renders_simplified_chinese_login() {
+        let lang = negotiate_lang(Some("zh-CN,zh;q=0.9,en;q=0.8"));
+        assert_eq!(lang, Lang::ZhHans);
+        let page = render_login(&view(lang, None));
+        assert!(page.contains("<html lang=\"zh-Hans\">"));
+        assert!(page.contains("<title>nbgate — 登录</title>"));
+        assert!(page.contains("<button type=\"submit\">登录</button>"));
+        assert!(page.contains("<label for=\"username\">用户名</label>"));
+    }
+
+    #[test]
+    fn english_login_has_title_button_and_lang() {
+        let page = render_login(&view(Lang::En, None));
+        assert!(page.contains("<html lang=\"en\">"));
+        assert!(page.contains("<title>nbgate — Log in</title>"));
+        assert!(page.contains("<button type=\"submit\">Log in</button>"));
+    }
+
+    #[test]
+    fn negotiation_honours_q_values_over_order() {
+        assert_eq!(negotiate_lang(Some("en;q=0.5, zh;q=0.9")), Lang::ZhHans);
+        assert_eq!(negotiate_lang(Some("zh;q=0.4, en;q=0.9")), Lang::En);
+        assert_eq!(negotiate_lang(Some("zh;q=0, en;q=0.1")), Lang::En);
+        assert_eq!(negotiate_lang(Some("zh;q=1.000, en")), Lang::ZhHans);
+    }
+
+    #[test]
+    fn negotiation_breaks_ties_by_order_and_ignores_malformed_q() {
+        assert_eq!(negotiate_lang(Some("en, zh")), Lang::En);
+        assert_eq!(negotiate_lang(Some("zh, en")), Lang::ZhHans);
+        assert_eq!(negotiate_lang(Some("zh;q=2, en;q=0.1")), Lang::En);
+        assert_eq!(negotiate_lang(Some("zh;q=abc")), Lang::En);
+    }
+
+    #[test]
+    fn negotiation_maps_chinese_variants() {
+        for simplified in ["zh", "zh-CN", "ZH-cn", "zh-Hans", "zh-SG", "zh-Hans-TW"] {
+            assert_eq!(
+                negotiate_lang(Some(simplified)),
+                Lang::ZhHans,
+                "{simplified}"
+            );
+        }
+        for traditional in ["zh-TW", "zh-Hant", "zh-HK", "zh-Hant-CN", "zh-MO"] {
+            assert_eq!(negotiate_lang(Some(traditional)), Lang::En, "{traditional}");
+        }
+        assert_eq!(negotiate_lang(Some("zh-TW, zh-CN;q=0.5")), Lang::ZhHans);
+    }
+
+    #[test]
+    fn negotiation_defaults_to_english() {
+        assert_eq!(negotiate_lang(None), Lang::En);
+        assert_eq!(negotiate_lang(Some("")), Lang::En);
+        assert_eq!(negotiate_lang(Some("fr-FR, de;q=0.8")), Lang::En);
+        assert_eq!(negotiate_lang(Some("*")), Lang::En);
+        assert_eq!(negotiate_lang(Some(";;;,,,q=")), Lang::En);
+    }
+
+    #[test]
+    fn no_page_contains_a_script_or_an_absolute_url() {
+        for page in all_pages() {
+            let lower = page.to_ascii_lowercase();
+            assert!(!lower.contains("<script"), "{page}");
+            assert!(!lower.contains("http://"), "{page}");
+            assert!(!lower.contains("https://"), "{page}");
+            assert!(!lower.contains(" style="), "{page}");
+        }
+    }
+
+    #[test]
+    fn csp_style_hash_matches_the_inline_style_of_every_page() {
+        let csp = page_csp();
+        for page in all_pages() {
+            let digest =
+                ring::digest::digest(&ring::digest::SHA256, inline_style(&page).as_bytes());
+            let expected = format!(
+                "style-src 'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+            );
+            assert!(csp.contains(&expected), "{csp} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn csp_forbids_everything_it_does_not_need() {
+        let csp = page_csp();
+        for directive in [
+            "default-src 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "img-src data:",
+        ] {
+            assert!(csp.contains(directive), "{csp} lacks {directive}");
+        }
+        assert!(!csp.contains("unsafe"));
+    }
+
+    #[test]
+    fn sha256_base64_matches_known_answer() {
+        // FIPS 180-2 test vector "abc", base64 of
+        // ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad.
+        let digest = ring::digest::digest(&ring::digest::SHA256, b"abc");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
+    }
+
+    #[test]
+    fn role_alert_appears_only_with_a_notice_and_before_the_form() {
+        assert!(!render_login(&view(Lang::En, None)).contains("role=\"alert\""));
+        let page = render_login(&view(Lang::En, Some(Notice::WrongCredentials)));
+        let alert = page.find("role=\"alert\"").expect("notice is rendered");
+        let form = page.find("<form").expect("form is rendered");
+        assert!(alert < form);
+        assert!(page.contains(">Wrong user name or password.</p>"));
+        let zh = render_login(&view(Lang::ZhHans, Some(Notice::WrongCredentials)));
+        assert!(zh.contains(">用户名或密码错误。</p>"));
+    }
+
+    #[test]
+    fn rate_limit_and_lockout_read_the_same_and_humanize_long_waits() {
+        let text = |notice| notice_text(notice, Lang::En);
+        assert_eq!(
+            text(Notice::RateLimited {
+                retry_after_secs: 30
+            }),
+            "Too many attempts. Try again in 30 seconds."
+        );
+        assert_eq!(
+            text(Notice::LockedOut {
+                retry_after_secs: 30
+            }),
+            text(Notice::RateLimited {
+                retry_after_secs: 30
+            })
+        );
+        assert_eq!(
+            text(Notice::LockedOut {
+                retry_after_secs: 1
+            }),
+            "Too many attempts. Try again in 1 second."
+        );
+        assert_eq!(
+            text(Notice::RateLimited {
+                retry_after_secs: 119
+            }),
+            "Too many attempts. Try again in 119 seconds."
+        );
+        assert_eq!(
+            text(Notice::LockedOut {
+                retry_after_secs: 300
+            }),
+            "Too many attempts. Try again in 5 minutes."
+        );
+        assert_eq!(
+            text(Notice::LockedOut {
+                retry_after_secs: 241
+            }),
+            "Too many attempts. Try again in 5 minutes."
+        );
+        assert_eq!(
+            text(Notice::LockedOut {
+                retry_after_secs: 3 * 3600
+            }),
+            "Too many attempts. Try again in 3 hours."
+        );
+        assert_eq!(
+            notice_text(
+                Notice::RateLimited {
+                    retry_after_secs: 300
+                },
+                Lang::ZhHans
+            ),
+            "尝试次数过多。请在 5 分钟后重试。"
+        );
+        assert_eq!(
+            notice_text(
+                Notice::LockedOut {
+                    retry_after_secs: 45
+                },
+                Lang::ZhHans
+            ),
+            "尝试次数过多。请在 45 秒后重试。"
+        );
+    }
+
+    #[test]
+    fn login_form_is_accessible_and_autofocuses_the_first_empty_field() {
+        let empty = render_login(&view(Lang::En, None));
+        for needle in [
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+            "<label for=\"username\">",
+            "<label for=\"password\">",
+            "autocomplete=\"username\"",
+            "autocomplete=\"current-password\"",
+            "<input type=\"hidden\" name=\"csrf\" value=\"tok123\">",
+            "<input type=\"hidden\" name=\"next\" value=\"/lab\">",
+            "method=\"post\" action=\"/_nbgate/login\"",
+        ] {
+            assert!(empty.contains(needle), "missing {needle}");
+        }
+        assert!(empty.contains("required autofocus>\n<label for=\"password\">"));
+        let prefilled = render_login(&LoginView {
+            username: "alice",
+            ..view(Lang::En, Some(Notice::WrongCredentials))
+        });
+        assert!(prefilled.contains("value=\"alice\""));
+        assert!(prefilled.contains("autocomplete=\"current-password\" required autofocus>"));
+        assert_eq!(prefilled.matches("autofocus").count(), 1);
+    }
+
+    #[test]
+    fn error_pages_show_localized_title_and_retry_time() {
+        let page = render_error_page(StatusCode::TOO_MANY_REQUESTS, Lang::En, Some(30));
+        assert!(page.contains("<title>nbgate — Too many requests</title>"));
+        assert!(page.contains("Try again in 30 seconds."));
+        assert!(page.contains("Error 429"));
+        let page = render_error_page(StatusCode::SERVICE_UNAVAILABLE, Lang::ZhHans, Some(600));
+        assert!(page.contains("<html lang=\"zh-Hans\">"));
+        assert!(page.contains("请在 10 分钟后重试。"));
+        let page = render_error_page(StatusCode::NOT_FOUND, Lang::En, Some(30));
+        assert!(!page.contains("Try again"));
+        let page = render_error_page(StatusCode::IM_A_TEAPOT, Lang::En, None);
+        assert!(page.contains("The request could not be completed."));
+    }
+
+    #[test]
+    fn error_json_is_valid_and_has_the_fields() {
+        let body = error_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many \"requests\".",
+            Some(42),
+        );
+        let value: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(value["error"], "rate_limited");
+        assert_eq!(value["message"], "Too many \"requests\".");
+        assert_eq!(value["status"], 429);
+        assert_eq!(value["retry_after"], 42);
+
+        let body = error_json(StatusCode::FORBIDDEN, "forbidden", "Not allowed.", None);
+        let value: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(value["error"], "forbidden");
+        assert!(value.get("retry_after").is_none());
+    }
+}

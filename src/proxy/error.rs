@@ -1,0 +1,115 @@
+//! The one place where a failure on the request path becomes what the
+//! client sees: a status code, and a short fixed body — an HTML page for a
+//! browser, JSON for an API client. Details go to the log, never the client.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::{full, ProxyBody};
+use crate::pages;
+
+/// Everything that can end a request before or instead of Jupyter's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing or invalid Host header")]
+    BadHost,
+    #[error("cross-origin request refused")]
+    CrossOrigin,
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("upstream connect failed: {0}")]
+    UpstreamConnect(#[source] std::io::Error),
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(#[source] hyper::Error),
+    #[error("invalid request target")]
+    BadRequestTarget,
+    #[error("not found")]
+    NotFound,
+}
+
+impl ProxyError {
+    /// Status, stable machine-readable code and an English sentence.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ProxyError::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "The request has no valid Host header.",
+            ),
+            ProxyError::CrossOrigin => (
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "Cross-origin request refused.",
+            ),
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamProtocol(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "Jupyter is not reachable right now. Try again in a moment.",
+            ),
+            ProxyError::BadRequestTarget => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The request target is invalid.",
+            ),
+            ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found."),
+        }
+    }
+
+    /// Renders the error for this request's client.
+    pub fn into_response(self, req_headers: &HeaderMap) -> Response<ProxyBody> {
+        let (status, code, message) = self.parts();
+        error_response(req_headers, status, code, message, None)
+    }
+}
+
+/// Does this request come from a browser navigation that wants a page?
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// Builds an error response: HTML for browsers, JSON otherwise.
+pub fn error_response(
+    req_headers: &HeaderMap,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<ProxyBody> {
+    let (ctype, body) = if wants_html(req_headers) {
+        let lang = pages::negotiate_lang(
+            req_headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        (
+            "text/html; charset=utf-8",
+            pages::render_error_page(status, lang, retry_after),
+        )
+    } else {
+        (
+            "application/json",
+            pages::error_json(status, code, message, retry_after),
+        )
+    };
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if ctype.starts_with("text/html") {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(pages::page_csp()),
+        );
+    }
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}

@@ -1,0 +1,368 @@
+//! Pure header rewriting for the forwarding path: hop-by-hop removal,
+//! `X-Forwarded-*` / `Forwarded`, Host/Origin presentation to Jupyter,
+//! `Location` rewriting and security headers.
+//!
+//! Takes plain values (`&mut HeaderMap`, `IpAddr`, `&str`) and does no I/O,
+//! so every rule is unit-tested without sockets.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and
+/// `Proxy-Connection`): they describe one connection and must not be
+/// forwarded to the next.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names (RFC 9110 §7.6.1: a sender may list any field there to make
+/// it hop-by-hop, e.g. to smuggle a header past the proxy's own rules).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Is this an HTTP/1.1 WebSocket upgrade request (RFC 6455 §4.1)?
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        });
+    connection_upgrade && upgrade_websocket
+}
+
+/// Formats an address for `Forwarded: for=` (RFC 7239 §6: IPv6 in quotes
+/// and brackets).
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+/// `Forwarded` from what nbgate itself knows. Client-sent copies are
+/// removed first: a client must not be able to claim another address.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, public_host: &str) {
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+        "forwarded",
+    ] {
+        headers.remove(name);
+    }
+    let host_ok = HeaderValue::from_str(public_host).ok();
+    headers.insert("x-forwarded-for", value(&client.to_string()));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let mut fwd = format!("for={};proto=https", forwarded_node(client));
+    if let Some(h) = host_ok {
+        headers.insert("x-forwarded-host", h);
+        fwd.push_str(&format!(";host=\"{public_host}\""));
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("formatted IP addresses are valid header values")
+}
+
+/// The origin a browser sends for this deployment: `https://<public host>`.
+pub fn public_origin(public_host: &str) -> String {
+    format!("https://{public_host}")
+}
+
+/// The serialized origin of an `Origin` or `Referer` value (scheme, host,
+/// port), lower-cased, with default ports removed so `https://h:443` and
+/// `https://h` compare equal.
+pub fn origin_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let auth = uri.authority()?;
+    if auth.as_str().contains('@') {
+        return None;
+    }
+    let host = auth.host().to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    Some(match auth.port_u16() {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// What the request's `Origin` (or, without one, `Referer`) says about
+/// where it was made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OriginCheck {
+    /// Made by a page of this deployment.
+    SameOrigin,
+    /// Made by another site: refuse unsafe methods and WebSocket upgrades
+    /// (cross-site request forgery, cross-site WebSocket hijacking).
+    CrossOrigin,
+    /// Neither header: not a browser-made cross-site request (browsers send
+    /// `Origin` on every cross-site POST and WebSocket), but not proven
+    /// same-origin either.
+    Absent,
+}
+
+/// Compares `Origin`/`Referer` with the public origin. `Origin: null`
+/// (sandboxed frames, some redirects) counts as cross-origin.
+pub fn check_origin(headers: &HeaderMap, public_host: &str) -> OriginCheck {
+    let expected = origin_of(&public_origin(public_host));
+    let claimed = match headers.get(header::ORIGIN) {
+        Some(o) => o.to_str().ok().map(str::to_owned),
+        None => match headers.get(header::REFERER) {
+            Some(r) => r.to_str().ok().map(str::to_owned),
+            None => return OriginCheck::Absent,
+        },
+    };
+    match (claimed.as_deref().and_then(origin_of), expected) {
+        (Some(c), Some(e)) if c == e => OriginCheck::SameOrigin,
+        _ => OriginCheck::CrossOrigin,
+    }
+}
+
+/// Presents the request to Jupyter as if made on its own origin: `Host` is
+/// the upstream authority and a same-origin `Origin`/`Referer` is rewritten
+/// to `http://<upstream authority>`. Jupyter's `check_host` and
+/// `check_origin` then pass without `allow_remote_access` or `allow_origin`,
+/// because nbgate has already done the real check against the public origin.
+pub fn present_to_upstream(headers: &mut HeaderMap, upstream_authority: &str, public_host: &str) {
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(upstream_authority)
+            .expect("upstream authority was validated at config load"),
+    );
+    let public = public_origin(public_host);
+    let upstream = format!("http://{upstream_authority}");
+    if headers.contains_key(header::ORIGIN) {
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(&upstream).expect("validated authority"),
+        );
+    }
+    if let Some(r) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+        if let Some(rest) = strip_origin_prefix(r, &public) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{upstream}{rest}")) {
+                headers.insert(header::REFERER, v);
+            }
+        }
+    }
+}
+
+fn strip_origin_prefix<'a>(url: &'a str, origin: &str) -> Option<&'a str> {
+    let head = url.get(..origin.len())?;
+    if !head.eq_ignore_ascii_case(origin) {
+        return None;
+    }
+    let rest = &url[origin.len()..];
+    (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then_some(rest)
+}
+
+/// Rewrites an absolute `Location` that points at the upstream (under any
+/// of the names Jupyter may use for itself) to the public origin. Relative
+/// and foreign locations are left alone.
+pub fn rewrite_location(headers: &mut HeaderMap, upstream_origins: &[String], public_host: &str) {
+    let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    for origin in upstream_origins {
+        if let Some(rest) = strip_origin_prefix(loc, origin) {
+            let new = format!("{}{}", public_origin(public_host), rest);
+            if let Ok(v) = HeaderValue::from_str(&new) {
+                headers.insert(header::LOCATION, v);
+            }
+            return;
+        }
+    }
+}
+
+/// Security headers on every response. `hsts` is the full
+/// `Strict-Transport-Security` value when enabled. The upstream's `Server`
+/// banner is dropped: version numbers only help an attacker pick an exploit.
+pub fn add_security_headers(headers: &mut HeaderMap, hsts: Option<&HeaderValue>) {
+    headers.remove(header::SERVER);
+    if let Some(v) = hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::REFERRER_POLICY) {
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic abc"),
+            ("upgrade", "h2c"),
+            ("x-xsrftoken", "tok"),
+            ("cookie", "_xsrf=tok"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-xsrftoken"], "tok");
+        assert_eq!(h["cookie"], "_xsrf=tok");
+    }
+
+    #[test]
+    fn client_sent_forwarding_headers_are_replaced_not_trusted() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        set_forwarded(&mut h, "::1".parse().expect("ip"), "nb.example:8443");
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "nb.example:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"nb.example:8443\""
+        );
+        assert!(h.get("x-real-ip").is_none());
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn websocket_upgrade_is_detected_with_token_lists() {
+        assert!(is_websocket_upgrade(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+    }
+
+    #[test]
+    fn origin_check_compares_scheme_host_and_port() {
+        let host = "localhost:8443";
+        let same = map(&[("origin", "https://LOCALHOST:8443")]);
+        assert_eq!(check_origin(&same, host), OriginCheck::SameOrigin);
+        for evil in [
+            "https://evil.example",
+            "http://localhost:8443",
+            "https://localhost:9999",
+            "null",
+            "https://localhost:8443.evil.example",
+        ] {
+            let h = map(&[("origin", evil)]);
+            assert_eq!(check_origin(&h, host), OriginCheck::CrossOrigin, "{evil}");
+        }
+        let referer = map(&[("referer", "https://localhost:8443/lab/tree?x=1")]);
+        assert_eq!(check_origin(&referer, host), OriginCheck::SameOrigin);
+        assert_eq!(check_origin(&HeaderMap::new(), host), OriginCheck::Absent);
+        let default_port = map(&[("origin", "https://nb.example")]);
+        assert_eq!(
+            check_origin(&default_port, "nb.example:443"),
+            OriginCheck::SameOrigin
+        );
+    }
+
+    #[test]
+    fn upstream_sees_its_own_host_and_origin() {
+        let mut h = map(&[
+            ("host", "localhost:8443"),
+            ("origin", "https://localhost:8443"),
+            ("referer", "https://localhost:8443/lab?x"),
+        ]);
+        present_to_upstream(&mut h, "127.0.0.1:8888", "localhost:8443");
+        assert_eq!(h["host"], "127.0.0.1:8888");
+        assert_eq!(h["origin"], "http://127.0.0.1:8888");
+        assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?x");
+    }
+
+    #[test]
+    fn location_pointing_at_upstream_is_rewritten_and_others_kept() {
+        let ups = vec![
+            "http://127.0.0.1:8888".to_owned(),
+            "http://localhost:8888".to_owned(),
+        ];
+        let mut h = map(&[("location", "http://localhost:8888/lab?a=1")]);
+        rewrite_location(&mut h, &ups, "nb.example");
+        assert_eq!(h["location"], "https://nb.example/lab?a=1");
+        let mut h = map(&[("location", "http://127.0.0.1:88889/x")]);
+        rewrite_location(&mut h, &ups, "nb.example");
+        assert_eq!(h["location"], "http://127.0.0.1:88889/x");
+        let mut h = map(&[("location", "/lab")]);
+        rewrite_location(&mut h, &ups, "nb.example");
+        assert_eq!(h["location"], "/lab");
+    }
+
+    #[test]
+    fn security_headers_are_added_and_server_banner_removed() {
+        let mut h = map(&[("server", "TornadoServer/6.4")]);
+        let hsts = HeaderValue::from_static("max-age=31536000");
+        add_security_headers(&mut h, Some(&hsts));
+        assert!(h.get("server").is_none());
+        assert_eq!(h["strict-transport-security"], "max-age=31536000");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "same-origin");
+    }
+}

@@ -1,0 +1,442 @@
+//! The request path. `Gateway::handle` is the one function whose steps read
+//! in security order: `check_host`, then (as they land) `check_policy`,
+//! `serve_own_pages`, `require_session`, then `check_origin` and `forward`
+//! (plain HTTP or WebSocket), then `response_filter` and the access log.
+//!
+//! Submodules: `headers` (pure header rules), `upstream` (pooled client to
+//! Jupyter), `websocket` (tunnels), `body` (response body + access log),
+//! `error` (the single error-to-response mapping). Nothing here accepts
+//! connections or touches TLS: `server` does.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod upstream;
+pub mod websocket;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use self::body::{empty, AccessRecord, LoggedBody, ProxyBody};
+use self::error::{error_response, ProxyError};
+use self::headers::OriginCheck;
+use self::upstream::Upstream;
+use self::websocket::Tunnels;
+use crate::config::Config;
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+}
+
+/// Shared state of the request path (one per running server).
+pub struct Gateway {
+    config: Arc<Config>,
+    upstream: Upstream,
+    /// Open WebSocket tunnels: shutdown and logout close them.
+    pub tunnels: Arc<Tunnels>,
+    /// Precomputed `Strict-Transport-Security` value, when enabled.
+    hsts: Option<HeaderValue>,
+    /// Precomputed `Authorization: token …` for Jupyter, when configured.
+    upstream_auth: Option<HeaderValue>,
+}
+
+/// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
+/// logs, headers and (later) allowlists see one form per client.
+pub fn client_ip(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>) -> Self {
+        let upstream = Upstream::new(&config.upstream);
+        let hsts = config.tls.hsts.then(|| {
+            HeaderValue::from_str(&format!("max-age={}", config.tls.hsts_max_age.as_secs()))
+                .expect("digits are a valid header value")
+        });
+        let upstream_auth = config.upstream.token.as_ref().map(|t| {
+            let mut v = HeaderValue::from_str(&format!("token {}", t.expose()))
+                .expect("token characters were validated at config load");
+            v.set_sensitive(true);
+            v
+        });
+        Gateway {
+            config,
+            upstream,
+            tunnels: Arc::new(Tunnels::default()),
+            hsts,
+            upstream_auth,
+        }
+    }
+
+    /// Handles one request from a TLS connection.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let client = client_ip(conn.peer);
+        let method = req.method().clone();
+        let version = req.version();
+        // The query is left out of the log: it may carry tokens.
+        let path = req.uri().path().to_owned();
+        let prefs = ErrorPrefs::of(req.headers());
+
+        let mut resp = match self.route(req, client).await {
+            Ok(r) => r,
+            Err(e) => {
+                match &e {
+                    ProxyError::UpstreamUnreachable(_)
+                    | ProxyError::UpstreamConnect(_)
+                    | ProxyError::UpstreamProtocol(_) => {
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), %path, "upstream failed")
+                    }
+                    _ => tracing::debug!(error = %e, %client, %path, "request refused"),
+                }
+                e.into_response(&prefs.0)
+            }
+        };
+        self.response_filter(&mut resp);
+
+        if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return resp;
+        }
+        let record = AccessRecord {
+            client,
+            method,
+            path,
+            status: resp.status().as_u16(),
+            version,
+            start,
+        };
+        resp.map(|b| LoggedBody::new(b, Some(record)).boxed_unsync())
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = check_host(&req)?;
+        check_origin(&req, &host)?;
+        if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
+            self.forward_websocket(req, client, &host).await
+        } else {
+            self.forward(req, client, &host).await
+        }
+    }
+
+    /// Rewrites a client request into the request Jupyter receives.
+    fn upstream_request_filter(
+        &self,
+        parts: &mut http::request::Parts,
+        client: IpAddr,
+        host: &str,
+    ) -> Result<(), ProxyError> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        if !pq.starts_with('/') {
+            return Err(ProxyError::BadRequestTarget);
+        }
+        parts.uri = self
+            .upstream
+            .uri_for(&pq)
+            .map_err(|_| ProxyError::BadRequestTarget)?;
+        parts.version = Version::HTTP_11;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::set_forwarded(&mut parts.headers, client, host);
+        headers::present_to_upstream(&mut parts.headers, &self.upstream.authority, host);
+        if let Some(auth) = &self.upstream_auth {
+            parts.headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        Ok(())
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+        host: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        self.upstream_request_filter(&mut parts, client, host)?;
+        let up_req = Request::from_parts(parts, body.boxed_unsync());
+        let resp = self
+            .upstream
+            .client
+            .request(up_req)
+            .await
+            .map_err(ProxyError::UpstreamUnreachable)?;
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut rparts.headers);
+        headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
+        Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
+    }
+
+    async fn forward_websocket(
+        &self,
+        mut req: Request<Incoming>,
+        client: IpAddr,
+        host: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Take the client's upgrade future before answering (hyper resolves
+        // it once the 101 has been written).
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (mut parts, _body) = req.into_parts();
+        let log_path = parts.uri.path().to_owned();
+        let upgrade = parts
+            .headers
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+        self.upstream_request_filter(&mut parts, client, host)?;
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, upgrade);
+        let up_req = Request::from_parts(parts, empty());
+
+        // A tunnel gets its own connection: it never returns to the pool.
+        let stream = self
+            .upstream
+            .connector
+            .connect()
+            .await
+            .map_err(ProxyError::UpstreamConnect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::UpstreamProtocol)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream websocket connection ended");
+            }
+        });
+        let mut up_resp = sender
+            .send_request(up_req)
+            .await
+            .map_err(ProxyError::UpstreamProtocol)?;
+        if up_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Jupyter refused (unknown kernel, 403 ...): pass its answer on.
+            let (mut rparts, rbody) = up_resp.into_parts();
+            headers::remove_hop_by_hop(&mut rparts.headers);
+            return Ok(Response::from_parts(rparts, rbody.boxed_unsync()));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
+        let guard = self.tunnels.register(None);
+        let idle = self.config.upstream.websocket_idle_timeout;
+        tokio::spawn(run_tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            guard,
+            idle,
+            client,
+            log_path,
+        ));
+
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (name, value) in up_resp.headers() {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
+        Ok(resp)
+    }
+
+    /// Security headers on everything nbgate returns.
+    fn response_filter(&self, resp: &mut Response<ProxyBody>) {
+        headers::add_security_headers(resp.headers_mut(), self.hsts.as_ref());
+    }
+}
+
+async fn run_tunnel(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    guard: websocket::TunnelGuard,
+    idle: Duration,
+    client: IpAddr,
+    path: String,
+) {
+    let (c, u) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, %client, %path, "websocket upgrade failed");
+            return;
+        }
+    };
+    let start = Instant::now();
+    tracing::info!(target: "nbgate::access", %client, %path, "tunnel opened");
+    let (reason, stats) =
+        websocket::pump(TokioIo::new(c), TokioIo::new(u), idle, guard.cancel.clone()).await;
+    tracing::info!(
+        target: "nbgate::access",
+        %client,
+        %path,
+        bytes_up = stats.bytes_up,
+        bytes_down = stats.bytes_down,
+        duration_ms = start.elapsed().as_millis() as u64,
+        reason = ?reason,
+        "tunnel closed"
+    );
+}
+
+/// Request headers kept for rendering an error after the request has been
+/// consumed: only what decides HTML vs JSON and the language.
+struct ErrorPrefs(HeaderMap);
+
+impl ErrorPrefs {
+    fn of(h: &HeaderMap) -> Self {
+        let mut m = HeaderMap::new();
+        for name in [header::ACCEPT, header::ACCEPT_LANGUAGE] {
+            if let Some(v) = h.get(&name) {
+                m.insert(name, v.clone());
+            }
+        }
+        ErrorPrefs(m)
+    }
+}
+
+/// The host the client addressed (`:authority` in HTTP/2, `Host` in 1.1),
+/// validated as an authority. It defines the public origin for this request.
+fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ProxyError::BadHost)?
+            .to_owned(),
+    };
+    let auth: http::uri::Authority = raw.parse().map_err(|_| ProxyError::BadHost)?;
+    if auth.as_str().contains('@') || auth.host().is_empty() {
+        return Err(ProxyError::BadHost);
+    }
+    Ok(auth.as_str().to_ascii_lowercase())
+}
+
+/// Refuses unsafe methods and WebSocket upgrades made by another site.
+///
+/// nbgate injects Jupyter's token upstream, and Jupyter skips its own XSRF
+/// and Origin checks for token-authenticated requests; so this check is the
+/// one that stops cross-site request forgery and cross-site WebSocket
+/// hijacking. A request with neither `Origin` nor `Referer` is not made by a
+/// browser on another site (browsers send `Origin` on every cross-site POST
+/// and WebSocket) and passes here; session checks decide about it.
+fn check_origin<B>(req: &Request<B>, host: &str) -> Result<(), ProxyError> {
+    let unsafe_method = !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !unsafe_method && !headers::is_websocket_upgrade(req.headers()) {
+        return Ok(());
+    }
+    match headers::check_origin(req.headers(), host) {
+        OriginCheck::CrossOrigin => Err(ProxyError::CrossOrigin),
+        OriginCheck::SameOrigin | OriginCheck::Absent => Ok(()),
+    }
+}
+
+/// The answer to plain HTTP: a permanent redirect to the same path over
+/// HTTPS on `https_port`. 308 keeps the method and body (RFC 9110 §15.4.9).
+pub fn https_redirect<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return error_response(
+            req.headers(),
+            StatusCode::BAD_REQUEST,
+            "bad_host",
+            "The request has no valid Host header.",
+            None,
+        );
+    };
+    let name = host.host();
+    let authority = if https_port == 443 {
+        name.to_owned()
+    } else {
+        format!("{name}:{https_port}")
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{pq}");
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str, path: &str) -> Request<()> {
+        Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn plain_http_redirects_to_https_port_keeping_path_and_query() {
+        let r = https_redirect(&req("nb.example:8080", "/lab?x=1"), 8443);
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(r.headers()["location"], "https://nb.example:8443/lab?x=1");
+        let r = https_redirect(&req("[::1]:80", "/"), 443);
+        assert_eq!(r.headers()["location"], "https://[::1]/");
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_unmapped() {
+        let peer: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().expect("addr");
+        assert_eq!(client_ip(peer), "10.1.2.3".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn cross_origin_post_is_refused_and_same_origin_passes() {
+        let mut r = req("localhost:8443", "/api/contents");
+        *r.method_mut() = Method::POST;
+        r.headers_mut()
+            .insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(matches!(
+            check_origin(&r, "localhost:8443"),
+            Err(ProxyError::CrossOrigin)
+        ));
+        r.headers_mut()
+            .insert("origin", HeaderValue::from_static("https://localhost:8443"));
+        assert!(check_origin(&r, "localhost:8443").is_ok());
+    }
+
+    #[test]
+    fn host_with_userinfo_or_garbage_is_refused() {
+        assert!(check_host(&req("a b", "/")).is_err());
+        assert!(check_host(&req("user@host", "/")).is_err());
+        assert_eq!(
+            check_host(&req("LocalHost:8443", "/")).expect("ok"),
+            "localhost:8443"
+        );
+    }
+}

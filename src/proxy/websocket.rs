@@ -1,0 +1,379 @@
+//! WebSocket tunnels: the byte pump between an upgraded client connection
+//! and an upgraded Jupyter connection, and the registry that lets shutdown
+//! (and logout) close them.
+//!
+//! A tunnel copies bytes opaquely in both directions. It reads just enough
+//! of the server-to-client stream to know where frames end, so that when
+//! nbgate closes a tunnel it can send the browser a proper close frame
+//! (1001 "going away") instead of cutting a frame in half.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Open tunnels, so they can be closed from outside their task.
+#[derive(Default)]
+pub struct Tunnels {
+    next_id: AtomicU64,
+    /// std Mutex: held only to insert/remove/iterate, never across `.await`.
+    open: Mutex<HashMap<u64, Entry>>,
+}
+
+struct Entry {
+    session: Option<String>,
+    cancel: CancellationToken,
+}
+
+/// Removes the tunnel from the registry when its task ends.
+pub struct TunnelGuard {
+    tunnels: Arc<Tunnels>,
+    id: u64,
+    pub cancel: CancellationToken,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.tunnels
+            .open
+            .lock()
+            .expect("tunnel registry lock is never poisoned: no panics while held")
+            .remove(&self.id);
+    }
+}
+
+impl Tunnels {
+    /// Registers a tunnel, optionally tied to a login session.
+    pub fn register(self: &Arc<Self>, session: Option<String>) -> TunnelGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        self.lock().insert(
+            id,
+            Entry {
+                session,
+                cancel: cancel.clone(),
+            },
+        );
+        TunnelGuard {
+            tunnels: Arc::clone(self),
+            id,
+            cancel,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.open
+            .lock()
+            .expect("tunnel registry lock is never poisoned: no panics while held")
+    }
+
+    /// Closes every tunnel (shutdown). Returns how many were open.
+    pub fn close_all(&self) -> usize {
+        let open = self.lock();
+        for e in open.values() {
+            e.cancel.cancel();
+        }
+        open.len()
+    }
+
+    /// Closes the tunnels of one login session (logout). Returns how many.
+    pub fn close_session(&self, session: &str) -> usize {
+        let open = self.lock();
+        let mut n = 0;
+        for e in open.values() {
+            if e.session.as_deref() == Some(session) {
+                e.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Why a tunnel ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    UpstreamClosed,
+    Idle,
+    Closed,
+    Error,
+}
+
+/// Bytes moved, for the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TunnelStats {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// How long a pending frame may take to finish before a close frame is
+/// sent anyway.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+const BUF: usize = 8 * 1024;
+
+/// Pumps bytes until either side closes, the tunnel is idle for
+/// `idle_timeout`, or `cancel` fires.
+pub async fn pump<C, U>(
+    client: C,
+    upstream: U,
+    idle_timeout: Duration,
+    cancel: CancellationToken,
+) -> (CloseReason, TunnelStats)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut c_r, mut c_w) = tokio::io::split(client);
+    let (mut u_r, mut u_w) = tokio::io::split(upstream);
+    // Atomics rather than Cells: the future must be Send to be spawned.
+    let base = Instant::now();
+    let last_ms = AtomicU64::new(0);
+    let touch = || last_ms.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let last = || base + Duration::from_millis(last_ms.load(Ordering::Relaxed));
+    let bytes_up = AtomicU64::new(0);
+    let bytes_down = AtomicU64::new(0);
+
+    let up = async {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = match c_r.read(&mut buf).await {
+                Ok(0) => return CloseReason::ClientClosed,
+                Ok(n) => n,
+                Err(_) => return CloseReason::Error,
+            };
+            touch();
+            if u_w.write_all(&buf[..n]).await.is_err() {
+                return CloseReason::Error;
+            }
+            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+
+    let mut frames = FrameTracker::default();
+    let down = async {
+        let mut buf = vec![0u8; BUF];
+        let reason = loop {
+            let n = tokio::select! {
+                r = u_r.read(&mut buf) => match r {
+                    Ok(0) => break CloseReason::UpstreamClosed,
+                    Ok(n) => n,
+                    Err(_) => break CloseReason::Error,
+                },
+                _ = cancel.cancelled() => break CloseReason::Closed,
+            };
+            touch();
+            frames.feed(&buf[..n]);
+            if c_w.write_all(&buf[..n]).await.is_err() {
+                return CloseReason::Error;
+            }
+            bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        if reason == CloseReason::Closed {
+            // Let a frame in flight finish, then say goodbye properly.
+            let deadline = tokio::time::Instant::now() + CLOSE_DRAIN;
+            while !frames.at_boundary() {
+                let want = frames.bytes_to_boundary().min(BUF as u64) as usize;
+                match tokio::time::timeout_at(deadline, u_r.read(&mut buf[..want.max(1)])).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        frames.feed(&buf[..n]);
+                        if c_w.write_all(&buf[..n]).await.is_err() {
+                            return reason;
+                        }
+                        bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            if frames.at_boundary() {
+                // Close frame, status 1001 "going away" (RFC 6455 §7.4.1).
+                let _ = c_w.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
+            }
+        }
+        let _ = c_w.shutdown().await;
+        reason
+    };
+
+    let idle = async {
+        loop {
+            let deadline = last() + idle_timeout;
+            tokio::time::sleep_until(deadline).await;
+            if last() + idle_timeout <= Instant::now() {
+                return;
+            }
+        }
+    };
+
+    let reason = tokio::select! {
+        r = up => r,
+        r = down => r,
+        _ = idle => CloseReason::Idle,
+    };
+    let stats = TunnelStats {
+        bytes_up: bytes_up.load(Ordering::Relaxed),
+        bytes_down: bytes_down.load(Ordering::Relaxed),
+    };
+    (reason, stats)
+}
+
+/// Tracks WebSocket frame boundaries (RFC 6455 §5.2) in a byte stream
+/// without buffering it: only header bytes are kept.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    header: [u8; 14],
+    have: usize,
+    payload_left: u64,
+}
+
+impl FrameTracker {
+    /// True between frames.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+
+    /// Bytes that surely belong to the current frame (at least 1 inside a
+    /// header, since its length is not known yet).
+    pub fn bytes_to_boundary(&self) -> u64 {
+        if self.have > 0 {
+            1
+        } else {
+            self.payload_left
+        }
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let take = (self.payload_left.min(data.len() as u64)) as usize;
+                self.payload_left -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if let Some(payload) = self.header_complete() {
+                self.have = 0;
+                self.payload_left = payload;
+            }
+        }
+    }
+
+    /// The payload length once the header is complete.
+    fn header_complete(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let masked = self.header[1] & 0x80 != 0;
+        let len7 = self.header[1] & 0x7F;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let need = 2 + ext + if masked { 4 } else { 0 };
+        if self.have < need {
+            return None;
+        }
+        Some(match ext {
+            0 => u64::from(len7),
+            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            _ => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(b)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_tracker_finds_boundaries_across_split_reads() {
+        let mut t = FrameTracker::default();
+        assert!(t.at_boundary());
+        // Unmasked text frame "hi".
+        t.feed(&[0x81]);
+        assert!(!t.at_boundary());
+        t.feed(&[0x02, b'h']);
+        assert!(!t.at_boundary());
+        t.feed(b"i");
+        assert!(t.at_boundary());
+        // 16-bit length frame of 300 bytes, fed in pieces.
+        let mut frame = vec![0x82, 126, 0x01, 0x2C];
+        frame.extend(std::iter::repeat(7u8).take(300));
+        for chunk in frame.chunks(7) {
+            t.feed(chunk);
+        }
+        assert!(t.at_boundary());
+        // Masked empty frame then half of another.
+        t.feed(&[0x89, 0x80, 1, 2, 3, 4, 0x81, 0x05, b'a']);
+        assert!(!t.at_boundary());
+        assert_eq!(t.bytes_to_boundary(), 4);
+    }
+
+    #[tokio::test]
+    async fn cancelled_tunnel_sends_a_close_frame_to_the_client() {
+        let (client_side, mut browser) = tokio::io::duplex(1024);
+        let (upstream_side, mut jupyter) = tokio::io::duplex(1024);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(60),
+            cancel.clone(),
+        ));
+        jupyter
+            .write_all(&[0x81, 0x02, b'o', b'k'])
+            .await
+            .expect("write");
+        let mut got = [0u8; 4];
+        browser.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, &[0x81, 0x02, b'o', b'k']);
+        cancel.cancel();
+        let mut close = Vec::new();
+        browser.read_to_end(&mut close).await.expect("read close");
+        assert_eq!(close, vec![0x88, 0x02, 0x03, 0xE9]);
+        let (reason, stats) = task.await.expect("join");
+        assert_eq!(reason, CloseReason::Closed);
+        assert_eq!(stats.bytes_down, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnel_is_closed_after_the_timeout() {
+        let (client_side, _browser) = tokio::io::duplex(64);
+        let (upstream_side, _jupyter) = tokio::io::duplex(64);
+        let (reason, _) = pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(5),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(reason, CloseReason::Idle);
+    }
+
+    #[test]
+    fn registry_closes_tunnels_of_one_session_only() {
+        let t = Arc::new(Tunnels::default());
+        let a = t.register(Some("s1".into()));
+        let b = t.register(Some("s2".into()));
+        assert_eq!(t.close_session("s1"), 1);
+        assert!(a.cancel.is_cancelled());
+        assert!(!b.cancel.is_cancelled());
+        drop(a);
+        assert_eq!(t.count(), 1);
+    }
+}

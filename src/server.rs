@@ -1,0 +1,307 @@
+//! Listening sockets, the accept loops, per-connection tasks and graceful
+//! shutdown.
+//!
+//! The accept loop only accepts: the TLS handshake (and the sniffing of a
+//! plain-HTTP request on the TLS port) runs in the connection's own task
+//! under a timeout, so a slow or malicious client can never stall accepting.
+//! The number of open connections is capped by a semaphore taken *before*
+//! `accept`, so at the cap new clients wait in the kernel backlog instead of
+//! costing memory here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::proxy::{https_redirect, ConnInfo, Gateway};
+use crate::tls::{self, CertResolver};
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The bound sockets. Bound before `run` so that a test (or systemd) can
+/// bind port 0 and learn the real port, and so that bind errors surface
+/// before anything else starts.
+pub struct Listeners {
+    pub https: Vec<TcpListener>,
+    pub http: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every configured listener and logs each bound address.
+    ///
+    /// # Errors
+    /// `ServerError::Bind` naming the address that could not be bound.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let mut https = Vec::new();
+        for addr in &config.server.listen {
+            https.push(bind_one(*addr).await?);
+        }
+        let mut http = Vec::new();
+        for addr in &config.server.http_listen {
+            http.push(bind_one(*addr).await?);
+        }
+        Ok(Listeners { https, http })
+    }
+
+    /// The port plain-HTTP redirects point at: the first HTTPS listener's.
+    fn https_port(&self) -> u16 {
+        self.https
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(443, |a| a.port())
+    }
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|source| ServerError::Bind { addr, source })?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    socket
+        .bind(addr)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    socket
+        .listen(1024)
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs until `shutdown` resolves, then drains: listeners close at once (new
+/// connections are refused), WebSocket tunnels get a close frame, in-flight
+/// requests get up to `server.shutdown_grace` to finish.
+pub async fn run(
+    config: Arc<Config>,
+    listeners: Listeners,
+    resolver: Arc<CertResolver>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gateway = Arc::new(Gateway::new(Arc::clone(&config)));
+    let acceptor = TlsAcceptor::from(tls::server_config(resolver));
+    let https_port = listeners.https_port();
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    for listener in listeners.https {
+        log_listening(&listener, "https");
+        let ctx = ConnCtx {
+            config: Arc::clone(&config),
+            gateway: Arc::clone(&gateway),
+            acceptor: Some(acceptor.clone()),
+            https_port,
+        };
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            Arc::clone(&limit),
+            Arc::clone(&graceful),
+            stop.clone(),
+        ));
+    }
+    for listener in listeners.http {
+        log_listening(&listener, "http");
+        let ctx = ConnCtx {
+            config: Arc::clone(&config),
+            gateway: Arc::clone(&gateway),
+            acceptor: None,
+            https_port,
+        };
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            Arc::clone(&limit),
+            Arc::clone(&graceful),
+            stop.clone(),
+        ));
+    }
+    tracker.close();
+
+    shutdown.await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections");
+    stop.cancel();
+    tracker.wait().await;
+    let tunnels = gateway.tunnels.close_all();
+    if tunnels > 0 {
+        tracing::info!(tunnels, "closing websocket tunnels");
+    }
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|arc| {
+        // Accept loops have ended, so no other owner remains; fall back to a
+        // fresh handle rather than panic if that ever changes.
+        drop(arc);
+        GracefulShutdown::new()
+    });
+    match tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections finished"),
+        Err(_) => tracing::warn!("grace period over: closing remaining connections"),
+    }
+    // Give tunnels a moment to flush their close frames.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while gateway.tunnels.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn log_listening(listener: &TcpListener, scheme: &str) {
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!("listening scheme={scheme} addr={addr}"),
+        Err(e) => tracing::warn!(error = %e, "listener has no local address"),
+    }
+}
+
+/// What a connection task needs.
+#[derive(Clone)]
+struct ConnCtx {
+    config: Arc<Config>,
+    gateway: Arc<Gateway>,
+    /// `None` for the plain-HTTP redirect listener.
+    acceptor: Option<TlsAcceptor>,
+    https_port: u16,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: ConnCtx,
+    limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let ctx = ctx.clone();
+        // Subscribed here, in the loop, so that no connection accepted
+        // before shutdown can miss the shutdown signal.
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, peer, ctx, watcher).await;
+        });
+    }
+}
+
+/// The first byte of a TLS connection is a handshake record (0x16).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, watcher: Watcher) {
+    let _ = tcp.set_nodelay(true);
+    let conn = ConnInfo { peer };
+    let Some(acceptor) = ctx.acceptor.clone() else {
+        serve_plain_redirect(tcp, ctx, watcher).await;
+        return;
+    };
+    let handshake_timeout = ctx.config.server.tls_handshake_timeout;
+    let mut first = [0u8; 1];
+    let sniff = tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await;
+    match sniff {
+        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
+            // Someone typed http://host:port: answer with a redirect rather
+            // than a TLS alert the browser shows as a broken page.
+            serve_plain_redirect(tcp, ctx, watcher).await;
+            return;
+        }
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "tls handshake timed out");
+            return;
+        }
+    };
+    let builder = http_builder(&ctx.config);
+    let gateway = Arc::clone(&ctx.gateway);
+    let service = service_fn(move |req| {
+        let gw = Arc::clone(&gateway);
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, conn).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 settings shared by every TLS connection.
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let s = &config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slowloris: a client must finish its headers within this time (the
+        // timer also runs while a keep-alive connection waits for the next
+        // request, which closes idle keep-alive connections).
+        .header_read_timeout(s.header_read_timeout)
+        // hyper answers 431 when the head does not fit this buffer.
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .max_headers(s.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
+    let port = ctx.https_port;
+    let service = service_fn(move |req| async move {
+        Ok::<_, std::convert::Infallible>(https_redirect(&req, port))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.server.header_read_timeout)
+        .max_buf_size(ctx.config.server.max_header_bytes.max(8192))
+        .keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    let _ = watcher.watch(conn).await;
+}
