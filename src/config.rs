@@ -55,6 +55,33 @@ pub struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    base_url: Option<String>,
+    default_user: Option<String>,
+    users_file: Option<PathBuf>,
+    password_hash_env: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    idle_timeout: Option<String>,
+    max_lifetime: Option<String>,
+    max_concurrent_verifications: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: Option<String>,
+    #[serde(default)]
+    tokens: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +146,42 @@ pub struct Config {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserEntry>,
+}
+
+/// Where users and passwords come from, and how long a login lasts.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    /// Jupyter's `base_url`; nbgate's own pages live under `<base_url>_nbgate/`.
+    pub base_url: String,
+    /// The user name for single-password sources (env, file, credential,
+    /// embedded default).
+    pub default_user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_hash_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub max_lifetime: Duration,
+    pub max_concurrent_verifications: usize,
+}
+
+/// A `[[users]]` entry. Hashes are not secrets in the cryptographic sense,
+/// but they are redacted from output anyway: offline guessing needs them.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserEntry {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<Secret>,
+    pub tokens: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -381,11 +444,15 @@ impl Config {
     fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let message = match key_at(text, line) {
+                Some(key) => format!("{key}: {}", e.message()),
+                None => e.message().to_owned(),
+            };
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().to_owned(),
+                message,
             }
         })
     }
@@ -621,6 +688,84 @@ impl Config {
                 ))
             }
         };
+        let a = raw.auth;
+        let base_url = a.base_url.unwrap_or_else(|| "/".to_owned());
+        if !base_url.starts_with('/')
+            || !base_url.ends_with('/')
+            || base_url.contains(['?', '#', '\\'])
+        {
+            return Err(invalid(
+                "auth.base_url",
+                format!("{base_url:?} must start and end with '/' (Jupyter's base_url, e.g. \"/jupyter/\")"),
+            ));
+        }
+        let default_user = a.default_user.unwrap_or_else(|| "jupyter".to_owned());
+        if !valid_user_name(&default_user) {
+            return Err(invalid(
+                "auth.default_user",
+                format!("{default_user:?} is not a valid user name"),
+            ));
+        }
+        let idle_timeout = dur(
+            "auth.idle_timeout",
+            a.idle_timeout,
+            Duration::from_secs(24 * 3600),
+        )?;
+        let max_lifetime = dur(
+            "auth.max_lifetime",
+            a.max_lifetime,
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
+        if idle_timeout > max_lifetime {
+            return Err(invalid(
+                "auth.idle_timeout",
+                "must not exceed auth.max_lifetime".into(),
+            ));
+        }
+        if a.password_env.is_some() && a.password_file.is_some() {
+            return Err(invalid(
+                "auth.password_env",
+                "set either password_env or password_file, not both".into(),
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let auth = AuthConfig {
+            base_url,
+            default_user,
+            users_file: a.users_file,
+            password_hash_env: a.password_hash_env,
+            password_env: a.password_env,
+            password_file: a.password_file,
+            idle_timeout,
+            max_lifetime,
+            max_concurrent_verifications: a.max_concurrent_verifications.unwrap_or(cores).max(1),
+        };
+        let mut users = Vec::new();
+        for u in raw.users {
+            if !valid_user_name(&u.name) {
+                return Err(invalid(
+                    "users.name",
+                    format!("{:?} is not a valid user name", u.name),
+                ));
+            }
+            if users.iter().any(|e: &UserEntry| e.name == u.name) {
+                return Err(invalid(
+                    "users.name",
+                    format!("user {:?} is defined twice", u.name),
+                ));
+            }
+            if u.password_hash.is_none() && u.tokens.is_empty() {
+                return Err(invalid(
+                    "users.password_hash",
+                    format!("user {:?} has neither password_hash nor tokens", u.name),
+                ));
+            }
+            users.push(UserEntry {
+                name: u.name,
+                password_hash: u.password_hash.map(Secret::new),
+                tokens: u.tokens.into_iter().map(Secret::new).collect(),
+            });
+        }
         Ok(Config {
             source,
             server,
@@ -630,6 +775,8 @@ impl Config {
                 format,
                 access_log: l.access_log.unwrap_or(true),
             },
+            auth,
+            users,
         })
     }
 
@@ -637,6 +784,37 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// User names: 1-64 characters of letters, digits, `.`, `_`, `-`, `@`.
+/// Kept narrow so a name is safe in logs and cookies.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+/// The dotted key assigned on `line` (1-based), e.g. `server.max_connections`,
+/// so a type error names the key and not only its position.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let (key, _) = here.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -680,6 +858,16 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("test.toml:3:"), "{msg}");
         assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_dotted_key() {
+        let e = load_str("[server]\nmax_connections = \"many\"\n").expect_err("bad type");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("test.toml:2:") && msg.contains("server.max_connections"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,3 +1,289 @@
-//! Authentication: password hashes, sessions, the login flow.
+//! Authentication: who may pass the gate.
+//!
+//! Owns password and token verification (off the async executor, with a
+//! cap on verifications in flight), login sessions (encrypted cookies),
+//! CSRF tokens for nbgate's forms and the `next=` sanitizer. It returns
+//! decisions; the router (`proxy`) turns them into responses.
+//!
+//! Submodules: `password` (hash formats), `prompt` (reading a new password
+//! from a terminal), `users` (where users come from), `session` (cookies,
+//! lifetime, revocation), `csrf`, `next_path`.
 
+pub mod csrf;
 pub mod next_path;
+pub mod password;
+pub mod prompt;
+pub mod session;
+pub mod users;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use self::password::StoredHash;
+use self::session::{Claims, Lifetime, Revocations, SessionKeys, Verdict};
+use self::users::{User, UserStore};
+use crate::config::Config;
+
+pub use self::users::{AuthError, InitialPassword};
+
+/// The outcome of a password or token check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Verified; the user's name.
+    Valid(String),
+    /// Wrong credentials. `unknown_user` is for the audit log only: the
+    /// client sees the same answer either way.
+    Invalid { unknown_user: bool },
+    /// Too many verifications in flight: refused before any hashing.
+    Busy,
+}
+
+/// How a request proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Cookie,
+    Token,
+}
+
+/// A successfully authenticated request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub via: Via,
+    /// Session id (cookie logins only): tunnels are tagged with it so
+    /// logout can close them.
+    pub session: Option<String>,
+    /// A refreshed `Set-Cookie` to send (sliding idle timeout).
+    pub refresh_cookie: Option<String>,
+}
+
+/// Verified API tokens are remembered by their SHA-256 so that a client
+/// making many requests pays PBKDF2 once, not per request.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
+const TOKEN_CACHE_MAX: usize = 1024;
+
+pub struct Authenticator {
+    users: UserStore,
+    keys: SessionKeys,
+    revocations: Revocations,
+    life: Lifetime,
+    /// Caps password/token verifications in flight (each is ~0.1 s of a
+    /// core): a guessing flood cannot take every core from proxying.
+    verify_slots: Arc<Semaphore>,
+    /// std Mutex: short critical sections, never held across `.await`.
+    token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl Authenticator {
+    /// Loads users, session keys and revocations from the configuration and
+    /// state directory. Returns the generated first-start password, if one
+    /// was made, for the caller to show once.
+    ///
+    /// # Errors
+    /// An unreadable source, an invalid hash, an unwritable state directory.
+    pub fn try_new(config: &Config) -> Result<(Self, Option<InitialPassword>), AuthError> {
+        let (users, initial) = users::load(config)?;
+        let state_dir = &config.server.state_dir;
+        let keys = SessionKeys::load_or_create(state_dir)?;
+        let revocations = Revocations::load(state_dir);
+        let auth = Authenticator {
+            users,
+            keys,
+            revocations,
+            life: Lifetime {
+                idle: config.auth.idle_timeout,
+                max: config.auth.max_lifetime,
+            },
+            verify_slots: Arc::new(Semaphore::new(config.auth.max_concurrent_verifications)),
+            token_cache: Mutex::new(HashMap::new()),
+        };
+        Ok((auth, initial))
+    }
+
+    /// For tests and benches: given users, in-memory keys and state.
+    pub fn for_tests(users: UserStore, life: Lifetime) -> Self {
+        Authenticator {
+            users,
+            keys: SessionKeys::ephemeral(),
+            revocations: Revocations::in_memory(),
+            life,
+            verify_slots: Arc::new(Semaphore::new(2)),
+            token_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn users(&self) -> &UserStore {
+        &self.users
+    }
+
+    /// Verifies a password on the blocking pool. An unknown user is
+    /// verified against a dummy hash so that it costs the same time.
+    pub async fn check_password(&self, user: &str, password: &str) -> Check {
+        let Ok(permit) = Arc::clone(&self.verify_slots).try_acquire_owned() else {
+            return Check::Busy;
+        };
+        let found = self.users.get(user).and_then(User::password_hash);
+        let unknown_user = found.is_none();
+        let hash: Arc<StoredHash> =
+            found.unwrap_or_else(|| Arc::new(password::dummy_hash().clone()));
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash.verify(&pw)
+        })
+        .await
+        .unwrap_or(false);
+        if ok && !unknown_user {
+            if self.users.get(user).is_some_and(User::is_legacy) {
+                tracing::warn!(
+                    target: "nbgate::audit",
+                    user,
+                    "password hash uses a legacy Jupyter format: re-hash with `nbgate hash-password`"
+                );
+            }
+            Check::Valid(user.to_owned())
+        } else {
+            Check::Invalid { unknown_user }
+        }
+    }
+
+    /// Verifies an API token against every user's token hashes.
+    pub async fn check_token(&self, token: &str) -> Check {
+        let digest = sha256(token.as_bytes());
+        if let Some(user) = self.cached_token(&digest) {
+            return Check::Valid(user);
+        }
+        let candidates = self.users.token_hashes();
+        if candidates.is_empty() {
+            return Check::Invalid { unknown_user: true };
+        }
+        let Ok(permit) = Arc::clone(&self.verify_slots).try_acquire_owned() else {
+            return Check::Busy;
+        };
+        let tok = token.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Every candidate is tried (no early exit), so the time taken
+            // does not reveal which user's token came close.
+            let mut found = None;
+            for (user, hash) in candidates {
+                if hash.verify(&tok) && found.is_none() {
+                    found = Some(user);
+                }
+            }
+            found
+        })
+        .await
+        .unwrap_or(None);
+        match found {
+            Some(user) => {
+                self.remember_token(digest, &user);
+                Check::Valid(user)
+            }
+            None => Check::Invalid {
+                unknown_user: false,
+            },
+        }
+    }
+
+    fn cached_token(&self, digest: &[u8; 32]) -> Option<String> {
+        let cache = self
+            .token_cache
+            .lock()
+            .expect("token cache lock never poisoned");
+        cache
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(u, _)| u.clone())
+    }
+
+    fn remember_token(&self, digest: [u8; 32], user: &str) {
+        let mut cache = self
+            .token_cache
+            .lock()
+            .expect("token cache lock never poisoned");
+        if cache.len() >= TOKEN_CACHE_MAX {
+            cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (user.to_owned(), Instant::now()));
+    }
+
+    /// Starts a session for `user`: a fresh session id every time, so a
+    /// cookie planted before login is never promoted (session fixation).
+    pub fn start_session(&self, user: &str) -> (Claims, String) {
+        let now = session::unix_now();
+        let claims = Claims {
+            u: user.to_owned(),
+            sid: session::new_session_id(),
+            iat: now,
+            lst: now,
+            gen: self.revocations.generation(user),
+            pw: self
+                .users
+                .get(user)
+                .map(|u| u.fingerprint().to_owned())
+                .unwrap_or_default(),
+        };
+        let cookie = self.keys.seal(&claims, self.life.max);
+        (claims, cookie)
+    }
+
+    /// Checks a session cookie value.
+    pub fn check_session(&self, value: &str) -> Option<Verdict> {
+        let claims = self.keys.open(value)?;
+        let fp = self
+            .users
+            .get(&claims.u)
+            .map(|u| u.fingerprint().to_owned());
+        Some(session::check(
+            claims,
+            session::unix_now(),
+            self.life,
+            &self.revocations,
+            fp.as_deref(),
+        ))
+    }
+
+    /// A refreshed cookie for an active session (sliding idle timeout).
+    pub fn refresh(&self, mut claims: Claims) -> String {
+        claims.lst = session::unix_now();
+        let remaining = claims
+            .iat
+            .saturating_add(self.life.max.as_secs())
+            .saturating_sub(claims.lst);
+        self.keys.seal(&claims, Duration::from_secs(remaining))
+    }
+
+    /// Ends one session (logout).
+    pub fn end_session(&self, claims: &Claims) {
+        let now = session::unix_now();
+        self.revocations.revoke_session(
+            &claims.sid,
+            claims.iat.saturating_add(self.life.max.as_secs()),
+            now,
+        );
+    }
+
+    /// Ends every session of a user (logout everywhere).
+    pub fn end_all_sessions(&self, user: &str) {
+        self.revocations.revoke_user(user);
+    }
+
+    /// Key for CSRF tokens.
+    pub fn csrf_key(&self) -> &[u8] {
+        self.keys.signing_key()
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}

@@ -22,6 +22,8 @@ pub enum ProxyError {
     UpstreamConnect(#[source] std::io::Error),
     #[error("upstream protocol error: {0}")]
     UpstreamProtocol(#[source] hyper::Error),
+    #[error("upstream response body failed")]
+    UpstreamBody,
     #[error("invalid request target")]
     BadRequestTarget,
     #[error("not found")]
@@ -44,7 +46,8 @@ impl ProxyError {
             ),
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamProtocol(_) => (
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamBody => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "Jupyter is not reachable right now. Try again in a moment.",

@@ -175,6 +175,11 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host)?;
+        if self.upstream_auth.is_some() && error::wants_html(&parts.headers) {
+            // Pages are scrubbed of the token below; that needs them
+            // uncompressed.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let up_req = Request::from_parts(parts, body.boxed_unsync());
         let resp = self
             .upstream
@@ -185,7 +190,30 @@ impl Gateway {
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
         headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
+        if let Some(token) = self.scrub_target(&rparts.headers) {
+            return scrub_token(rparts, rbody, token).await;
+        }
         Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
+    }
+
+    /// Jupyter writes the token of a token-authenticated request into its
+    /// HTML (JupyterLab's page config, `data-jupyter-api-token`). The token
+    /// must never reach a browser — with it, anyone on the machine could
+    /// talk to Jupyter around nbgate — so HTML pages of known, bounded size
+    /// are scrubbed. Returns the token when this response needs it.
+    fn scrub_target(&self, h: &HeaderMap) -> Option<&str> {
+        let token = self.config.upstream.token.as_ref()?.expose();
+        let html = h
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("text/html"));
+        let small = h
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n <= MAX_SCRUB_BYTES);
+        let identity = !h.contains_key(header::CONTENT_ENCODING);
+        (html && small && identity).then_some(token)
     }
 
     async fn forward_websocket(
@@ -205,6 +233,14 @@ impl Gateway {
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_static("websocket"));
         self.upstream_request_filter(&mut parts, client, host)?;
+        // A direct connection (not the pooled client) sends the target as
+        // given: it must be origin-form (`/path?q`), or Jupyter answers 404.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| ProxyError::BadRequestTarget)?;
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -260,6 +296,31 @@ impl Gateway {
     fn response_filter(&self, resp: &mut Response<ProxyBody>) {
         headers::add_security_headers(resp.headers_mut(), self.hsts.as_ref());
     }
+}
+
+/// Largest HTML page buffered to remove the token from it.
+const MAX_SCRUB_BYTES: usize = 4 << 20;
+
+async fn scrub_token(
+    mut parts: http::response::Parts,
+    body: Incoming,
+    token: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let bytes = http_body_util::Limited::new(body, MAX_SCRUB_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::UpstreamBody)?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let scrubbed = if text.contains(token) {
+        bytes::Bytes::from(text.replace(token, ""))
+    } else {
+        bytes
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(scrubbed.len()));
+    Ok(Response::from_parts(parts, body::full(scrubbed)))
 }
 
 async fn run_tunnel(

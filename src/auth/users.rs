@@ -1,0 +1,427 @@
+//! Where users come from: `[[users]]` in the config, a users file, an
+//! environment variable or systemd credential holding a hash, a plain
+//! password from an environment variable or file (hashed at start, the
+//! variable then removed), and — when none is configured — a generated
+//! first-start password whose hash is kept in the state directory.
+//!
+//! Never logs a password, a hash or a token.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::password::{self, PasswordError, StoredHash};
+use super::session::SessionError;
+use crate::config::{valid_user_name, Config};
+use crate::state;
+
+/// Errors loading users or session state. Each names its source.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{source_name}: cannot read: {source}")]
+    Read {
+        source_name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name}: user {user:?}: invalid hash: {source}")]
+    BadHash {
+        source_name: String,
+        user: String,
+        #[source]
+        source: PasswordError,
+    },
+    #[error("{source_name}: {message}")]
+    Invalid {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: the password is not acceptable: {source}")]
+    WeakPassword {
+        source_name: String,
+        #[source]
+        source: PasswordError,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// One user.
+pub struct User {
+    name: String,
+    password: Option<Arc<StoredHash>>,
+    tokens: Vec<Arc<StoredHash>>,
+    /// Short digest of the password hash string, carried in session
+    /// cookies: a password change makes every older cookie invalid.
+    fingerprint: String,
+}
+
+impl User {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn password_hash(&self) -> Option<Arc<StoredHash>> {
+        self.password.clone()
+    }
+    pub fn is_legacy(&self) -> bool {
+        self.password.as_ref().is_some_and(|h| h.is_legacy())
+    }
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// All users, by name.
+#[derive(Default)]
+pub struct UserStore {
+    users: HashMap<String, User>,
+}
+
+impl UserStore {
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Every (user, token hash) pair.
+    pub fn token_hashes(&self) -> Vec<(String, Arc<StoredHash>)> {
+        self.users
+            .values()
+            .flat_map(|u| u.tokens.iter().map(|t| (u.name.clone(), Arc::clone(t))))
+            .collect()
+    }
+
+    /// Adds a user; a later source may not redefine an earlier one's name.
+    pub fn add(
+        &mut self,
+        source_name: &str,
+        name: &str,
+        password_hash: Option<&str>,
+        tokens: &[&str],
+    ) -> Result<(), AuthError> {
+        if !valid_user_name(name) {
+            return Err(AuthError::Invalid {
+                source_name: source_name.to_owned(),
+                message: format!("{name:?} is not a valid user name"),
+            });
+        }
+        if self.users.contains_key(name) {
+            return Err(AuthError::Invalid {
+                source_name: source_name.to_owned(),
+                message: format!("user {name:?} is already defined by another source"),
+            });
+        }
+        let parse = |h: &str| {
+            h.parse::<StoredHash>()
+                .map(Arc::new)
+                .map_err(|source| AuthError::BadHash {
+                    source_name: source_name.to_owned(),
+                    user: name.to_owned(),
+                    source,
+                })
+        };
+        let password = password_hash.map(parse).transpose()?;
+        let tokens = tokens
+            .iter()
+            .map(|t| parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fingerprint = password_hash.map_or_else(String::new, |h| {
+            let d = ring::digest::digest(&ring::digest::SHA256, h.trim().as_bytes());
+            hex::encode(&d.as_ref()[..8])
+        });
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                password,
+                tokens,
+                fingerprint,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A password generated on first start, to be shown once on the terminal.
+pub struct InitialPassword {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for InitialPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitialPassword")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// systemd credential names (`LoadCredential=nbgate-password-hash:...`).
+const CREDENTIAL_HASH: &str = "nbgate-password-hash";
+
+/// Loads users from every configured source.
+///
+/// Call before the runtime starts threads: a plain password taken from the
+/// environment is removed from it (`remove_var` is only sound while the
+/// process is single-threaded), so it does not linger in
+/// `/proc/PID/environ` or reach child processes.
+///
+/// # Errors
+/// An unreadable source, an invalid hash or name, a duplicate user.
+pub fn load(config: &Config) -> Result<(UserStore, Option<InitialPassword>), AuthError> {
+    let mut store = UserStore::default();
+    let auth = &config.auth;
+    let src = config.source.display().to_string();
+
+    for u in &config.users {
+        let tokens: Vec<&str> = u.tokens.iter().map(|t| t.expose()).collect();
+        store.add(
+            &format!("{src}: [[users]]"),
+            &u.name,
+            u.password_hash.as_ref().map(|h| h.expose()),
+            &tokens,
+        )?;
+    }
+
+    if let Some(path) = &auth.users_file {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            source_name: name.clone(),
+            source,
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{name}:{}", i + 1);
+            let (user, hash) = line.split_once(':').ok_or_else(|| AuthError::Invalid {
+                source_name: at.clone(),
+                message: "expected NAME:HASH".into(),
+            })?;
+            store.add(&at, user.trim(), Some(hash.trim()), &[])?;
+        }
+    }
+
+    let default_user = auth.default_user.as_str();
+    if let Some(var) = &auth.password_hash_env {
+        let source_name = format!("environment variable {var}");
+        let hash = std::env::var(var).map_err(|_| AuthError::Invalid {
+            source_name: source_name.clone(),
+            message: "is not set".into(),
+        })?;
+        store.add(&source_name, default_user, Some(&hash), &[])?;
+    }
+
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = PathBuf::from(dir).join(CREDENTIAL_HASH);
+        if path.exists() {
+            let source_name = format!("systemd credential {}", path.display());
+            let hash = std::fs::read_to_string(&path).map_err(|source| AuthError::Read {
+                source_name: source_name.clone(),
+                source,
+            })?;
+            store.add(&source_name, default_user, Some(hash.trim()), &[])?;
+        }
+    }
+
+    let plain = if let Some(var) = &auth.password_env {
+        let source_name = format!("environment variable {var}");
+        let pw = std::env::var(var).map_err(|_| AuthError::Invalid {
+            source_name: source_name.clone(),
+            message: "is not set".into(),
+        })?;
+        // Removed so it is not inherited by children nor readable in
+        // /proc/PID/environ later (see the function doc on soundness).
+        std::env::remove_var(var);
+        Some((source_name, pw))
+    } else if let Some(path) = &auth.password_file {
+        let source_name = path.display().to_string();
+        let pw = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            source_name: source_name.clone(),
+            source,
+        })?;
+        Some((source_name, pw.trim_end_matches(['\r', '\n']).to_owned()))
+    } else {
+        None
+    };
+    if let Some((source_name, pw)) = plain {
+        password::check_new_password(&pw).map_err(|source| AuthError::WeakPassword {
+            source_name: source_name.clone(),
+            source,
+        })?;
+        let hash = password::hash_password(&pw).map_err(|source| AuthError::WeakPassword {
+            source_name: source_name.clone(),
+            source,
+        })?;
+        store.add(&source_name, default_user, Some(&hash), &[])?;
+    }
+
+    let mut initial = None;
+    if store.is_empty() {
+        initial = embedded_default(config, &mut store)?;
+    }
+    Ok((store, initial))
+}
+
+/// No user configured: use (or make, on first start) a generated password
+/// whose hash lives in `<state_dir>/auth/initial-password.hash`. There is
+/// no way to run without a login.
+fn embedded_default(
+    config: &Config,
+    store: &mut UserStore,
+) -> Result<Option<InitialPassword>, AuthError> {
+    let dir = config.server.state_dir.join("auth");
+    let path = dir.join("initial-password.hash");
+    let user = config.auth.default_user.clone();
+    let source_name = path.display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(hash) => {
+            store.add(&source_name, &user, Some(hash.trim()), &[])?;
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let pw = password::generate_password();
+            let hash = password::hash_password(&pw).map_err(|source| AuthError::WeakPassword {
+                source_name: source_name.clone(),
+                source,
+            })?;
+            state::ensure_private_dir(&dir).map_err(|source| AuthError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+            state::write_atomic(&path, format!("{hash}\n").as_bytes(), 0o600).map_err(
+                |source| AuthError::Write {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+            store.add(&source_name, &user, Some(&hash), &[])?;
+            Ok(Some(InitialPassword { user, password: pw }))
+        }
+        Err(source) => Err(AuthError::Read {
+            source_name,
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn config(dir: &std::path::Path, extra: &str) -> Config {
+        let path = dir.join("c.toml");
+        let text = format!(
+            "[server]\nstate_dir = {:?}\n{extra}",
+            dir.join("state").display().to_string()
+        );
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path), &Overrides::default()).expect("config")
+    }
+
+    fn fast_hash(pw: &str) -> String {
+        password::hash_password_with_iterations(pw, password::MIN_ITERATIONS).expect("hash")
+    }
+
+    #[test]
+    fn first_start_generates_a_password_and_later_starts_reuse_its_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), "");
+        let (store, initial) = load(&c).expect("load");
+        let initial = initial.expect("generated on first start");
+        assert_eq!(initial.user, "jupyter");
+        let hash = store
+            .get("jupyter")
+            .and_then(User::password_hash)
+            .expect("user");
+        assert!(hash.verify(&initial.password));
+        let stored = std::fs::read_to_string(dir.path().join("state/auth/initial-password.hash"))
+            .expect("hash file");
+        assert!(
+            !stored.contains(&initial.password),
+            "only the hash is stored"
+        );
+        let (again, none) = load(&c).expect("reload");
+        assert!(none.is_none(), "the password is shown only once");
+        assert!(again
+            .get("jupyter")
+            .and_then(User::password_hash)
+            .expect("user")
+            .verify(&initial.password));
+        assert!(!format!("{initial:?}").contains(&initial.password));
+    }
+
+    #[test]
+    fn users_file_lines_name_their_line_on_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("users");
+        std::fs::write(
+            &file,
+            format!(
+                "# comment\nalice:{}\nbob:notahash\n",
+                fast_hash("alice-pw-1")
+            ),
+        )
+        .expect("write");
+        let c = config(
+            dir.path(),
+            &format!("[auth]\nusers_file = {:?}\n", file.display().to_string()),
+        );
+        let e = load(&c).err().expect("bad hash");
+        let msg = e.to_string();
+        assert!(msg.contains("users:3") && msg.contains("bob"), "{msg}");
+        assert!(!msg.contains("notahash"), "the hash is not echoed: {msg}");
+    }
+
+    #[test]
+    fn plain_password_from_env_is_hashed_and_removed_from_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::env::set_var("NBGATE_TEST_PLAIN_PW", "container-secret-1");
+        let c = config(
+            dir.path(),
+            "[auth]\npassword_env = \"NBGATE_TEST_PLAIN_PW\"\n",
+        );
+        let (store, initial) = load(&c).expect("load");
+        assert!(initial.is_none());
+        assert!(std::env::var_os("NBGATE_TEST_PLAIN_PW").is_none());
+        assert!(store
+            .get("jupyter")
+            .and_then(User::password_hash)
+            .expect("user")
+            .verify("container-secret-1"));
+    }
+
+    #[test]
+    fn config_users_with_tokens_load_and_duplicates_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = format!(
+            "[[users]]\nname = \"alice\"\npassword_hash = {:?}\ntokens = [{:?}]\n",
+            fast_hash("alice-pw-1"),
+            fast_hash("tok-abcdefgh")
+        );
+        let c = config(dir.path(), &extra);
+        let (store, initial) = load(&c).expect("load");
+        assert!(initial.is_none());
+        assert_eq!(store.token_hashes().len(), 1);
+        let mut s = UserStore::default();
+        s.add("a", "x", Some(&fast_hash("password1")), &[])
+            .expect("add");
+        assert!(s.add("b", "x", Some(&fast_hash("password2")), &[]).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared integration-test harness: starts the real pieces (Jupyter Server, nbgate) and small
+//! in-process upstreams on ephemeral loopback ports, and kills them on drop.
+//!
+//! # Layout
+//! - `jupyter`  Jupyter Server from the test venv (`$NBGATE_TEST_VENV`), over TCP or a Unix socket.
+//! - `nbgate`   the nbgate binary: config builder, readiness from its log, clients that trust its
+//!   certificate, raw TLS and WebSocket connectors. Every request a test makes goes through
+//!   `Nbgate` helpers so that authentication can later be added in one place.
+//! - `kernel`   the Jupyter kernel and terminal WebSocket protocols.
+//! - `upstream` an in-process hyper upstream (echo, redirect, slow stream, sink, WebSocket echo).
+//! - `certs`    rcgen certificates for `tls.mode = "files"` and fingerprints.
+//! - `process`  process-tree kill and `/proc` readings.
+//!
+//! It must not sleep to wait for readiness: everything is polled, and every await that could
+//! hang sits under [`within`].
+
+// Each tests/*.rs file is its own crate and uses a different subset of this harness.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod jupyter;
+pub mod kernel;
+pub mod nbgate;
+pub mod process;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+// Re-exports for the test files; each uses some of them.
+#[allow(unused_imports)]
+pub use jupyter::{Jupyter, JupyterOptions};
+#[allow(unused_imports)]
+pub use nbgate::{Nbgate, NbgateBuilder};
+#[allow(unused_imports)]
+pub use upstream::TestUpstream;
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, panicking with `what` after `limit`.
+pub async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A random lowercase hex string of `bytes` random bytes, for tokens and unique names.
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64) so big bodies need not be kept in memory:
+/// the sender generates and hashes them on the fly, the receiver hashes what arrives.
+pub struct PatternBytes {
+    state: u64,
+}
+
+impl PatternBytes {
+    pub fn new(seed: u64) -> Self {
+        PatternBytes { state: seed | 1 }
+    }
+
+    /// Fills `buf` with the next bytes of the pattern.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let bytes = self.state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! A small in-process HTTP/1.1 upstream for edge cases Jupyter cannot show cheaply. Routes:
+//!
+//! - `/redirect`: 302 with an absolute `Location: http://127.0.0.1:PORT/x` (its own origin).
+//! - `/response-hop`: 200 carrying hop-by-hop response headers (`Connection: x-resp-hop`,
+//!   `X-Resp-Hop`, `Keep-Alive`, `Proxy-Authenticate`) and `Server: TestUpstream/1.2.3`.
+//! - `/stream?bytes=N&chunk=C&delay_ms=D`: N bytes of [`PatternBytes`] (seed 7) in chunks of C
+//!   with D ms between chunks, with a `Content-Length`.
+//! - `/sink`: reads the whole request body as it arrives; answers JSON `{"bytes", "sha256"}`.
+//! - `/ws-echo`: a WebSocket whose first message is the handshake's request as JSON (see
+//!   below), then echoes every message.
+//! - anything else: JSON `{"method", "uri", "version", "headers": [[name, value], ...],
+//!   "body_bytes"}` describing the request as received.
+//!
+//! Every accepted connection is counted, so tests can see whether nbgate reached upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::PatternBytes;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A running in-process upstream; stops accepting on drop.
+pub struct TestUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl TestUpstream {
+    /// Binds `127.0.0.1:0` and serves the routes above on the current tokio runtime.
+    pub async fn start() -> TestUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| route(req, addr));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            connections,
+            accept_loop,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for `upstream.url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many TCP connections nbgate opened to this upstream.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(value.to_string()))
+        .expect("response")
+}
+
+/// The request line and headers as JSON (header values lossily decoded).
+fn describe<B>(req: &Request<B>) -> Value {
+    let headers: Vec<Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    })
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.parse().ok())?
+    })
+}
+
+async fn route(req: Request<Incoming>, own: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let response = match req.uri().path() {
+        "/redirect" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", format!("http://{own}/x"))
+            .body(full("moved"))
+            .expect("response"),
+        "/response-hop" => Response::builder()
+            .header("connection", "x-resp-hop")
+            .header("x-resp-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"upstream\"")
+            .header("server", "TestUpstream/1.2.3")
+            .body(full("ok"))
+            .expect("response"),
+        "/stream" => stream_response(&req),
+        "/sink" => sink(req).await,
+        "/ws-echo" => ws_echo(req),
+        _ => {
+            let mut description = describe(&req);
+            let mut body = req.into_body();
+            let mut body_bytes = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                body_bytes += frame.data_ref().map_or(0, Bytes::len);
+            }
+            description["body_bytes"] = json!(body_bytes);
+            json_response(StatusCode::OK, &description)
+        }
+    };
+    Ok(response)
+}
+
+fn stream_response(req: &Request<Incoming>) -> Response<Body> {
+    let total = query_param(req, "bytes").unwrap_or(1 << 20);
+    let chunk = query_param(req, "chunk").unwrap_or(64 * 1024).max(1);
+    let delay = Duration::from_millis(query_param(req, "delay_ms").unwrap_or(0));
+    let state = (PatternBytes::new(7), total, true);
+    let frames =
+        futures_util::stream::unfold(state, move |(mut pattern, left, first)| async move {
+            if left == 0 {
+                return None;
+            }
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let n = left.min(chunk);
+            let mut buf = vec![0u8; n as usize];
+            pattern.fill(&mut buf);
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(buf))),
+                (pattern, left - n, false),
+            ))
+        });
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", total)
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .expect("response")
+}
+
+async fn sink(req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    bytes += data.len() as u64;
+                }
+            }
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": e.to_string(), "bytes": bytes}),
+                )
+            }
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"bytes": bytes, "sha256": hex::encode(hasher.finish())}),
+    )
+}
+
+/// RFC 6455 §4.2.2 server handshake by hand (as hyper's `upgrades.rs` example does), then an
+/// echo loop whose first message describes the handshake request.
+fn ws_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "not a WebSocket handshake", "request": describe(&req)}),
+        );
+    };
+    let description = describe(&req);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if ws
+            .send(Message::Text(description.to_string()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(message)) = ws.next().await {
+            let reply = match message {
+                Message::Text(_) | Message::Binary(_) => message,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .expect("response")
+}
+
+/// The value of header `name` (lowercase) in an echo description, if present exactly once.
+pub fn echoed_header(description: &Value, name: &str) -> Option<String> {
+    let values = echoed_headers(description, name);
+    assert!(
+        values.len() <= 1,
+        "header {name} arrived upstream {} times: {values:?}",
+        values.len()
+    );
+    values.into_iter().next()
+}
+
+/// Every value of header `name` (lowercase) in an echo description.
+pub fn echoed_headers(description: &Value, name: &str) -> Vec<String> {
+    description["headers"]
+        .as_array()
+        .expect("headers array")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap_or_default().to_string())
+        .collect()
+}

@@ -1,0 +1,193 @@
+//! Resource limits that keep one client from exhausting nbgate: header size and count (431),
+//! slow header senders (`header_read_timeout`), stalled TLS handshakes
+//! (`tls_handshake_timeout`) and the connection cap (`max_connections`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{within, Nbgate, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_gets_431() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder()
+        .upstream(&upstream.url())
+        .set("server.max_header_bytes", "32KiB")
+        .start()
+        .await;
+    let client = gate.client_http1();
+
+    let fits = within(
+        T,
+        "request with a 16 KiB header",
+        client
+            .get(gate.url("/fits"))
+            .header("x-big", "a".repeat(16 * 1024))
+            .send(),
+    )
+    .await
+    .expect("16 KiB header");
+    assert_eq!(fits.status(), 200);
+
+    let big = within(
+        T,
+        "request with a 40 KiB header",
+        client
+            .get(gate.url("/too-big"))
+            .header("x-big", "a".repeat(40 * 1024))
+            .send(),
+    )
+    .await
+    .expect("40 KiB header gets a response, not a reset");
+    assert_eq!(big.status(), 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_headers_get_431() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder()
+        .upstream(&upstream.url())
+        .set("server.max_headers", 100)
+        .start()
+        .await;
+    let mut request = gate.client_http1().get(gate.url("/many"));
+    for i in 0..150 {
+        request = request.header(format!("x-h{i}"), "1");
+    }
+    let response = within(T, "request with 150 headers", request.send())
+        .await
+        .expect("150 headers get a response, not a reset");
+    assert_eq!(response.status(), 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_trickling_headers_is_disconnected_after_header_read_timeout() {
+    let gate = Nbgate::builder()
+        .set("server.header_read_timeout", "2s")
+        .start()
+        .await;
+    let tls = gate.tls_connect().await;
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let started = Instant::now();
+
+    let closed = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                // A 408 before closing is fine; keep reading until the close.
+                Ok(_) => continue,
+            }
+        }
+    };
+    // One byte per second: every single read makes progress, only the total is slow.
+    let trickle = async {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: localhost:{}\r\n{}X-Slow: {}",
+            gate.https_addr().port(),
+            gate.auth_header_lines(),
+            "a".repeat(60)
+        );
+        for byte in head.as_bytes() {
+            if writer.write_all(&[*byte]).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Not reached in time: the header never completes.
+        std::future::pending::<()>().await;
+    };
+    let elapsed = tokio::select! {
+        elapsed = closed => elapsed,
+        () = trickle => unreachable!(),
+        () = tokio::time::sleep(Duration::from_secs(6)) => {
+            panic!("a client trickling headers was still connected after 6 s (timeout 2 s)")
+        }
+    };
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "disconnected after {elapsed:?}, before the 2 s header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
+    let gate = Nbgate::builder()
+        .set("server.tls_handshake_timeout", "2s")
+        .start()
+        .await;
+    let mut tcp = gate.tcp_connect().await;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    within(
+        Duration::from_secs(6),
+        "a silent TCP client to be dropped (timeout 2 s)",
+        async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "dropped after {elapsed:?}, before the 2 s handshake timeout"
+    );
+    // Still serving others.
+    let response = within(T, "GET", gate.client().get(gate.url("/")).send())
+        .await
+        .expect("GET after a dropped handshake");
+    assert_eq!(response.status(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_not_served_until_one_closes() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder()
+        .upstream(&upstream.url())
+        .set("server.max_connections", 2)
+        .start()
+        .await;
+    let held_a = gate.tls_connect().await;
+    let held_b = gate.tls_connect().await;
+
+    // A third client is held off (left in the backlog or refused): within 1.5 s it must not
+    // get a response.
+    let third = tokio::time::timeout(
+        Duration::from_millis(1500),
+        gate.client_http1().get(gate.url("/third")).send(),
+    )
+    .await;
+    if let Ok(Ok(response)) = &third {
+        panic!(
+            "a connection beyond max_connections = 2 was served: {}",
+            response.status()
+        );
+    }
+    drop(third);
+
+    drop(held_a);
+    drop(held_b);
+    let response = within(
+        Duration::from_secs(10),
+        "a request once the held connections closed",
+        async {
+            loop {
+                if let Ok(response) = gate.client_http1().get(gate.url("/after")).send().await {
+                    return response;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The project's one test command: `bash tests/run.sh [extra cargo test args]`.
+#
+# On a fresh Debian 12 machine with the Rust toolchain and Python 3.11 it installs what the
+# integration tests start for real (Debian packages, a Python venv with Jupyter), then runs
+# `cargo test --all-targets`. Every step is idempotent: a second run only runs the tests.
+#
+# Environment:
+#   NBGATE_TEST_VENV  where the Python venv lives (default: <repo>/.venv); exported for the tests.
+#   PYTHON            the interpreter that creates the venv (default: python3).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+# Debian packages the tests start. Later: chromium (browser tests), pebble (ACME tests).
+APT_PACKAGES=()
+# What the test venv holds; changing this list re-runs pip on the next run.
+PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests)
+
+export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
+
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the named Debian packages that are not installed yet; `apt-get update` runs at most
+# once, and only when something is missing.
+ensure_apt_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        log "apt: nothing to install (${*:-no packages required})"
+        return
+    fi
+    log "apt: installing ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# Creates the venv if it is missing or broken, and runs pip only when the stamp file does not
+# match the requirement list and interpreter version.
+ensure_venv() {
+    local stamp="$NBGATE_TEST_VENV/.nbgate-requirements"
+    local want
+    want="$("$PYTHON" --version 2>&1) ${PY_REQUIREMENTS[*]}"
+
+    if ! "$NBGATE_TEST_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        log "venv: creating $NBGATE_TEST_VENV with $("$PYTHON" --version 2>&1)"
+        rm -rf "$NBGATE_TEST_VENV"
+        "$PYTHON" -m venv "$NBGATE_TEST_VENV"
+    fi
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "venv: $NBGATE_TEST_VENV is up to date (${PY_REQUIREMENTS[*]})"
+        return
+    fi
+    log "venv: pip install ${PY_REQUIREMENTS[*]}"
+    "$NBGATE_TEST_VENV/bin/python" -m pip install --disable-pip-version-check \
+        --progress-bar off -q --upgrade pip
+    "$NBGATE_TEST_VENV/bin/python" -m pip install --disable-pip-version-check \
+        --progress-bar off -q --upgrade "${PY_REQUIREMENTS[@]}"
+    "$NBGATE_TEST_VENV/bin/jupyter" server --version >/dev/null
+    printf '%s' "$want" >"$stamp"
+    log "venv: ready"
+}
+
+apt_packages=("${APT_PACKAGES[@]}")
+# Debian's own python3 ships `venv` without ensurepip; that lives in python3-venv.
+if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+    apt_packages+=(python3-venv)
+fi
+ensure_apt_packages "${apt_packages[@]}"
+ensure_venv
+
+# All targets unless the caller picked some (e.g. `bash tests/run.sh --test tls`).
+targets=(--all-targets)
+for arg in "$@"; do
+    [[ "$arg" == -- ]] && break
+    case "$arg" in
+        --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --benches | --bench | \
+            --bench=* | --examples | --example | --example=* | --doc | --all-targets)
+            targets=()
+            ;;
+    esac
+done
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+log "cargo test ${targets[*]} --no-fail-fast $*"
+status=0
+cargo test "${targets[@]}" --no-fail-fast "$@" || status=$?
+if ((status != 0)); then
+    log "FAILED (cargo test exit code $status)"
+    exit "$status"
+fi
+log "all tests passed"
