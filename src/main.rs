@@ -40,6 +40,13 @@ fn main() -> ExitCode {
 
 fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     let config = Config::load(path, &Overrides::default())?;
+    // Validate user sources too (hash formats, files), without creating
+    // state: the embedded default only applies when none is configured.
+    if !config.users.is_empty() || config.auth.users_file.is_some() {
+        let mut probe = config.clone();
+        probe.auth.password_env = None;
+        nbgate::auth::users::load(&probe)?;
+    }
     println!("# effective configuration from {}", config.source.display());
     print!("{}", config.to_toml());
     Ok(())
@@ -54,6 +61,22 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
         }
     };
     nbgate::telemetry::init(config.log.format);
+    // Before the runtime starts threads: loading may remove a plain
+    // password from the environment.
+    let (auth, initial) = nbgate::auth::Authenticator::try_new(&config)?;
+    if let Some(first) = initial {
+        // Shown once, on the terminal only (not through the log), as
+        // Jupyter shows its token; only the hash is stored.
+        let port = config.server.listen.first().map_or(8443, |a| a.port());
+        eprintln!(
+            "\n    nbgate first start: log in at https://localhost:{port}{}_nbgate/login\n    user: {}\n    password: {}\n    (shown once; only its hash is kept in {})\n",
+            config.auth.base_url,
+            first.user,
+            first.password,
+            config.server.state_dir.join("auth").display()
+        );
+    }
+    let auth = Arc::new(auth);
     let config = Arc::new(config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,7 +91,7 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
             version = env!("CARGO_PKG_VERSION"),
             "nbgate started"
         );
-        nbgate::server::run(config, listeners, resolver, shutdown_signal()).await;
+        nbgate::server::run(config, listeners, resolver, auth, shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
     })?;
     tracing::info!("nbgate stopped");

@@ -97,9 +97,10 @@ pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     resolver: Arc<CertResolver>,
+    auth: Arc<crate::auth::Authenticator>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gateway = Arc::new(Gateway::new(Arc::clone(&config)));
+    let gateway = Arc::new(Gateway::new(Arc::clone(&config), auth));
     let acceptor = TlsAcceptor::from(tls::server_config(resolver));
     let https_port = listeners.https_port();
     let limit = Arc::new(Semaphore::new(config.server.max_connections));

@@ -11,6 +11,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod own_pages;
 pub mod upstream;
 pub mod websocket;
 
@@ -29,6 +30,8 @@ use self::error::{error_response, ProxyError};
 use self::headers::OriginCheck;
 use self::upstream::Upstream;
 use self::websocket::Tunnels;
+use crate::auth::session::{Verdict, SESSION_COOKIE};
+use crate::auth::{csrf, Authenticator, Check, Identity, Via};
 use crate::config::Config;
 
 /// What the server knows about the connection a request came on.
@@ -47,6 +50,9 @@ pub struct Gateway {
     hsts: Option<HeaderValue>,
     /// Precomputed `Authorization: token …` for Jupyter, when configured.
     upstream_auth: Option<HeaderValue>,
+    auth: Arc<Authenticator>,
+    /// `<base_url>_nbgate/`: nbgate's own pages.
+    prefix: String,
 }
 
 /// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
@@ -59,7 +65,7 @@ pub fn client_ip(peer: SocketAddr) -> IpAddr {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, auth: Arc<Authenticator>) -> Self {
         let upstream = Upstream::new(&config.upstream);
         let hsts = config.tls.hsts.then(|| {
             HeaderValue::from_str(&format!("max-age={}", config.tls.hsts_max_age.as_secs()))
@@ -71,7 +77,10 @@ impl Gateway {
             v.set_sensitive(true);
             v
         });
+        let prefix = format!("{}_nbgate/", config.auth.base_url);
         Gateway {
+            auth,
+            prefix,
             config,
             upstream,
             tunnels: Arc::new(Tunnels::default()),
@@ -130,12 +139,125 @@ impl Gateway {
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = check_host(&req)?;
-        check_origin(&req, &host)?;
-        if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
-            self.forward_websocket(req, client, &host).await
-        } else {
-            self.forward(req, client, &host).await
+        if let Some(rest) = req.uri().path().strip_prefix(self.prefix.as_str()) {
+            let rest = rest.to_owned();
+            return Ok(self.serve_own_pages(req, &rest, client).await);
         }
+        let identity = match self.require_session(&req, client).await {
+            Ok(id) => id,
+            Err(resp) => return Ok(resp),
+        };
+        check_origin(&req, &host, identity.via)?;
+        let mut resp =
+            if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
+                self.forward_websocket(req, client, &host, &identity)
+                    .await?
+            } else {
+                self.forward(req, client, &host, &identity).await?
+            };
+        if let Some(c) = identity
+            .refresh_cookie
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(resp)
+    }
+
+    async fn serve_own_pages(
+        &self,
+        req: Request<Incoming>,
+        rest: &str,
+        client: IpAddr,
+    ) -> Response<ProxyBody> {
+        own_pages::Pages {
+            auth: &self.auth,
+            tunnels: &self.tunnels,
+            base_url: &self.config.auth.base_url,
+            prefix: &self.prefix,
+        }
+        .serve(req, rest, client)
+        .await
+    }
+
+    /// Nothing behind nbgate is reachable without a valid session cookie or
+    /// API token. A browser navigation is sent to the login page; API calls,
+    /// XHR and WebSocket upgrades get 401 JSON (a WebSocket cannot follow a
+    /// redirect).
+    async fn require_session<B>(
+        &self,
+        req: &Request<B>,
+        client: IpAddr,
+    ) -> Result<Identity, Response<ProxyBody>> {
+        if let Some(token) = api_token(req) {
+            return match self.auth.check_token(&token).await {
+                Check::Valid(user) => {
+                    tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
+                    Ok(Identity {
+                        user,
+                        via: Via::Token,
+                        session: None,
+                        refresh_cookie: None,
+                    })
+                }
+                Check::Invalid { .. } => {
+                    tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
+                    Err(error_response(
+                        req.headers(),
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "The API token is not valid.",
+                        None,
+                    ))
+                }
+                Check::Busy => Err(error_response(
+                    req.headers(),
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "Too many authentication attempts; retry shortly.",
+                    Some(1),
+                )),
+            };
+        }
+        let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
+            .and_then(|v| self.auth.check_session(v));
+        if let Some(Verdict::Valid { claims, refresh }) = verdict {
+            let refresh_cookie = refresh.then(|| self.auth.refresh(claims.clone()));
+            return Ok(Identity {
+                user: claims.u,
+                via: Via::Cookie,
+                session: Some(claims.sid),
+                refresh_cookie,
+            });
+        }
+        let navigation = matches!(*req.method(), Method::GET | Method::HEAD)
+            && error::wants_html(req.headers())
+            && !headers::is_websocket_upgrade(req.headers());
+        if navigation {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let next: String = form_urlencoded::byte_serialize(target.as_bytes()).collect();
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            if let Ok(v) = HeaderValue::from_str(&format!("{}login?next={next}", self.prefix)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Err(r);
+        }
+        let mut r = error_response(
+            req.headers(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Log in or send an API token.",
+            None,
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"nbgate\""),
+        );
+        Err(r)
     }
 
     /// Rewrites a client request into the request Jupyter receives.
@@ -144,12 +266,19 @@ impl Gateway {
         parts: &mut http::request::Parts,
         client: IpAddr,
         host: &str,
+        identity: &Identity,
     ) -> Result<(), ProxyError> {
-        let pq = parts
+        let mut pq = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        if identity.via == Via::Token {
+            // nbgate's API token is for nbgate only: Jupyter gets its own.
+            parts.headers.remove(header::AUTHORIZATION);
+            pq = strip_token_param(&pq);
+        }
+        strip_own_cookies(&mut parts.headers);
         if !pq.starts_with('/') {
             return Err(ProxyError::BadRequestTarget);
         }
@@ -172,9 +301,10 @@ impl Gateway {
         req: Request<Incoming>,
         client: IpAddr,
         host: &str,
+        identity: &Identity,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        self.upstream_request_filter(&mut parts, client, host)?;
+        self.upstream_request_filter(&mut parts, client, host, identity)?;
         if self.upstream_auth.is_some() && error::wants_html(&parts.headers) {
             // Pages are scrubbed of the token below; that needs them
             // uncompressed.
@@ -221,6 +351,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         client: IpAddr,
         host: &str,
+        identity: &Identity,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // Take the client's upgrade future before answering (hyper resolves
         // it once the 101 has been written).
@@ -232,7 +363,7 @@ impl Gateway {
             .get(header::UPGRADE)
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_static("websocket"));
-        self.upstream_request_filter(&mut parts, client, host)?;
+        self.upstream_request_filter(&mut parts, client, host, identity)?;
         // A direct connection (not the pooled client) sends the target as
         // given: it must be origin-form (`/path?q`), or Jupyter answers 404.
         parts.uri = parts
@@ -273,7 +404,7 @@ impl Gateway {
             return Ok(Response::from_parts(rparts, rbody.boxed_unsync()));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-        let guard = self.tunnels.register(None);
+        let guard = self.tunnels.register(identity.session.clone());
         let idle = self.config.upstream.websocket_idle_timeout;
         tokio::spawn(run_tunnel(
             client_upgrade,
@@ -354,6 +485,61 @@ async fn run_tunnel(
     );
 }
 
+/// The API token of a request: `Authorization: token …` / `Bearer …`, or
+/// `?token=` (what jupyter_client and WebSocket URLs use).
+fn api_token<B>(req: &Request<B>) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
+            return Some(rest.trim().to_owned());
+        }
+        return None;
+    }
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Removes `token=` from a path-and-query.
+fn strip_token_param(pq: &str) -> String {
+    let Some((path, query)) = pq.split_once('?') else {
+        return pq.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split('=').next() != Some("token"))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// Removes nbgate's own cookies before a request goes to Jupyter.
+fn strip_own_cookies(h: &mut HeaderMap) {
+    let own = [SESSION_COOKIE, csrf::CSRF_COOKIE];
+    let values: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && !own.iter().any(|o| kv.split('=').next() == Some(*o)))
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if !values.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&values.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+}
+
 /// Request headers kept for rendering an error after the request has been
 /// consumed: only what decides HTML vs JSON and the language.
 struct ErrorPrefs(HeaderMap);
@@ -397,7 +583,7 @@ fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
 /// hijacking. A request with neither `Origin` nor `Referer` is not made by a
 /// browser on another site (browsers send `Origin` on every cross-site POST
 /// and WebSocket) and passes here; session checks decide about it.
-fn check_origin<B>(req: &Request<B>, host: &str) -> Result<(), ProxyError> {
+fn check_origin<B>(req: &Request<B>, host: &str, via: Via) -> Result<(), ProxyError> {
     let unsafe_method = !matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -407,7 +593,12 @@ fn check_origin<B>(req: &Request<B>, host: &str) -> Result<(), ProxyError> {
     }
     match headers::check_origin(req.headers(), host) {
         OriginCheck::CrossOrigin => Err(ProxyError::CrossOrigin),
-        OriginCheck::SameOrigin | OriginCheck::Absent => Ok(()),
+        OriginCheck::SameOrigin => Ok(()),
+        // A cookie rides along on any request the browser makes, so a
+        // cookie-authenticated unsafe request must prove where it came
+        // from. An API token is never attached automatically.
+        OriginCheck::Absent if via == Via::Token => Ok(()),
+        OriginCheck::Absent => Err(ProxyError::CrossOrigin),
     }
 }
 
@@ -471,6 +662,22 @@ mod tests {
     }
 
     #[test]
+    fn token_param_and_own_cookies_are_stripped_before_forwarding() {
+        assert_eq!(strip_token_param("/api/kernels?token=abc"), "/api/kernels");
+        assert_eq!(strip_token_param("/x?a=1&token=abc&b=2"), "/x?a=1&b=2");
+        assert_eq!(strip_token_param("/x?tokens=1"), "/x?tokens=1");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "_xsrf=1; __Host-nbgate-session=abc; __Host-nbgate-csrf=z; u=2",
+            ),
+        );
+        strip_own_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "_xsrf=1; u=2");
+    }
+
+    #[test]
     fn ipv4_mapped_peer_is_unmapped() {
         let peer: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().expect("addr");
         assert_eq!(client_ip(peer), "10.1.2.3".parse::<IpAddr>().expect("ip"));
@@ -483,12 +690,15 @@ mod tests {
         r.headers_mut()
             .insert("origin", HeaderValue::from_static("https://evil.example"));
         assert!(matches!(
-            check_origin(&r, "localhost:8443"),
+            check_origin(&r, "localhost:8443", Via::Cookie),
             Err(ProxyError::CrossOrigin)
         ));
         r.headers_mut()
             .insert("origin", HeaderValue::from_static("https://localhost:8443"));
-        assert!(check_origin(&r, "localhost:8443").is_ok());
+        assert!(check_origin(&r, "localhost:8443", Via::Cookie).is_ok());
+        r.headers_mut().remove("origin");
+        assert!(check_origin(&r, "localhost:8443", Via::Cookie).is_err());
+        assert!(check_origin(&r, "localhost:8443", Via::Token).is_ok());
     }
 
     #[test]

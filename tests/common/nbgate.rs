@@ -31,6 +31,24 @@ const RUST_LOG: &str = "info,nbgate=debug";
 pub type WsStream = WebSocketStream<TlsStream<TcpStream>>;
 
 /// The nbgate binary cargo built for this test run.
+/// The user every test nbgate knows, its password and API token.
+pub const TEST_USER: &str = "tester";
+pub const TEST_PASSWORD: &str = "correct horse battery";
+pub const TEST_API_TOKEN: &str = "nbgate-test-api-token-5f0c1e2d";
+
+/// PBKDF2 hashes of the test password and token, made once per test binary
+/// (with the minimum accepted iteration count, to keep tests quick).
+pub fn test_hashes() -> &'static (String, String) {
+    static HASHES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    HASHES.get_or_init(|| {
+        use nbgate::auth::password::{hash_password_with_iterations, MIN_ITERATIONS};
+        (
+            hash_password_with_iterations(TEST_PASSWORD, MIN_ITERATIONS).expect("hash"),
+            hash_password_with_iterations(TEST_API_TOKEN, MIN_ITERATIONS).expect("hash"),
+        )
+    })
+}
+
 pub fn nbgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_nbgate")
 }
@@ -92,6 +110,18 @@ format = "text"
             token_file = token_file.display().to_string(),
         ))
         .expect("default test config is TOML");
+        let mut config = config;
+        let mut user = toml::Table::new();
+        user.insert("name".into(), TEST_USER.into());
+        user.insert("password_hash".into(), test_hashes().0.clone().into());
+        user.insert(
+            "tokens".into(),
+            toml::Value::Array(vec![test_hashes().1.clone().into()]),
+        );
+        config.insert(
+            "users".into(),
+            toml::Value::Array(vec![toml::Value::Table(user)]),
+        );
         NbgateBuilder {
             dir,
             config,
@@ -467,7 +497,14 @@ impl Nbgate {
     /// Credentials every test request carries. Empty until nbgate has authentication; then this
     /// is the one place to add the session cookie or API token.
     pub fn auth_headers(&self) -> HeaderMap {
-        HeaderMap::new()
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("token {TEST_API_TOKEN}")
+                .parse()
+                .expect("header value"),
+        );
+        h
     }
 
     /// `auth_headers` as raw `Name: value\r\n` lines, for hand-written HTTP/1.1 requests.

@@ -1,0 +1,302 @@
+//! nbgate's own pages under `<base_url>_nbgate/`: login, logout, health.
+//! The prefix cannot clash with Jupyter, whose routes never start with
+//! `_nbgate`. Turns `auth` decisions into responses; holds no state.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{full, ProxyBody};
+use super::websocket::Tunnels;
+use crate::auth::session::{Verdict, SESSION_COOKIE};
+use crate::auth::{csrf, next_path, session, Authenticator, Check};
+use crate::pages::{self, LoginView, Notice};
+
+/// Largest login/logout form body accepted.
+const MAX_FORM: usize = 16 * 1024;
+
+/// Reads one cookie from the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn lang(headers: &HeaderMap) -> pages::Lang {
+    pages::negotiate_lang(
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(pages::page_csp()),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    r
+}
+
+fn set_cookie(r: &mut Response<ProxyBody>, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn see_other(location: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Context the pages need.
+pub struct Pages<'a> {
+    pub auth: &'a Authenticator,
+    pub tunnels: &'a Tunnels,
+    pub base_url: &'a str,
+    pub prefix: &'a str,
+}
+
+impl Pages<'_> {
+    /// Serves `rest` (the path after the prefix).
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        rest: &str,
+        client: IpAddr,
+    ) -> Response<ProxyBody> {
+        match (req.method(), rest) {
+            (&Method::GET, "health") => {
+                let mut r = Response::new(full(Bytes::from_static(b"ok\n")));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                r
+            }
+            (&Method::GET | &Method::HEAD, "login") => {
+                let next = next_path::sanitize_next(
+                    query_param(req.uri().query(), "next").as_deref(),
+                    self.base_url,
+                );
+                self.login_page(req.headers(), &next, "", None, StatusCode::OK)
+            }
+            (&Method::POST, "login") => self.login_submit(req, client).await,
+            (&Method::GET, "logout") => self.logout_page(req.headers()),
+            (&Method::POST, "logout") => self.logout_submit(req, client).await,
+            _ => super::error::error_response(
+                req.headers(),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found.",
+                None,
+            ),
+        }
+    }
+
+    fn login_href(&self) -> String {
+        format!("{}login", self.prefix)
+    }
+
+    fn login_page(
+        &self,
+        headers: &HeaderMap,
+        next: &str,
+        username: &str,
+        notice: Option<Notice>,
+        status: StatusCode,
+    ) -> Response<ProxyBody> {
+        // The CSRF binding lives in its own cookie; make one if missing.
+        let (binding, fresh) = match cookie(headers, csrf::CSRF_COOKIE) {
+            Some(b) if !b.is_empty() && b.len() <= 64 => (b.to_owned(), false),
+            _ => (csrf::new_binding(), true),
+        };
+        let token = csrf::token(self.auth.csrf_key(), &binding);
+        let action = self.login_href();
+        let view = LoginView {
+            lang: lang(headers),
+            action: &action,
+            csrf_token: &token,
+            next,
+            username,
+            notice,
+        };
+        let mut r = html(status, pages::render_login(&view));
+        if fresh {
+            set_cookie(&mut r, &csrf::binding_cookie(&binding));
+        }
+        r
+    }
+
+    async fn read_form(req: Request<Incoming>) -> Option<(HeaderMap, Vec<(String, String)>)> {
+        let (parts, body) = req.into_parts();
+        let bytes = http_body_util::Limited::new(body, MAX_FORM)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let form = form_urlencoded::parse(&bytes).into_owned().collect();
+        Some((parts.headers, form))
+    }
+
+    async fn login_submit(&self, req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+        let Some((headers, form)) = Self::read_form(req).await else {
+            return super::error::error_response(
+                &HeaderMap::new(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "form_too_large",
+                "The form is too large.",
+                None,
+            );
+        };
+        let field = |n: &str| {
+            form.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let user = field("username").trim();
+        let next = next_path::sanitize_next(Some(field("next")), self.base_url);
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let binding = cookie(&headers, csrf::CSRF_COOKIE).unwrap_or("");
+        if !csrf::verify(self.auth.csrf_key(), binding, field("csrf")) {
+            tracing::info!(target: "nbgate::audit", event = "login_csrf_failed", %client, user_agent = agent, "login refused: bad CSRF token");
+            return self.login_page(
+                &headers,
+                &next,
+                "",
+                Some(Notice::CsrfFailed),
+                StatusCode::FORBIDDEN,
+            );
+        }
+        let user_shown = if user.len() <= 64 { user } else { "" };
+        match self.auth.check_password(user, field("password")).await {
+            Check::Valid(name) => {
+                let (claims, set) = self.auth.start_session(&name);
+                tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
+                let mut r = see_other(&next);
+                set_cookie(&mut r, &set);
+                r
+            }
+            Check::Invalid { unknown_user } => {
+                let reason = if unknown_user {
+                    "unknown_user"
+                } else {
+                    "wrong_password"
+                };
+                tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
+                self.login_page(
+                    &headers,
+                    &next,
+                    user_shown,
+                    Some(Notice::WrongCredentials),
+                    StatusCode::UNAUTHORIZED,
+                )
+            }
+            Check::Busy => {
+                tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
+                let mut r = self.login_page(
+                    &headers,
+                    &next,
+                    user_shown,
+                    Some(Notice::RateLimited {
+                        retry_after_secs: 1,
+                    }),
+                    StatusCode::TOO_MANY_REQUESTS,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                r
+            }
+        }
+    }
+
+    fn session_of(&self, headers: &HeaderMap) -> Option<session::Claims> {
+        match self.auth.check_session(cookie(headers, SESSION_COOKIE)?)? {
+            Verdict::Valid { claims, .. } => Some(claims),
+            _ => None,
+        }
+    }
+
+    fn logout_page(&self, headers: &HeaderMap) -> Response<ProxyBody> {
+        let Some(claims) = self.session_of(headers) else {
+            return see_other(&self.login_href());
+        };
+        let token = csrf::token(self.auth.csrf_key(), &claims.sid);
+        let action = format!("{}logout", self.prefix);
+        let l = lang(headers);
+        let body = format!(
+            "<!doctype html><html lang=\"{}\"><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>nbgate</title>{}</html>",
+            l.tag(),
+            pages::logout_form(&action, &token, l)
+        );
+        html(StatusCode::OK, body)
+    }
+
+    async fn logout_submit(&self, req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+        let Some((headers, form)) = Self::read_form(req).await else {
+            return see_other(&self.login_href());
+        };
+        let Some(claims) = self.session_of(&headers) else {
+            return see_other(&self.login_href());
+        };
+        let token = form
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map_or("", |(_, v)| v.as_str());
+        if !csrf::verify(self.auth.csrf_key(), &claims.sid, token) {
+            return super::error::error_response(
+                &headers,
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "The logout form expired; reload and try again.",
+                None,
+            );
+        }
+        self.auth.end_session(&claims);
+        let closed = self.tunnels.close_session(&claims.sid);
+        tracing::info!(target: "nbgate::audit", event = "logout", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout");
+        let mut r = html(
+            StatusCode::OK,
+            pages::render_logged_out(lang(&headers), &self.login_href()),
+        );
+        set_cookie(&mut r, &session::clear_cookie());
+        r
+    }
+}
+
+/// A session id prefix for logs: enough to correlate, useless to replay.
+fn short(sid: &str) -> &str {
+    sid.get(..8).unwrap_or(sid)
+}
