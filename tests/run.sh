@@ -14,9 +14,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 # Debian packages the tests start. Later: chromium (browser tests), pebble (ACME tests).
-APT_PACKAGES=()
+APT_PACKAGES=(chromium)
 # What the test venv holds; changing this list re-runs pip on the next run.
-PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests)
+PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests playwright)
 
 export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
 PYTHON="${PYTHON:-python3}"

@@ -1,0 +1,177 @@
+//! End-to-end with real clients: headless Chromium (Playwright, Debian's
+//! `chromium`) logs in through nbgate's form and runs a notebook cell in
+//! JupyterLab; a Python API client uses an nbgate API token over HTTPS and a
+//! kernel WebSocket, and a wrong token gets 401. Screenshots are kept in
+//! `target/test-artifacts/browser/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nbgate::{TEST_API_TOKEN, TEST_PASSWORD, TEST_USER};
+use common::process::kill_tree;
+use common::{Jupyter, Nbgate};
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("NBGATE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let py = venv.join("bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run tests/run.sh to install the test venv",
+        py.display()
+    );
+    py
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser")
+        .join(name)
+}
+
+/// Runs a script to completion within `limit`; the whole process tree
+/// (Chromium included) is killed on timeout or panic.
+fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, String) {
+    let mut cmd = Command::new(python());
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start python");
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out_t = read(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    );
+    let err_t = read(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    );
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(None)) {
+                kill_tree(&mut self.0);
+            }
+        }
+    }
+    let mut guard = Guard(child);
+    let start = Instant::now();
+    let finished = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            kill_tree(&mut guard.0);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(guard);
+    let text = format!(
+        "{}{}{}",
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+        if finished.is_none() {
+            "\n(timed out)"
+        } else {
+            ""
+        }
+    );
+    (finished.is_some_and(|s| s.success()), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_logs_in_and_runs_a_notebook_cell() {
+    let jupyter = Jupyter::start_lab().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/browser");
+    std::fs::create_dir_all(&shots).expect("artifact dir");
+    let url = format!("https://localhost:{}", gate.https_addr().port());
+    let shots_s = shots.display().to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                script("login_notebook.py").to_str().expect("utf-8"),
+                "--url",
+                &url,
+                "--user",
+                TEST_USER,
+                "--screenshots",
+                &shots_s,
+                "--timeout",
+                "150",
+            ],
+            &[("NBGATE_TEST_PASSWORD", TEST_PASSWORD)],
+            Duration::from_secs(180),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok,
+        "browser flow failed:\n{out}\n--- nbgate log ---\n{}",
+        gate.log_text()
+    );
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    for png in ["login.png", "login-error.png", "notebook.png"] {
+        assert!(shots.join(png).exists(), "screenshot {png} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_api_client_uses_a_token_and_a_wrong_token_gets_401() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let url = format!("https://localhost:{}", gate.https_addr().port());
+    let cafile = gate.state_dir().join("tls/self-signed.crt");
+    let ca = cafile.display().to_string();
+    let api = script("api_client.py").display().to_string();
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (url, ca, api) = (url.clone(), ca.clone(), api.clone());
+        move || {
+            run(
+                &[&api, "--url", &url, "--cafile", &ca],
+                &[("NBGATE_TEST_TOKEN", TEST_API_TOKEN)],
+                Duration::from_secs(120),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok,
+        "API client with a good token failed:\n{out}\n--- nbgate log ---\n{}",
+        gate.log_text()
+    );
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run(
+            &[&api, "--url", &url, "--cafile", &ca, "--expect-fail"],
+            &[("NBGATE_TEST_TOKEN", "definitely-not-a-valid-token")],
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "wrong token was not refused as expected:\n{out}");
+}
