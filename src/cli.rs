@@ -33,6 +33,17 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Print a PBKDF2 hash (PHC string) of a password or API token for the
+    /// config. Reads it twice from the terminal with echo off, or once from
+    /// stdin when stdin is not a terminal; never from the command line.
+    HashPassword,
+    /// Make a new session-cookie key; the previous key stays valid for
+    /// verification, so nobody is logged out. Restart nbgate afterwards.
+    RotateSessionKey {
+        /// State directory (default: the documented default).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Validate a configuration and print the effective settings (secrets redacted).
     CheckConfig {
         /// Configuration file (TOML). Without one, embedded defaults are shown.

@@ -28,6 +28,18 @@ fn main() -> ExitCode {
             serve(config.as_deref(), &overrides)
         }
         Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::HashPassword => hash_password(),
+        Command::RotateSessionKey { state_dir } => {
+            let dir = state_dir.unwrap_or_else(nbgate::config::default_state_dir);
+            nbgate::auth::session::SessionKeys::rotate(&dir)
+                .map(|()| {
+                    eprintln!(
+                        "new session key in {}; restart nbgate to use it",
+                        dir.join("auth").display()
+                    )
+                })
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +48,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let pw = nbgate::auth::prompt::read_new_password()?;
+    println!("{}", nbgate::auth::password::hash_password(&pw)?);
+    Ok(())
 }
 
 fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {

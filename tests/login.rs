@@ -297,3 +297,34 @@ async fn tampered_cookie_is_refused() {
         .expect("GET with tampered cookie");
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn hash_password_reads_stdin_and_refuses_short_passwords() {
+    use std::io::Write;
+    let run = |input: &str| {
+        let mut child = std::process::Command::new(common::nbgate::nbgate_bin())
+            .arg("hash-password")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+    let ok = run("a long enough password\n");
+    assert!(ok.status.success());
+    let phc = String::from_utf8(ok.stdout).expect("utf-8");
+    assert!(phc.starts_with("$pbkdf2-sha256$i=600000,l=32$"), "{phc}");
+    let parsed: nbgate::auth::password::StoredHash = phc.trim().parse().expect("parses");
+    assert!(parsed.verify("a long enough password"));
+    let short = run("short\n");
+    assert!(!short.status.success());
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.contains("too short"), "{err}");
+}
