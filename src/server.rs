@@ -108,28 +108,24 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    for listener in listeners.https {
-        log_listening(&listener, "https");
+    let tls = listeners
+        .https
+        .into_iter()
+        .map(|l| (l, Some(acceptor.clone())));
+    let plain = listeners.http.into_iter().map(|l| (l, None));
+    for (listener, tls_acceptor) in tls.chain(plain) {
+        log_listening(
+            &listener,
+            if tls_acceptor.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        );
         let ctx = ConnCtx {
             config: Arc::clone(&config),
             gateway: Arc::clone(&gateway),
-            acceptor: Some(acceptor.clone()),
-            https_port,
-        };
-        tracker.spawn(accept_loop(
-            listener,
-            ctx,
-            Arc::clone(&limit),
-            Arc::clone(&graceful),
-            stop.clone(),
-        ));
-    }
-    for listener in listeners.http {
-        log_listening(&listener, "http");
-        let ctx = ConnCtx {
-            config: Arc::clone(&config),
-            gateway: Arc::clone(&gateway),
-            acceptor: None,
+            acceptor: tls_acceptor,
             https_port,
         };
         tracker.spawn(accept_loop(
