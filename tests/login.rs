@@ -128,7 +128,8 @@ async fn without_credentials_browsers_are_sent_to_login_and_apis_get_401() {
         .await
         .expect("wrong token in query");
     assert_eq!(wrong_query.status(), 401);
-    assert!(gate.log_contains("token_failure"));
+    // The log is read by a drain thread: wait for the line, don't race it.
+    gate.wait_for_log("token_failure", T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +148,7 @@ async fn form_login_cookie_drives_a_kernel_and_cross_site_use_is_refused() {
     let page = bad.text().await.expect("html");
     assert!(page.contains("role=\"alert\""), "{page}");
     assert!(page.contains("Wrong user name or password."), "{page}");
-    assert!(
-        gate.log_contains("reason=\"wrong_password\"")
-            || gate.log_contains("reason=wrong_password")
-    );
+    gate.wait_for_log("wrong_password", T).await;
 
     let ok = within(T, "right password", login(&gate, &client, TEST_PASSWORD)).await;
     assert_eq!(ok.status(), 303);
@@ -163,7 +161,7 @@ async fn form_login_cookie_drives_a_kernel_and_cross_site_use_is_refused() {
         assert!(session.contains(attr), "{session}");
     }
     let cookie = cookie_pair(&session);
-    assert!(gate.log_contains("login_success"));
+    gate.wait_for_log("login_success", T).await;
 
     let kernels = client
         .get(gate.url("/api/kernels"))
