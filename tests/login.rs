@@ -326,3 +326,47 @@ fn hash_password_reads_stdin_and_refuses_short_passwords() {
     let err = String::from_utf8_lossy(&short.stderr);
     assert!(err.contains("too short"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_expires_and_browser_is_sent_back_to_login() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("auth.idle_timeout", "2s")
+        .set("auth.max_lifetime", "1h")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let cookie = cookie_pair(
+        &set_cookies(&ok)
+            .into_iter()
+            .find(|c| c.starts_with("__Host-nbgate-session="))
+            .expect("session cookie"),
+    );
+    let fresh = client
+        .get(gate.url("/api/kernels"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("GET with fresh cookie");
+    assert_eq!(fresh.status(), 200);
+    // Polled, not slept: the cookie must stop working within a few seconds
+    // of its 2 s idle timeout.
+    common::poll_until(Duration::from_secs(10), "idle cookie expires", || {
+        let req = client
+            .get(gate.url("/api/kernels"))
+            .header("cookie", &cookie)
+            .send();
+        async move { (req.await.ok()?.status() == 401).then_some(()) }
+    })
+    .await;
+    let nav = client
+        .get(gate.url("/lab"))
+        .header("cookie", &cookie)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("navigation with expired cookie");
+    assert_eq!(nav.status(), 303);
+}
