@@ -527,6 +527,18 @@ impl Config {
         Self::try_from_raw(raw, source, overrides)
     }
 
+    /// Parses and validates configuration text as if read from `path`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::try_from_raw(
+            Self::parse_raw(text, path)?,
+            path.to_path_buf(),
+            &Overrides::default(),
+        )
+    }
+
     fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::proxy::{https_redirect, ConnInfo, Gateway};
+use crate::policy::{self, ProxyHeader};
+use crate::proxy::guard::SWEEP_EVERY;
+use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
 use crate::tls::{self, CertResolver};
 
 /// Errors that stop the server from starting.
@@ -136,12 +138,27 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    // Forget rate-limit and lockout state that no longer decides anything.
+    let sweeper = {
+        let guard = Arc::clone(&gateway.guard);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => guard.sweep(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
     tracker.close();
 
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections");
     stop.cancel();
     tracker.wait().await;
+    let _ = sweeper.await;
     let tunnels = gateway.tunnels.close_all();
     if tunnels > 0 {
         tracing::info!(tunnels, "closing websocket tunnels");
@@ -207,6 +224,20 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => return,
         };
+        // The allowlist runs on the bare socket, before any TLS work: a
+        // refused client costs an accept and a close. A trusted proxy speaks
+        // for others; their addresses are checked once known.
+        let peer_ip = client_ip(peer);
+        let guard = &ctx.gateway.guard;
+        let trusted = guard.is_trusted(peer_ip);
+        if guard.proxy_protocol && !trusted {
+            guard.audit_refusal(peer_ip, "proxy_protocol_from_untrusted_peer");
+            continue;
+        }
+        if !trusted && !guard.access.permits(peer_ip) {
+            guard.audit_refusal(peer_ip, "not_allowed");
+            continue;
+        }
         let ctx = ctx.clone();
         // Subscribed here, in the loop, so that no connection accepted
         // before shutdown can miss the shutdown signal.
@@ -221,14 +252,48 @@ async fn accept_loop(
 /// The first byte of a TLS connection is a handshake record (0x16).
 const TLS_HANDSHAKE: u8 = 0x16;
 
-async fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, watcher: Watcher) {
+async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, watcher: Watcher) {
     let _ = tcp.set_nodelay(true);
-    let conn = ConnInfo { peer };
+    let handshake_timeout = ctx.config.server.tls_handshake_timeout;
+    let guard = Arc::clone(&ctx.gateway.guard);
+    let peer_ip = client_ip(peer);
+    let client = if guard.proxy_protocol {
+        // Only trusted peers got here (accept loop). Their header names the
+        // client, which the allowlist must now accept.
+        let client = match policy::read_header(&mut tcp, handshake_timeout).await {
+            Ok(ProxyHeader::Proxied { source, .. }) => client_ip(source),
+            Ok(ProxyHeader::Local) => peer_ip,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "no valid PROXY protocol header");
+                return;
+            }
+        };
+        if !guard.access.permits(client) {
+            guard.audit_refusal(client, "not_allowed");
+            return;
+        }
+        client
+    } else {
+        peer_ip
+    };
+    // A trusted proxy without PROXY protocol carries many clients on its
+    // connections; they are rate-limited per request instead.
+    let _slot = if guard.proxy_protocol || !guard.is_trusted(peer_ip) {
+        match guard.open_connection(client) {
+            Some(slot) => Some(slot),
+            None => {
+                guard.audit_refusal(client, "too_many_connections");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let conn = ConnInfo { peer, client };
     let Some(acceptor) = ctx.acceptor.clone() else {
         serve_plain_redirect(tcp, ctx, watcher).await;
         return;
     };
-    let handshake_timeout = ctx.config.server.tls_handshake_timeout;
     let mut first = [0u8; 1];
     let sniff = tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await;
     match sniff {

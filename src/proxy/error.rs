@@ -28,6 +28,10 @@ pub enum ProxyError {
     BadRequestTarget,
     #[error("not found")]
     NotFound,
+    #[error("client address not allowed")]
+    Forbidden,
+    #[error("rate limited for {0} s")]
+    RateLimited(u64),
 }
 
 impl ProxyError {
@@ -58,13 +62,27 @@ impl ProxyError {
                 "The request target is invalid.",
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found."),
+            ProxyError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Your address is not allowed to use this server.",
+            ),
+            ProxyError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests. Slow down and retry after the time given.",
+            ),
         }
     }
 
     /// Renders the error for this request's client.
     pub fn into_response(self, req_headers: &HeaderMap) -> Response<ProxyBody> {
         let (status, code, message) = self.parts();
-        error_response(req_headers, status, code, message, None)
+        let retry_after = match self {
+            ProxyError::RateLimited(secs) => Some(secs),
+            _ => None,
+        };
+        error_response(req_headers, status, code, message, retry_after)
     }
 }
 

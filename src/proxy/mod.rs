@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod error;
+pub mod guard;
 pub mod headers;
 pub mod own_pages;
 pub mod upstream;
@@ -38,6 +39,9 @@ use crate::config::Config;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The connection's client: the peer, or the source a trusted proxy
+    /// named in a PROXY protocol header; IPv4-mapped addresses unmapped.
+    pub client: IpAddr,
 }
 
 /// Shared state of the request path (one per running server).
@@ -53,6 +57,8 @@ pub struct Gateway {
     auth: Arc<Authenticator>,
     /// `<base_url>_nbgate/`: nbgate's own pages.
     prefix: String,
+    /// Allowlist, rate limits, lockout, per-client connection caps.
+    pub guard: Arc<guard::Guard>,
 }
 
 /// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
@@ -78,7 +84,9 @@ impl Gateway {
             v
         });
         let prefix = format!("{}_nbgate/", config.auth.base_url);
+        let guard = Arc::new(guard::Guard::new(&config.policy));
         Gateway {
+            guard,
             auth,
             prefix,
             config,
@@ -96,14 +104,16 @@ impl Gateway {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let client = client_ip(conn.peer);
+        // Behind a trusted proxy, the client its forwarding headers name;
+        // everyone else's such headers are ignored (and replaced upstream).
+        let client = self.guard.client_of(conn.client, req.headers());
         let method = req.method().clone();
         let version = req.version();
         // The query is left out of the log: it may carry tokens.
         let path = req.uri().path().to_owned();
         let prefs = ErrorPrefs::of(req.headers());
 
-        let mut resp = match self.route(req, client).await {
+        let mut resp = match self.route(req, conn, client).await {
             Ok(r) => r,
             Err(e) => {
                 match &e {
@@ -136,17 +146,25 @@ impl Gateway {
     async fn route(
         &self,
         req: Request<Incoming>,
+        conn: ConnInfo,
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.check_policy(conn, client)?;
         let host = check_host(&req)?;
         if let Some(rest) = req.uri().path().strip_prefix(self.prefix.as_str()) {
+            self.check_rate(client, false)?;
             let rest = rest.to_owned();
             return Ok(self.serve_own_pages(req, &rest, client).await);
         }
         let identity = match self.require_session(&req, client).await {
             Ok(id) => id,
-            Err(resp) => return Ok(resp),
+            Err(resp) => {
+                // Refused requests spend the small anonymous budget.
+                self.check_rate(client, false)?;
+                return Ok(resp);
+            }
         };
+        self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
         let mut resp =
             if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
@@ -165,6 +183,25 @@ impl Gateway {
         Ok(resp)
     }
 
+    /// The allowlist for clients that only forwarding headers revealed
+    /// (every other client was checked at accept, before TLS).
+    fn check_policy(&self, conn: ConnInfo, client: IpAddr) -> Result<(), ProxyError> {
+        if self.guard.is_trusted(conn.client) && !self.guard.access.permits(client) {
+            tracing::info!(target: "nbgate::audit", event = "request_refused", %client, via = %conn.client, reason = "not_allowed", "request refused: address not allowed");
+            return Err(ProxyError::Forbidden);
+        }
+        Ok(())
+    }
+
+    /// Per-client request budget: anonymous clients get a small one,
+    /// logged-in users (JupyterLab loads ~100 files at once) a large one.
+    fn check_rate(&self, client: IpAddr, logged_in: bool) -> Result<(), ProxyError> {
+        self.guard.check_rate(client, logged_in).map_err(|secs| {
+            tracing::debug!(target: "nbgate::audit", event = "rate_limited", %client, logged_in, retry_after = secs, "request rate limited");
+            ProxyError::RateLimited(secs)
+        })
+    }
+
     async fn serve_own_pages(
         &self,
         req: Request<Incoming>,
@@ -173,6 +210,7 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         own_pages::Pages {
             auth: &self.auth,
+            guard: &self.guard,
             tunnels: &self.tunnels,
             base_url: &self.config.auth.base_url,
             prefix: &self.prefix,
@@ -191,8 +229,21 @@ impl Gateway {
         client: IpAddr,
     ) -> Result<Identity, Response<ProxyBody>> {
         if let Some(token) = api_token(req) {
+            let now = std::time::Instant::now();
+            if let Err(locked) = self.guard.lockout.check(client, None, now) {
+                let secs = guard::locked_secs(&locked);
+                tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
+                return Err(error_response(
+                    req.headers(),
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "locked_out",
+                    "Too many invalid tokens from this address; retry later.",
+                    Some(secs),
+                ));
+            }
             return match self.auth.check_token(&token).await {
                 Check::Valid(user) => {
+                    self.guard.lockout.record_success(client, &user, now);
                     tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
                     Ok(Identity {
                         user,
@@ -203,6 +254,9 @@ impl Gateway {
                 }
                 Check::Invalid { .. } => {
                     tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
+                    if let Some(locked) = self.guard.lockout.record_failure(client, None, now) {
+                        tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
+                    }
                     Err(error_response(
                         req.headers(),
                         StatusCode::UNAUTHORIZED,

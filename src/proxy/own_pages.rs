@@ -3,6 +3,7 @@
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -11,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{full, ProxyBody};
+use super::guard::{locked_secs, Guard};
 use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check};
@@ -82,6 +84,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// Context the pages need.
 pub struct Pages<'a> {
     pub auth: &'a Authenticator,
+    pub guard: &'a Guard,
     pub tunnels: &'a Tunnels,
     pub base_url: &'a str,
     pub prefix: &'a str,
@@ -201,8 +204,17 @@ impl Pages<'_> {
             );
         }
         let user_shown = if user.len() <= 64 { user } else { "" };
+        // Checked before hashing: a locked-out guesser costs no PBKDF2.
+        if let Err(locked) = self.guard.lockout.check(client, Some(user), Instant::now()) {
+            let secs = locked_secs(&locked);
+            tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
+            return self.locked_page(&headers, &next, user_shown, secs);
+        }
         match self.auth.check_password(user, field("password")).await {
             Check::Valid(name) => {
+                self.guard
+                    .lockout
+                    .record_success(client, &name, Instant::now());
                 let (claims, set) = self.auth.start_session(&name);
                 tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
                 let mut r = see_other(&next);
@@ -216,6 +228,15 @@ impl Pages<'_> {
                     "wrong_password"
                 };
                 tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
+                if let Some(locked) =
+                    self.guard
+                        .lockout
+                        .record_failure(client, Some(user), Instant::now())
+                {
+                    let secs = locked_secs(&locked);
+                    tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
+                    return self.locked_page(&headers, &next, user_shown, secs);
+                }
                 self.login_page(
                     &headers,
                     &next,
@@ -240,6 +261,28 @@ impl Pages<'_> {
                 r
             }
         }
+    }
+
+    /// 429 with the login page saying when to retry.
+    fn locked_page(
+        &self,
+        headers: &HeaderMap,
+        next: &str,
+        user: &str,
+        secs: u64,
+    ) -> Response<ProxyBody> {
+        let mut r = self.login_page(
+            headers,
+            next,
+            user,
+            Some(Notice::LockedOut {
+                retry_after_secs: secs,
+            }),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        r
     }
 
     fn session_of(&self, headers: &HeaderMap) -> Option<session::Claims> {
