@@ -198,6 +198,15 @@ fn flood_report() {
         fmt_kib(after2),
         limiter.tracked_keys()
     );
+    // The cost of one full sweep of a map at the cap (done on a schedule,
+    // and inline at most once per SWEEP_INTERVAL when the map is full).
+    let sweep = Instant::now();
+    limiter.evict_stale();
+    println!(
+        "flood: one evict_stale over {} tracked keys took {:.2?}",
+        DEFAULT_MAX_KEYS,
+        sweep.elapsed()
+    );
     drop(limiter);
 
     // For comparison: governor's own keyed limiter keeps every key.

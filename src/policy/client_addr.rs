@@ -35,7 +35,8 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// untrusted hop is the client. If every hop is trusted, the leftmost is the
 /// client. An obfuscated or `unknown` node (RFC 7239 §6.2, §6.3) stops the
 /// walk: the client is then the last trusted hop seen, the proxy that hid it.
-/// A malformed header yields `peer`; so does an unreadable one.
+/// The same holds for `unknown` in `X-Forwarded-For`. A malformed header
+/// yields `peer`; so does an unreadable (non-ASCII) one.
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
     let peer = normalize(peer);
     if !trusted.contains(peer) {
@@ -92,6 +93,11 @@ fn x_forwarded_for(headers: &HeaderMap) -> Option<Vec<Hop>> {
             let entry = entry.trim();
             if entry.is_empty() {
                 // "a, , b" or a trailing comma: tolerated, as RFC 9110 §5.6.1 allows empty list elements.
+                continue;
+            }
+            if entry.eq_ignore_ascii_case("unknown") {
+                // Squid and others write "unknown" for a hidden client.
+                hops.push(Hop::Hidden);
                 continue;
             }
             hops.push(Hop::Addr(parse_addr(entry)?));
@@ -406,6 +412,15 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap(),
         );
+        assert_eq!(client_addr(ip(PROXY), &h, &t), ip(PROXY));
+    }
+
+    #[test]
+    fn x_forwarded_for_unknown_entry_stops_the_walk_at_the_proxy_that_wrote_it() {
+        let t = trusted(&["10.0.0.0/24"]);
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, unknown, 10.0.0.9")]);
+        assert_eq!(client_addr(ip(PROXY), &h, &t), ip("10.0.0.9"));
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, unknown")]);
         assert_eq!(client_addr(ip(PROXY), &h, &t), ip(PROXY));
     }
 

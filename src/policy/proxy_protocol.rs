@@ -96,9 +96,13 @@ async fn read_header_inner(stream: &mut TcpStream) -> Result<ProxyHeader, ProxyP
         buf.extend_from_slice(&chunk[..n]);
         match parse(&buf)? {
             Some((header, len)) => {
-                // `len > consumed`: the previous round found the header
-                // incomplete. Take exactly the rest of it and no more.
-                let rest = len - consumed;
+                // The previous round found `buf[..consumed]` incomplete, so
+                // the header ends inside this peek: consumed < len <= consumed + n.
+                // Take exactly the rest of it and no more.
+                let rest = len
+                    .checked_sub(consumed)
+                    .filter(|&rest| rest > 0 && rest <= n)
+                    .ok_or(ProxyProtocolError::Malformed("header length inconsistent"))?;
                 stream.read_exact(&mut chunk[..rest]).await?;
                 return Ok(header);
             }
