@@ -66,6 +66,10 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
         nbgate::auth::users::load(&probe)?;
     }
     println!("# effective configuration from {}", config.source.display());
+    let guard = nbgate::proxy::guard::Guard::new(&config.policy);
+    for line in guard.describe().lines() {
+        println!("# policy: {line}");
+    }
     print!("{}", config.to_toml());
     Ok(())
 }

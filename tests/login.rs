@@ -8,6 +8,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::login::{
+    bare_client, cookie_pair, hidden, login, login_as, session_cookie, set_cookies,
+};
 use common::nbgate::{TEST_PASSWORD, TEST_USER};
 use common::{within, Jupyter, JupyterOptions, Nbgate, TestUpstream};
 use futures_util::StreamExt;
@@ -15,105 +18,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const T: Duration = Duration::from_secs(30);
-
-/// A client with no credentials of its own (no API token).
-fn bare_client(gate: &Nbgate) -> reqwest::Client {
-    let cert = reqwest::Certificate::from_pem(gate.cert_pem()).expect("pem");
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(cert)
-        .resolve("localhost", gate.https_addr())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(T)
-        .build()
-        .expect("client")
-}
-
-fn set_cookies(r: &reqwest::Response) -> Vec<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().expect("ascii").to_owned())
-        .collect()
-}
-
-fn cookie_pair(set_cookie: &str) -> String {
-    set_cookie
-        .split(';')
-        .next()
-        .expect("pair")
-        .trim()
-        .to_owned()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).expect("hidden input") + marker.len();
-    let end = html[start..].find('"').expect("end quote") + start;
-    html[start..end].to_owned()
-}
-
-/// Logs in through the form as the test user.
-async fn login(gate: &Nbgate, client: &reqwest::Client, password: &str) -> reqwest::Response {
-    login_as(gate, client, "/", TEST_USER, password).await
-}
-
-/// Logs in through the form under Jupyter's `base` URL; returns the answer to the POST.
-async fn login_as(
-    gate: &Nbgate,
-    client: &reqwest::Client,
-    base: &str,
-    user: &str,
-    password: &str,
-) -> reqwest::Response {
-    let next = format!("{base}lab");
-    let page = client
-        .get(gate.url(&format!(
-            "{base}_nbgate/login?next={}",
-            next.replace('/', "%2F")
-        )))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("GET login");
-    assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"]
-        .to_str()
-        .expect("csp")
-        .to_owned();
-    assert!(csp.contains("default-src 'none'"), "{csp}");
-    let binding = set_cookies(&page)
-        .into_iter()
-        .find(|c| c.starts_with("__Host-nbgate-csrf="))
-        .expect("csrf binding cookie");
-    let html = page.text().await.expect("html");
-    let csrf = hidden(&html, "csrf");
-    assert_eq!(hidden(&html, "next"), next);
-    client
-        .post(gate.url(&format!("{base}_nbgate/login")))
-        .header("cookie", cookie_pair(&binding))
-        .header("origin", gate.origin())
-        .form(&[
-            ("username", user),
-            ("password", password),
-            ("csrf", csrf.as_str()),
-            ("next", next.as_str()),
-        ])
-        .send()
-        .await
-        .expect("POST login")
-}
-
-/// The `Cookie` value of the session cookie a login answer set.
-fn session_cookie(r: &reqwest::Response) -> String {
-    cookie_pair(
-        &set_cookies(r)
-            .into_iter()
-            .find(|c| c.starts_with("__Host-nbgate-session="))
-            .expect("session cookie"),
-    )
-}
 
 /// GET `path` with a cookie; the status.
 async fn status_with(gate: &Nbgate, client: &reqwest::Client, path: &str, cookie: &str) -> u16 {

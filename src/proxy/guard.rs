@@ -152,7 +152,12 @@ impl Guard {
         let trusted = if self.trusted.is_empty() {
             "none (forwarding headers are ignored and replaced)".to_owned()
         } else {
-            let list: Vec<String> = self.trusted.cidrs().iter().map(ToString::to_string).collect();
+            let list: Vec<String> = self
+                .trusted
+                .cidrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             list.join(", ")
         };
         format!(
@@ -253,11 +258,19 @@ mod tests {
     fn connection_cap_is_per_client_and_slots_come_back() {
         let g = guard("[policy]\nmax_connections_per_client = 2\n");
         let a1 = g.open_connection(ip("127.0.0.2")).expect("first");
-        let _a2 = g.open_connection(ip("::ffff:127.0.0.2")).expect("second (mapped)");
-        assert!(g.open_connection(ip("127.0.0.2")).is_none(), "third refused");
+        let _a2 = g
+            .open_connection(ip("::ffff:127.0.0.2"))
+            .expect("second (mapped)");
+        assert!(
+            g.open_connection(ip("127.0.0.2")).is_none(),
+            "third refused"
+        );
         assert!(g.open_connection(ip("127.0.0.3")).is_some(), "other client");
         drop(a1);
-        assert!(g.open_connection(ip("127.0.0.2")).is_some(), "slot returned");
+        assert!(
+            g.open_connection(ip("127.0.0.2")).is_some(),
+            "slot returned"
+        );
     }
 
     #[test]
@@ -294,6 +307,9 @@ mod tests {
         assert!(g.check_rate(c, false).is_ok());
         assert!(g.check_rate(c, false).is_ok());
         assert_eq!(g.check_rate(c, false), Err(1));
-        assert!(g.check_rate(c, true).is_ok(), "logged-in budget is separate");
+        assert!(
+            g.check_rate(c, true).is_ok(),
+            "logged-in budget is separate"
+        );
     }
 }

@@ -20,6 +20,7 @@
 pub mod certs;
 pub mod jupyter;
 pub mod kernel;
+pub mod login;
 pub mod nbgate;
 pub mod process;
 pub mod upstream;

@@ -561,6 +561,31 @@ impl Nbgate {
         config
     }
 
+    /// A client like [`Nbgate::client`] whose connections come from `local`.
+    pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        self.client_builder()
+            .local_address(local)
+            .build()
+            .expect("build reqwest client")
+    }
+
+    /// A TCP connection to `addr` from the local address `local` (127.0.0.2,
+    /// ::1, ...: "another client" on loopback).
+    pub async fn tcp_connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> std::io::Result<TcpStream> {
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
     /// A TCP connection to the HTTPS listener (no TLS yet).
     pub async fn tcp_connect(&self) -> TcpStream {
         super::within(
