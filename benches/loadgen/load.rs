@@ -336,7 +336,9 @@ pub async fn ws_throughput(target: &Target, dur: Duration) -> Result<Figures, Bo
 /// a kernel's channels socket.
 pub async fn kernel_rtt(target: &Target, kernel: &str, dur: Duration) -> Result<Figures, BoxError> {
     let mut ws = ws_connect(target, &format!("/api/kernels/{kernel}/channels")).await?;
-    let session = format!("bench-{}", std::process::id());
+    // The kernel refuses a message it has seen (same signature), so ids
+    // are unique across calls, not only within one.
+    let session = format!("bench-{:016x}", rand::random::<u64>());
     let deadline = Instant::now() + dur;
     let mut lat = Vec::new();
     let mut i = 0u64;

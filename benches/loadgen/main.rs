@@ -69,7 +69,23 @@ fn main() {
         Some("run") => {
             let opts = parse_opts(&args);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(run(opts)) {
+            // On SIGTERM/SIGINT the run future is dropped, which stops
+            // every process it started (their handles kill on drop).
+            let interrupted = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            let result = rt.block_on(async {
+                tokio::select! {
+                    r = run(opts) => r,
+                    () = interrupted => Err::<(), BoxError>("interrupted".into()),
+                }
+            });
+            match result {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("loadgen: {e}");
@@ -100,7 +116,9 @@ fn parse_opts(args: &[String]) -> Opts {
     };
     let contenders = {
         let l = list("--contenders");
-        if l.is_empty() {
+        if l.is_empty() && std::env::var_os("NBGATE_BEFORE_BIN").is_some() {
+            Kind::WITH_BEFORE.to_vec()
+        } else if l.is_empty() {
             Kind::ALL.to_vec()
         } else {
             l.iter().filter_map(|s| Kind::parse(s)).collect()
@@ -197,6 +215,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
         cert: cert_path,
         key: key_path,
         nbgate_bin: nbgate_bin.clone(),
+        nbgate_before_bin: std::env::var_os("NBGATE_BEFORE_BIN").map(PathBuf::from),
         workers,
         user: "bench".into(),
         password: password.clone(),
@@ -253,12 +272,20 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
             continue;
         }
         let kinds: Vec<Kind> = if measure == "isolation" {
-            vec![Kind::Nbgate]
-        } else {
             opts.contenders
                 .iter()
                 .copied()
-                                .collect()
+                .filter(|k| matches!(k, Kind::Nbgate | Kind::NbgateBefore))
+                .collect()
+        } else {
+            // The pre-fix build only where the fixes touch the path
+            // (tunnels, logins), to keep a full run near 15 minutes.
+            let before_here = matches!(measure, "ws_rtt" | "ws_throughput" | "idle");
+            opts.contenders
+                .iter()
+                .copied()
+                .filter(|k| *k != Kind::NbgateBefore || before_here)
+                .collect()
         };
         let rounds = match measure {
             "idle" | "large_body" => opts.rounds.min(if opts.quick { 1 } else { 2 }),
@@ -417,7 +444,7 @@ async fn target_for(
         auth: HeaderMap::new(),
     };
     let mut auth = HeaderMap::new();
-    if c.kind == Kind::Nbgate {
+    if matches!(c.kind, Kind::Nbgate | Kind::NbgateBefore) {
         // The real cost of a cookie check is part of every nbgate figure.
         auth.insert("cookie", net::login(&target, &env.user, &env.password).await?);
     } else if let Some(t) = &backend.jupyter_token {
@@ -491,7 +518,7 @@ async fn jupyter_set(
     load::kernel_rtt(&direct, &kernel, Duration::from_secs(2)).await?;
     println!("== kernel");
     for round in 0..opts.rounds {
-        for &kind in &opts.contenders {
+        for &kind in opts.contenders.iter().filter(|k| **k != Kind::NbgateBefore) {
             let k = kernel.clone();
             let r = one(env, &backend, tls, kind, "kernel", round, |t, _c| async move {
                 load::kernel_rtt(&t, &k, dur).await

@@ -148,24 +148,35 @@ pub fn free_port() -> u16 {
 pub enum Kind {
     Direct,
     Nbgate,
+    /// nbgate built before the fixes (`NBGATE_BEFORE_BIN`), for a
+    /// before/after comparison inside one run.
+    NbgateBefore,
     Nginx,
     Caddy,
 }
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Nbgate, Kind::Nginx, Kind::Caddy];
+    pub const WITH_BEFORE: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Nbgate,
+        Kind::NbgateBefore,
+        Kind::Nginx,
+        Kind::Caddy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Nbgate => "nbgate",
+            Kind::NbgateBefore => "nbgate-before",
             Kind::Nginx => "nginx",
             Kind::Caddy => "caddy",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::WITH_BEFORE.into_iter().find(|k| k.name() == s)
     }
 }
 
@@ -175,6 +186,7 @@ pub struct Env {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub nbgate_bin: PathBuf,
+    pub nbgate_before_bin: Option<PathBuf>,
     pub workers: usize,
     pub user: String,
     pub password: String,
@@ -219,7 +231,11 @@ impl Contender {
         fs::create_dir_all(&dir)?;
         let log = dir.join("log.txt");
         let mut proc = match kind {
-            Kind::Nbgate => start_nbgate(env, backend, port, &dir, &log)?,
+            Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log)?,
+            Kind::NbgateBefore => {
+                let bin = env.nbgate_before_bin.as_ref().ok_or("NBGATE_BEFORE_BIN not set")?;
+                start_nbgate(env, bin, backend, port, &dir, &log)?
+            }
             Kind::Nginx => start_nginx(env, backend, port, &dir, &log)?,
             Kind::Caddy => start_caddy(env, backend, port, &dir, &log)?,
             Kind::Direct => unreachable!("handled above"),
@@ -240,6 +256,7 @@ impl Contender {
 
 fn start_nbgate(
     env: &Env,
+    bin: &Path,
     backend: &Backend,
     port: u16,
     dir: &Path,
@@ -298,7 +315,7 @@ password_hash = {hash:?}
     fs::write(&path, config)?;
     Proc::spawn(
         "nbgate",
-        Command::new(&env.nbgate_bin)
+        Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&path)

@@ -300,22 +300,31 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
 
     writeln!(r, "### 7. Isolation: a logged-in user during a wrong-password login flood (nbgate)\n")?;
     writeln!(r, "10 keep-alive connections, each sending `GET /1k` with the session cookie every 20 ms (500 req/s), alone and while 16 connections send wrong-password logins back to back (PBKDF2-SHA256, 600,000 iterations each; at most `max_concurrent_verifications` run at once, the rest get 429).\n")?;
-    writeln!(r, "| run | p50 ms | p99 ms | p99.9 ms | login attempts/s | % refused 429 |\n|---|---:|---:|---:|---:|---:|")?;
-    for (label, id) in [("alone", "isolation_quiet"), ("during flood", "isolation_flood")] {
-        let g = |k| get(id, "nbgate", k).map_or("–".into(), fmt);
-        writeln!(
-            r,
-            "| {label} | {} | {} | {} | {} | {} |",
-            g("p50_ms"),
-            g("p99_ms"),
-            g("p999_ms"),
-            g("flood_attempts_per_s"),
-            g("flood_refused_busy_pct")
-        )?;
+    writeln!(r, "| build | run | p50 ms | p99 ms | p99.9 ms | login attempts/s | % refused 429 |\n|---|---|---:|---:|---:|---:|---:|")?;
+    for c in ["nbgate-before", "nbgate"] {
+        for (label, id) in [("alone", "isolation_quiet"), ("during flood", "isolation_flood")] {
+            if get(id, c, "p99_ms").is_none() {
+                continue;
+            }
+            let g = |k| get(id, c, k).map_or("–".into(), fmt);
+            writeln!(
+                r,
+                "| {c} | {label} | {} | {} | {} | {} | {} |",
+                g("p50_ms"),
+                g("p99_ms"),
+                g("p999_ms"),
+                g("flood_attempts_per_s"),
+                g("flood_refused_busy_pct")
+            )?;
+        }
     }
-    if let (Some(a), Some(b)) = (get("isolation_quiet", "nbgate", "p99_ms"), get("isolation_flood", "nbgate", "p99_ms")) {
-        writeln!(r, "\np99 during flood / p99 alone: **{:.2}×** (target ≤ 2×).\n", b / a)?;
+    writeln!(r)?;
+    for c in ["nbgate-before", "nbgate"] {
+        if let (Some(a), Some(b)) = (get("isolation_quiet", c, "p99_ms"), get("isolation_flood", c, "p99_ms")) {
+            writeln!(r, "- {c}: p99 during flood / p99 alone = **{:.2}×** (target ≤ 2×).", b / a)?;
+        }
     }
+    writeln!(r)?;
 
     writeln!(r, "### 8. Micro benches (criterion)\n")?;
     let mut micro_any = false;
@@ -337,6 +346,28 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         writeln!(r, "Not run in this report.\n")?;
     }
 
+    if kinds.contains(&"nbgate-before") {
+        writeln!(r, "## Before / after the fixes, same run\n")?;
+        writeln!(r, "`nbgate-before` is the build before the profiling fixes (see `benches/README.md`), run alternately with the others in this same run.\n")?;
+        writeln!(r, "| measure | metric | nbgate-before | nbgate | after ÷ before | nginx |\n|---|---|---:|---:|---:|---:|")?;
+        for sp in SPECS {
+            for m in sp.metrics {
+                if let (Some(b), Some(a)) = (get(sp.id, "nbgate-before", m.0), get(sp.id, "nbgate", m.0)) {
+                    let ng = get(sp.id, "nginx", m.0).map_or("–".into(), fmt);
+                    let ratio = if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() };
+                    writeln!(r, "| {} | {} | {} | {} | {ratio} | {ng} |", sp.id, m.1, fmt(b), fmt(a))?;
+                }
+            }
+        }
+        for id in ["isolation_quiet", "isolation_flood"] {
+            for (k, label) in [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")] {
+                if let (Some(b), Some(a)) = (get(id, "nbgate-before", k), get(id, "nbgate", k)) {
+                    writeln!(r, "| {id} | {label} | {} | {} | {:.2} | – |", fmt(b), fmt(a), a / b.max(1e-9))?;
+                }
+            }
+        }
+        writeln!(r)?;
+    }
     if let Ok(before) = std::fs::read_to_string(dir.join("results-before.json")) {
         writeln!(r, "## Before / after the fixes (nbgate, medians)\n")?;
         writeln!(r, "`results-before.json` holds the run before the fixes described in `benches/README.md`; both columns are nbgate, measured in different runs, so compare each with its own run's nginx column too.\n")?;
