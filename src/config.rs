@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// The HTTPS port used when no listener is configured. 8443 rather than 443
@@ -58,7 +59,43 @@ pub struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     users: Vec<RawUser>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
+    max_connections_per_client: Option<usize>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    lockout: RawLockout,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    logged_in_requests_per_second: Option<u32>,
+    logged_in_burst: Option<u32>,
+    max_clients: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLockout {
+    address_threshold: Option<u32>,
+    user_threshold: Option<u32>,
+    duration: Option<String>,
+    address_max: Option<String>,
+    user_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,8 +184,57 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub policy: PolicyConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserEntry>,
+}
+
+/// Who may connect, how often, and how many wrong passwords they get.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyConfig {
+    /// Client networks allowed in; empty means everyone.
+    pub allow: Vec<IpNet>,
+    /// Client networks refused; wins over `allow`.
+    pub deny: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers and PROXY
+    /// protocol headers are believed. Nobody else's are.
+    pub trusted_proxies: Vec<IpNet>,
+    /// HTTPS listeners expect a PROXY protocol v1/v2 header first.
+    pub proxy_protocol: bool,
+    pub max_connections_per_client: usize,
+    pub rate_limit: RateLimitConfig,
+    pub lockout: LockoutConfig,
+}
+
+/// Per-client request rates (GCRA: a steady rate plus a burst).
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// Clients without a session: login pages, refused requests.
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Logged-in users: JupyterLab fires a hundred requests at page load.
+    pub logged_in_requests_per_second: u32,
+    pub logged_in_burst: u32,
+    /// Hard cap on tracked client addresses (memory stays flat in a flood).
+    pub max_clients: usize,
+}
+
+/// Brute-force protection for logins and API tokens.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockoutConfig {
+    /// Wrong attempts from one address before it is locked.
+    pub address_threshold: u32,
+    /// Wrong attempts for one user name (from anywhere) before it is locked.
+    pub user_threshold: u32,
+    /// The first lockout; each further one doubles.
+    #[serde(serialize_with = "ser_duration")]
+    pub duration: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub address_max: Duration,
+    /// Bound on a user-name lockout: how long a guessing flood from
+    /// elsewhere can keep the owner out.
+    #[serde(serialize_with = "ser_duration")]
+    pub user_max: Duration,
 }
 
 /// Where users and passwords come from, and how long a login lasts.
@@ -740,6 +826,7 @@ impl Config {
             max_lifetime,
             max_concurrent_verifications: a.max_concurrent_verifications.unwrap_or(cores).max(1),
         };
+        let policy = policy_config(raw.policy, &invalid)?;
         let mut users = Vec::new();
         for u in raw.users {
             if !valid_user_name(&u.name) {
@@ -776,6 +863,7 @@ impl Config {
                 access_log: l.access_log.unwrap_or(true),
             },
             auth,
+            policy,
             users,
         })
     }
@@ -784,6 +872,127 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Validates `[policy]` and applies its defaults.
+fn policy_config(
+    p: RawPolicy,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<PolicyConfig, ConfigError> {
+    let nets = |key: &'static str, v: Option<Vec<String>>| -> Result<Vec<IpNet>, ConfigError> {
+        v.unwrap_or_default()
+            .iter()
+            .map(|t| parse_cidr(t).map_err(|m| invalid(key, m)))
+            .collect()
+    };
+    let allow = nets("policy.allow", p.allow)?;
+    let deny = nets("policy.deny", p.deny)?;
+    let trusted_proxies = nets("policy.trusted_proxies", p.trusted_proxies)?;
+    let proxy_protocol = p.proxy_protocol.unwrap_or(false);
+    if proxy_protocol && trusted_proxies.is_empty() {
+        return Err(invalid(
+            "policy.proxy_protocol",
+            "needs policy.trusted_proxies: PROXY headers are only accepted from trusted proxies"
+                .into(),
+        ));
+    }
+    let positive = |key: &'static str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(invalid(key, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let r = p.rate_limit;
+    let rate_limit = RateLimitConfig {
+        requests_per_second: positive(
+            "policy.rate_limit.requests_per_second",
+            r.requests_per_second,
+            10,
+        )?,
+        burst: positive("policy.rate_limit.burst", r.burst, 40)?,
+        logged_in_requests_per_second: positive(
+            "policy.rate_limit.logged_in_requests_per_second",
+            r.logged_in_requests_per_second,
+            200,
+        )?,
+        logged_in_burst: positive("policy.rate_limit.logged_in_burst", r.logged_in_burst, 1000)?,
+        max_clients: match r.max_clients {
+            Some(n) if n < 100 => {
+                return Err(invalid(
+                    "policy.rate_limit.max_clients",
+                    "must be at least 100".into(),
+                ))
+            }
+            Some(n) => n,
+            None => 100_000,
+        },
+    };
+    let l = p.lockout;
+    let dur = |key: &'static str, v: Option<String>, default: Duration| match v {
+        Some(t) => match parse_duration(&t) {
+            Ok(d) if d.is_zero() => Err(invalid(key, "must be longer than 0s".into())),
+            Ok(d) => Ok(d),
+            Err(m) => Err(invalid(key, m)),
+        },
+        None => Ok(default),
+    };
+    let lockout = LockoutConfig {
+        address_threshold: positive("policy.lockout.address_threshold", l.address_threshold, 10)?,
+        user_threshold: positive("policy.lockout.user_threshold", l.user_threshold, 50)?,
+        duration: dur(
+            "policy.lockout.duration",
+            l.duration,
+            Duration::from_secs(60),
+        )?,
+        address_max: dur(
+            "policy.lockout.address_max",
+            l.address_max,
+            Duration::from_secs(3600),
+        )?,
+        user_max: dur(
+            "policy.lockout.user_max",
+            l.user_max,
+            Duration::from_secs(300),
+        )?,
+    };
+    if lockout.duration > lockout.address_max || lockout.duration > lockout.user_max {
+        return Err(invalid(
+            "policy.lockout.duration",
+            "must not exceed policy.lockout.address_max or user_max".into(),
+        ));
+    }
+    let max_connections_per_client = p.max_connections_per_client.unwrap_or(256);
+    if max_connections_per_client == 0 {
+        return Err(invalid(
+            "policy.max_connections_per_client",
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(PolicyConfig {
+        allow,
+        deny,
+        trusted_proxies,
+        proxy_protocol,
+        max_connections_per_client,
+        rate_limit,
+        lockout,
+    })
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (one host). Host bits
+/// are masked off (`10.1.2.3/8` means `10.0.0.0/8`), as nginx does.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    let net = if t.contains('/') {
+        t.parse::<IpNet>().map_err(|_| {
+            format!("{text:?} is not a network (expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\")")
+        })?
+    } else {
+        let ip: std::net::IpAddr = t
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        IpNet::from(ip)
+    };
+    Ok(net.trunc())
 }
 
 /// User names: 1-64 characters of letters, digits, `.`, `_`, `-`, `@`.
@@ -903,6 +1112,43 @@ mod tests {
         assert!(parse_upstream("https://127.0.0.1:8888").is_err());
         assert!(parse_upstream("unix:relative.sock").is_err());
         assert!(parse_upstream("http://127.0.0.1:8888/lab").is_err());
+    }
+
+    #[test]
+    fn policy_cidrs_are_parsed_masked_and_bad_ones_name_the_key() {
+        let c = load_str("[policy]\nallow = [\"10.1.2.3/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n")
+            .expect("valid policy");
+        let shown: Vec<String> = c.policy.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+        assert!(c.policy.deny.is_empty() && !c.policy.proxy_protocol);
+        let e = load_str("[policy]\ndeny = [\"10.0.0.0/33\"]\n").expect_err("bad prefix");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("policy.deny") && msg.contains("10.0.0.0/33"),
+            "{msg}"
+        );
+        let e = load_str("[policy]\nallow = [\"example.com\"]\n").expect_err("not an address");
+        assert!(e.to_string().contains("policy.allow"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_without_trusted_proxies_is_refused() {
+        let e = load_str("[policy]\nproxy_protocol = true\n").expect_err("no trusted proxies");
+        assert!(e.to_string().contains("policy.trusted_proxies"), "{e}");
+        let c = load_str("[policy]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n")
+            .expect("valid");
+        assert!(c.policy.proxy_protocol);
+    }
+
+    #[test]
+    fn rate_limit_and_lockout_defaults_and_bounds() {
+        let c = load_str("").expect("defaults");
+        assert_eq!(c.policy.rate_limit.requests_per_second, 10);
+        assert!(c.policy.rate_limit.logged_in_burst > c.policy.rate_limit.burst);
+        assert!(c.policy.lockout.user_threshold > c.policy.lockout.address_threshold);
+        assert!(load_str("[policy.rate_limit]\nburst = 0\n").is_err());
+        assert!(load_str("[policy.lockout]\nduration = \"2h\"\n").is_err());
+        assert!(load_str("[policy.lockout]\nunknown = 1\n").is_err());
     }
 
     #[test]

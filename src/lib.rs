@@ -5,6 +5,7 @@
 //! - `config`: TOML file -> validated `Config`; imports nothing else of the crate.
 //! - `state`: the state directory; private, atomic file writes.
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates.
+//! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels.
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops, TLS handshakes under timeouts, graceful shutdown.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod pages;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod state;

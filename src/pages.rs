@@ -138,6 +138,8 @@ button,.button{display:block;width:100%;min-height:48px;padding:10px 16px;font:i
 button:hover,.button:hover{filter:brightness(1.08)}
 input:focus-visible,button:focus-visible,.button:focus-visible{outline:3px solid var(--focus);outline-offset:2px}
 .logout{margin:0}
+.check{display:flex;gap:10px;align-items:center;margin:0 0 18px;font-weight:400}
+.check input{width:24px;min-height:24px;height:24px;margin:0}
 "#;
 
 /// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
@@ -448,23 +450,43 @@ pub fn render_logged_out(lang: Lang, login_href: &str) -> String {
     document(lang, title, &main)
 }
 
-/// An HTML fragment: a POST form with the hidden `csrf` field and a "Log out" button.
+/// An HTML fragment: a POST form with the hidden `csrf` field, an "on every device" checkbox
+/// and a "Log out" button.
 ///
 /// Logging out is a POST with a CSRF token so that a cross-site link or image cannot log the
-/// user out.
+/// user out. The checkbox asks for logout everywhere: every cookie the user holds, on any
+/// device, stops working (for a lost laptop or a shared machine).
 pub fn logout_form(action: &str, csrf_token: &str, lang: Lang) -> String {
-    let label = match lang {
-        Lang::En => "Log out",
-        Lang::ZhHans => "退出登录",
+    let (everywhere, label) = match lang {
+        Lang::En => ("Also log out on every other device", "Log out"),
+        Lang::ZhHans => ("同时在所有其他设备上退出", "退出登录"),
     };
     format!(
         "<form class=\"logout\" method=\"post\" action=\"{}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <label class=\"check\"><input type=\"checkbox\" name=\"everywhere\" value=\"1\">{}</label>\
          <button type=\"submit\">{}</button></form>",
         html_escape(action),
         html_escape(csrf_token),
+        html_escape(everywhere),
         html_escape(label),
     )
+}
+
+/// The logout page: who is logged in, and the logout form.
+pub fn render_logout(lang: Lang, user: &str, action: &str, csrf_token: &str) -> String {
+    let (title, heading, who) = match lang {
+        Lang::En => ("nbgate — Log out", "Log out", "Logged in as"),
+        Lang::ZhHans => ("nbgate — 退出登录", "退出登录", "当前用户"),
+    };
+    let main = format!(
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{} <strong>{}</strong></p>\n{}\n</main>\n",
+        html_escape(heading),
+        html_escape(who),
+        html_escape(user),
+        logout_form(action, csrf_token, lang),
+    );
+    document(lang, title, &main)
 }
 
 /// Wraps a `<main>` in the shared document: viewport, favicon, stylesheet.
@@ -606,6 +628,10 @@ mod tests {
         assert!(form.contains("name=\"csrf\""));
         assert!(form.contains(">Log out</button>"));
         assert!(logout_form("/_nbgate/logout", "t", Lang::ZhHans).contains(">退出登录</button>"));
+        assert!(form.contains("name=\"everywhere\""));
+        let page = render_logout(Lang::En, HOSTILE, HOSTILE, HOSTILE);
+        assert!(!page.contains("<script"));
+        assert!(page.contains("Logged in as"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::nbgate::{TEST_PASSWORD, TEST_USER};
-use common::{within, Jupyter, Nbgate};
+use common::{within, Jupyter, JupyterOptions, Nbgate, TestUpstream};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -54,10 +54,25 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..end].to_owned()
 }
 
-/// Logs in through the form; returns the `Cookie` header value to send.
+/// Logs in through the form as the test user.
 async fn login(gate: &Nbgate, client: &reqwest::Client, password: &str) -> reqwest::Response {
+    login_as(gate, client, "/", TEST_USER, password).await
+}
+
+/// Logs in through the form under Jupyter's `base` URL; returns the answer to the POST.
+async fn login_as(
+    gate: &Nbgate,
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let next = format!("{base}lab");
     let page = client
-        .get(gate.url("/_nbgate/login?next=%2Flab"))
+        .get(gate.url(&format!(
+            "{base}_nbgate/login?next={}",
+            next.replace('/', "%2F")
+        )))
         .header("accept", "text/html")
         .send()
         .await
@@ -74,20 +89,42 @@ async fn login(gate: &Nbgate, client: &reqwest::Client, password: &str) -> reqwe
         .expect("csrf binding cookie");
     let html = page.text().await.expect("html");
     let csrf = hidden(&html, "csrf");
-    assert_eq!(hidden(&html, "next"), "/lab");
+    assert_eq!(hidden(&html, "next"), next);
     client
-        .post(gate.url("/_nbgate/login"))
+        .post(gate.url(&format!("{base}_nbgate/login")))
         .header("cookie", cookie_pair(&binding))
         .header("origin", gate.origin())
         .form(&[
-            ("username", TEST_USER),
+            ("username", user),
             ("password", password),
             ("csrf", csrf.as_str()),
-            ("next", "/lab"),
+            ("next", next.as_str()),
         ])
         .send()
         .await
         .expect("POST login")
+}
+
+/// The `Cookie` value of the session cookie a login answer set.
+fn session_cookie(r: &reqwest::Response) -> String {
+    cookie_pair(
+        &set_cookies(r)
+            .into_iter()
+            .find(|c| c.starts_with("__Host-nbgate-session="))
+            .expect("session cookie"),
+    )
+}
+
+/// GET `path` with a cookie; the status.
+async fn status_with(gate: &Nbgate, client: &reqwest::Client, path: &str, cookie: &str) -> u16 {
+    client
+        .get(gate.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET with cookie")
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,4 +406,350 @@ async fn idle_session_expires_and_browser_is_sent_back_to_login() {
         .await
         .expect("navigation with expired cookie");
     assert_eq!(nav.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_everywhere_revokes_the_cookies_of_every_device() {
+    let up = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&up.url()).start().await;
+    let (laptop, phone, tablet) = (bare_client(&gate), bare_client(&gate), bare_client(&gate));
+    let a = session_cookie(&within(T, "laptop login", login(&gate, &laptop, TEST_PASSWORD)).await);
+    let b = session_cookie(&within(T, "phone login", login(&gate, &phone, TEST_PASSWORD)).await);
+    let c = session_cookie(&within(T, "tablet login", login(&gate, &tablet, TEST_PASSWORD)).await);
+    for (client, cookie) in [(&laptop, &a), (&phone, &b), (&tablet, &c)] {
+        assert_eq!(status_with(&gate, client, "/api/status", cookie).await, 200);
+    }
+
+    let logout = |client: &reqwest::Client, cookie: &str, everywhere: bool| {
+        let (client, cookie) = (client.clone(), cookie.to_owned());
+        let gate = &gate;
+        async move {
+            let page = client
+                .get(gate.url("/_nbgate/logout"))
+                .header("cookie", &cookie)
+                .header("accept", "text/html")
+                .send()
+                .await
+                .expect("logout page");
+            assert_eq!(page.status(), 200);
+            let html = page.text().await.expect("html");
+            assert!(html.contains("name=\"everywhere\""), "{html}");
+            let csrf = hidden(&html, "csrf");
+            let mut form = vec![("csrf", csrf)];
+            if everywhere {
+                form.push(("everywhere", "1".to_owned()));
+            }
+            let out = client
+                .post(gate.url("/_nbgate/logout"))
+                .header("cookie", &cookie)
+                .header("origin", gate.origin())
+                .form(&form)
+                .send()
+                .await
+                .expect("logout");
+            assert_eq!(out.status(), 200);
+        }
+    };
+
+    // A plain logout ends that one session only.
+    within(T, "tablet logout", logout(&tablet, &c, false)).await;
+    assert_eq!(status_with(&gate, &tablet, "/api/status", &c).await, 401);
+    assert_eq!(status_with(&gate, &laptop, "/api/status", &a).await, 200);
+
+    // Logout everywhere from the phone ends the laptop's session too.
+    within(T, "phone logs out everywhere", logout(&phone, &b, true)).await;
+    assert_eq!(status_with(&gate, &phone, "/api/status", &b).await, 401);
+    assert_eq!(status_with(&gate, &laptop, "/api/status", &a).await, 401);
+    gate.wait_for_line(&["nbgate::audit", "logout_everywhere", TEST_USER], T)
+        .await;
+
+    // Logging in again afterwards gives a working cookie.
+    let fresh =
+        session_cookie(&within(T, "login again", login(&gate, &laptop, TEST_PASSWORD)).await);
+    assert_eq!(
+        status_with(&gate, &laptop, "/api/status", &fresh).await,
+        200
+    );
+}
+
+/// Sends `cookie` every 300 ms, taking up refreshed cookies as a browser
+/// would, until the gate answers 401; returns how long the session lived.
+async fn use_session_until_refused(
+    gate: &Nbgate,
+    client: &reqwest::Client,
+    mut cookie: String,
+    limit: Duration,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let r = client
+            .get(gate.url("/api/status"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("GET with cookie");
+        if r.status() == 401 {
+            return started.elapsed();
+        }
+        assert_eq!(r.status(), 200);
+        if let Some(refreshed) = set_cookies(&r)
+            .into_iter()
+            .find(|c| c.starts_with("__Host-nbgate-session="))
+        {
+            cookie = cookie_pair(&refreshed);
+        }
+        assert!(
+            started.elapsed() < limit,
+            "session still valid after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_session_slides_past_the_idle_timeout_but_ends_at_the_absolute_lifetime() {
+    let up = TestUpstream::start().await;
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .set("auth.idle_timeout", "2s")
+        .set("auth.max_lifetime", "6s")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let lived = use_session_until_refused(&gate, &client, session_cookie(&ok), T).await;
+    // Unix-second granularity: the absolute end lies between 5 and 6 s after
+    // login; an idle expiry (no sliding) would have ended it near 2 s.
+    assert!(
+        lived >= Duration::from_secs(4),
+        "an active session ended after {lived:?}: the idle timeout did not slide"
+    );
+    assert!(lived <= Duration::from_secs(8), "lived {lived:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_kernels_work_under_a_jupyter_base_url() {
+    let jupyter = Jupyter::start_with(JupyterOptions {
+        base_url: Some("/jupyter/".into()),
+        ..JupyterOptions::default()
+    })
+    .await;
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("auth.base_url", "/jupyter/")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+
+    // A navigation without a session goes to the login page under base_url.
+    let nav = client
+        .get(gate.url("/jupyter/lab"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("navigation");
+    assert_eq!(nav.status(), 303);
+    let location = nav.headers()["location"].to_str().expect("ascii");
+    assert!(
+        location.starts_with("/jupyter/_nbgate/login?next="),
+        "{location}"
+    );
+
+    let ok = within(
+        T,
+        "login",
+        login_as(&gate, &client, "/jupyter/", TEST_USER, TEST_PASSWORD),
+    )
+    .await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/jupyter/lab");
+    let cookie = session_cookie(&ok);
+    assert_eq!(
+        status_with(&gate, &client, "/jupyter/api/kernels", &cookie).await,
+        200
+    );
+
+    // Start a kernel and run code over its WebSocket, all under the base URL.
+    let kernel: serde_json::Value = client
+        .post(gate.url("/jupyter/api/kernels"))
+        .header("cookie", &cookie)
+        .header("origin", gate.origin())
+        .json(&serde_json::json!({"name": "python3"}))
+        .send()
+        .await
+        .expect("start kernel")
+        .json()
+        .await
+        .expect("kernel json");
+    let id = kernel["id"].as_str().expect("kernel id");
+    let mut request = format!(
+        "wss://localhost:{}/jupyter/api/kernels/{id}/channels",
+        gate.https_addr().port()
+    )
+    .into_client_request()
+    .expect("ws request");
+    request
+        .headers_mut()
+        .insert("cookie", HeaderValue::from_str(&cookie).expect("cookie"));
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_str(&gate.origin()).expect("origin"),
+    );
+    let tls = gate.tls_connect().await;
+    let (mut ws, _) = within(
+        T,
+        "kernel websocket",
+        tokio_tungstenite::client_async(request, tls),
+    )
+    .await
+    .expect("websocket under base_url");
+    assert_eq!(common::kernel::execute(&mut ws, "6*7").await, "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_jupyter_hash_logs_in_and_logs_a_rehash_hint() {
+    use sha1::Digest;
+    let up = TestUpstream::start().await;
+    let password = "legacy-password-123";
+    let salt = "0123456789ab";
+    let digest = sha1::Sha1::digest(format!("{password}{salt}").as_bytes());
+    let legacy = format!("sha1:{salt}:{}", hex::encode(digest));
+    let mut user = toml::Table::new();
+    user.insert("name".into(), "olduser".into());
+    user.insert("password_hash".into(), legacy.into());
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .set("users", toml::Value::Array(vec![toml::Value::Table(user)]))
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(
+        T,
+        "login",
+        login_as(&gate, &client, "/", "olduser", password),
+    )
+    .await;
+    assert_eq!(ok.status(), 303);
+    let hint = gate
+        .wait_for_line(&["legacy Jupyter format", "olduser"], T)
+        .await;
+    assert!(!hint.contains(password), "{hint}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_from_environment_and_systemd_credentials_log_in() {
+    let up = TestUpstream::start().await;
+    let (hash, _) = common::nbgate::test_hashes();
+
+    // A plain password in the environment (the `docker run -e` pattern): it
+    // logs in, and it is gone from /proc/PID/environ and from the log.
+    let plain = "plain-env-password-4711";
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .remove("users")
+        .set("auth.password_env", "NBGATE_TEST_PASSWORD")
+        .env("NBGATE_TEST_PASSWORD", plain)
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(
+        T,
+        "env password login",
+        login_as(&gate, &client, "/", "jupyter", plain),
+    )
+    .await;
+    assert_eq!(ok.status(), 303);
+    let environ = std::fs::read(format!("/proc/{}/environ", gate.pid())).expect("environ");
+    assert!(
+        !environ.windows(plain.len()).any(|w| w == plain.as_bytes()),
+        "the plain password is still readable in /proc/PID/environ"
+    );
+    assert!(!gate.log_text().contains(plain), "the password was logged");
+    drop(gate);
+
+    // A hash in the environment.
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .remove("users")
+        .set("auth.password_hash_env", "NBGATE_TEST_HASH")
+        .env("NBGATE_TEST_HASH", hash)
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(
+        T,
+        "env hash login",
+        login_as(&gate, &client, "/", "jupyter", TEST_PASSWORD),
+    )
+    .await;
+    assert_eq!(ok.status(), 303);
+    let wrong = within(
+        T,
+        "env hash wrong",
+        login_as(&gate, &client, "/", "jupyter", "not-it-at-all"),
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
+    drop(gate);
+
+    // A systemd credential (`LoadCredential=nbgate-password-hash:...`).
+    let creds = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        creds.path().join("nbgate-password-hash"),
+        format!("{hash}\n"),
+    )
+    .expect("write");
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .remove("users")
+        .env("CREDENTIALS_DIRECTORY", &creds.path().display().to_string())
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let ok = within(
+        T,
+        "credential login",
+        login_as(&gate, &client, "/", "jupyter", TEST_PASSWORD),
+    )
+    .await;
+    assert_eq!(ok.status(), 303);
+    assert!(
+        !gate.log_text().contains("first start"),
+        "a credential must replace the generated default password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_costs_the_same_time_as_a_wrong_password() {
+    let up = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&up.url()).start().await;
+    let client = bare_client(&gate);
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    // Alternated so that machine load hits both alike; few enough attempts
+    // to stay under the login lockout threshold.
+    for _ in 0..3 {
+        for (user, times) in [("nobody-here", &mut unknown), (TEST_USER, &mut wrong)] {
+            let started = std::time::Instant::now();
+            let r = within(
+                T,
+                "failed login",
+                login_as(&gate, &client, "/", user, "wrong-password-x"),
+            )
+            .await;
+            times.push(started.elapsed());
+            assert_eq!(r.status(), 401);
+            let body = r.text().await.expect("body");
+            assert!(body.contains("Wrong user name or password"), "{body}");
+        }
+    }
+    unknown.sort();
+    wrong.sort();
+    let (u, w) = (unknown[1].as_secs_f64(), wrong[1].as_secs_f64());
+    // Without the dummy hash an unknown user would answer in about a
+    // millisecond against hundreds for a real PBKDF2 check.
+    assert!(
+        u > w / 2.0 && u < w * 2.0,
+        "median unknown user {u:.3}s vs wrong password {w:.3}s"
+    );
 }

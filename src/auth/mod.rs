@@ -127,8 +127,11 @@ impl Authenticator {
         };
         let found = self.users.get(user).and_then(User::password_hash);
         let unknown_user = found.is_none();
-        let hash: Arc<StoredHash> =
-            found.unwrap_or_else(|| Arc::new(password::dummy_hash().clone()));
+        // An unknown name is checked against a real user's hash (its result
+        // is ignored below), so it costs what a wrong password costs.
+        let hash: Arc<StoredHash> = found
+            .or_else(|| self.users.timing_reference())
+            .unwrap_or_else(|| Arc::new(password::dummy_hash().clone()));
         let pw = password.to_owned();
         let ok = verify_in_background(move || {
             let _permit = permit;

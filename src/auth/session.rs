@@ -316,9 +316,11 @@ pub fn check(
     {
         return Verdict::Revoked;
     }
-    // Refresh at most about once a minute (or 1% of the idle time) so an
-    // active user is never logged out, without a new cookie per request.
-    let refresh_after = (life.idle.as_secs() / 100).max(60);
+    // Refresh about once a minute (or 1% of a long idle time) so an active
+    // user is never logged out, without a new cookie per request; short
+    // idle timeouts refresh after half of it, or they could never slide.
+    let idle = life.idle.as_secs();
+    let refresh_after = (idle / 100).max(60).min(idle / 2).max(1);
     let refresh = now.saturating_sub(claims.lst) >= refresh_after;
     Verdict::Valid { claims, refresh }
 }
@@ -436,6 +438,25 @@ mod tests {
         assert!(matches!(
             check(c, 1010, LIFE, &r, Some("fp1")),
             Verdict::Valid { refresh: false, .. }
+        ));
+    }
+
+    #[test]
+    fn short_idle_timeout_still_slides_with_activity() {
+        let r = Revocations::in_memory();
+        let short = Lifetime {
+            idle: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        };
+        // Refreshed after half the idle time, not after a minute that
+        // would already be past the idle timeout.
+        assert!(matches!(
+            check(claims(1000), 1004, short, &r, Some("fp1")),
+            Verdict::Valid { refresh: false, .. }
+        ));
+        assert!(matches!(
+            check(claims(1000), 1005, short, &r, Some("fp1")),
+            Verdict::Valid { refresh: true, .. }
         ));
     }
 

@@ -88,6 +88,21 @@ impl UserStore {
         self.users.get(name)
     }
 
+    /// The hash an unknown user name is verified against: the password
+    /// hash of the first user by name. A guess for a name that does not
+    /// exist then costs exactly what a wrong password for a real user costs
+    /// (same algorithm, same parameters), so timing does not reveal which
+    /// names exist. Users whose hashes have other parameters remain
+    /// distinguishable by timing; hashes made by one `nbgate hash-password`
+    /// all share the same cost. `None` when no user has a password.
+    pub fn timing_reference(&self) -> Option<Arc<StoredHash>> {
+        let mut names: Vec<&String> = self.users.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .find_map(|n| self.users.get(n).and_then(User::password_hash))
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }
@@ -173,6 +188,40 @@ impl std::fmt::Debug for InitialPassword {
 /// systemd credential names (`LoadCredential=nbgate-password-hash:...`).
 const CREDENTIAL_HASH: &str = "nbgate-password-hash";
 
+/// Removes `var` from the environment and overwrites its value where the
+/// kernel shows it.
+///
+/// `unsetenv` alone is not enough on Linux: `/proc/PID/environ` (and
+/// `ps e`) read the environment block the kernel placed on the initial
+/// stack, and `unsetenv` only drops the pointer to it. So the value's bytes
+/// in that block are zeroed first, then the variable is removed.
+///
+/// Sound only while the process is single-threaded (no other thread may read
+/// or change the environment concurrently); `load` documents that.
+fn scrub_env_var(var: &str) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let prefix = format!("{var}=");
+        // SAFETY: single-threaded (caller contract), so nothing reads or
+        // modifies `environ` or its strings meanwhile. Each entry is a
+        // NUL-terminated string in writable memory (the initial stack or a
+        // heap copy made by setenv); we write only within that string.
+        unsafe {
+            let mut entry = libc::environ;
+            while !entry.is_null() && !(*entry).is_null() {
+                let s = *entry;
+                let bytes = std::ffi::CStr::from_ptr(s).to_bytes();
+                if bytes.starts_with(prefix.as_bytes()) {
+                    let len = bytes.len();
+                    std::ptr::write_bytes(s.add(prefix.len()), 0, len - prefix.len());
+                }
+                entry = entry.add(1);
+            }
+        }
+    }
+    std::env::remove_var(var);
+}
+
 /// Loads users from every configured source.
 ///
 /// Call before the runtime starts threads: a plain password taken from the
@@ -245,9 +294,9 @@ pub fn load(config: &Config) -> Result<(UserStore, Option<InitialPassword>), Aut
             source_name: source_name.clone(),
             message: "is not set".into(),
         })?;
-        // Removed so it is not inherited by children nor readable in
-        // /proc/PID/environ later (see the function doc on soundness).
-        std::env::remove_var(var);
+        // Scrubbed and removed so it is neither inherited by children nor
+        // readable in /proc/PID/environ (see the function doc on soundness).
+        scrub_env_var(var);
         Some((source_name, pw))
     } else if let Some(path) = &auth.password_file {
         let source_name = path.display().to_string();

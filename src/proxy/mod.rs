@@ -404,7 +404,9 @@ impl Gateway {
             return Ok(Response::from_parts(rparts, rbody.boxed_unsync()));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-        let guard = self.tunnels.register(identity.session.clone());
+        let guard = self
+            .tunnels
+            .register(identity.session.clone(), &identity.user);
         let idle = self.config.upstream.websocket_idle_timeout;
         tokio::spawn(run_tunnel(
             client_upgrade,

@@ -255,12 +255,7 @@ impl Pages<'_> {
         };
         let token = csrf::token(self.auth.csrf_key(), &claims.sid);
         let action = format!("{}logout", self.prefix);
-        let l = lang(headers);
-        let body = format!(
-            "<!doctype html><html lang=\"{}\"><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>nbgate</title>{}</html>",
-            l.tag(),
-            pages::logout_form(&action, &token, l)
-        );
+        let body = pages::render_logout(lang(headers), &claims.u, &action, &token);
         html(StatusCode::OK, body)
     }
 
@@ -284,9 +279,18 @@ impl Pages<'_> {
                 None,
             );
         }
-        self.auth.end_session(&claims);
-        let closed = self.tunnels.close_session(&claims.sid);
-        tracing::info!(target: "nbgate::audit", event = "logout", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout");
+        let everywhere = form.iter().any(|(k, v)| k == "everywhere" && v == "1");
+        if everywhere {
+            // Bumps the user's generation: every cookie issued so far, on
+            // any device, fails its check from now on.
+            self.auth.end_all_sessions(&claims.u);
+            let closed = self.tunnels.close_user(&claims.u);
+            tracing::info!(target: "nbgate::audit", event = "logout_everywhere", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout everywhere");
+        } else {
+            self.auth.end_session(&claims);
+            let closed = self.tunnels.close_session(&claims.sid);
+            tracing::info!(target: "nbgate::audit", event = "logout", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout");
+        }
         let mut r = html(
             StatusCode::OK,
             pages::render_logged_out(lang(&headers), &self.login_href()),

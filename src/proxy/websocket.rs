@@ -27,6 +27,8 @@ pub struct Tunnels {
 
 struct Entry {
     session: Option<String>,
+    /// Logout everywhere closes a user's tunnels, token ones included.
+    user: String,
     cancel: CancellationToken,
 }
 
@@ -49,13 +51,14 @@ impl Drop for TunnelGuard {
 
 impl Tunnels {
     /// Registers a tunnel, optionally tied to a login session.
-    pub fn register(self: &Arc<Self>, session: Option<String>) -> TunnelGuard {
+    pub fn register(self: &Arc<Self>, session: Option<String>, user: &str) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         self.lock().insert(
             id,
             Entry {
                 session,
+                user: user.to_owned(),
                 cancel: cancel.clone(),
             },
         );
@@ -83,13 +86,21 @@ impl Tunnels {
 
     /// Closes the tunnels of one login session (logout). Returns how many.
     pub fn close_session(&self, session: &str) -> usize {
+        self.close_where(|e| e.session.as_deref() == Some(session))
+    }
+
+    /// Closes every tunnel of a user, whatever it authenticated with
+    /// (logout everywhere). Returns how many.
+    pub fn close_user(&self, user: &str) -> usize {
+        self.close_where(|e| e.user == user)
+    }
+
+    fn close_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
         let open = self.lock();
         let mut n = 0;
-        for e in open.values() {
-            if e.session.as_deref() == Some(session) {
-                e.cancel.cancel();
-                n += 1;
-            }
+        for e in open.values().filter(|e| pred(e)) {
+            e.cancel.cancel();
+            n += 1;
         }
         n
     }
@@ -425,12 +436,23 @@ mod tests {
     #[test]
     fn registry_closes_tunnels_of_one_session_only() {
         let t = Arc::new(Tunnels::default());
-        let a = t.register(Some("s1".into()));
-        let b = t.register(Some("s2".into()));
+        let a = t.register(Some("s1".into()), "ann");
+        let b = t.register(Some("s2".into()), "ann");
         assert_eq!(t.close_session("s1"), 1);
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
         drop(a);
         assert_eq!(t.count(), 1);
+    }
+
+    #[test]
+    fn registry_closes_every_tunnel_of_one_user_only() {
+        let t = Arc::new(Tunnels::default());
+        let a = t.register(Some("s1".into()), "ann");
+        let b = t.register(None, "ann");
+        let c = t.register(Some("s3".into()), "bob");
+        assert_eq!(t.close_user("ann"), 2);
+        assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
+        assert!(!c.cancel.is_cancelled());
     }
 }

@@ -24,6 +24,8 @@ pub struct JupyterOptions {
     pub lab: bool,
     /// Listen on a Unix socket (`--ServerApp.sock`) instead of a TCP port.
     pub unix_socket: bool,
+    /// `--ServerApp.base_url` (e.g. `/jupyter/`); `None` is Jupyter's `/`.
+    pub base_url: Option<String>,
 }
 
 /// Where Jupyter listens.
@@ -209,6 +211,9 @@ impl Jupyter {
                 cmd.arg(format!("--ServerApp.sock={}", path.display()));
             }
         }
+        if let Some(base) = &self.options.base_url {
+            cmd.arg(format!("--ServerApp.base_url={base}"));
+        }
         cmd.arg(format!("--IdentityProvider.token={}", self.token))
             .arg(format!("--ServerApp.root_dir={}", d.join("root").display()))
             .arg("--ServerApp.allow_root=True")
@@ -242,7 +247,8 @@ impl Jupyter {
                     self.log()
                 ));
             }
-            if let Some((200, _)) = raw_get(&self.endpoint, "/api", "").await {
+            let api = format!("{}api", self.options.base_url.as_deref().unwrap_or("/"));
+            if let Some((200, _)) = raw_get(&self.endpoint, &api, "").await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

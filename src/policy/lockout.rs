@@ -1,0 +1,656 @@
+//! Brute-force protection for logins and API tokens: failure counting and
+//! exponential lockout per client address and per user name.
+//!
+//! Owns the decisions "may this address / user name try a password now" and
+//! "does this failure start a lockout". The caller asks [`Lockout::check`]
+//! *before* verifying a password (so a locked attacker never costs a hash),
+//! reports the outcome with [`Lockout::record_failure`] or
+//! [`Lockout::record_success`], and turns [`Locked`] into a 429 with
+//! `Retry-After` and an audit event. Addresses are keyed like the rate limiter
+//! (IPv4 address, IPv6 /64), so one IPv6 host cannot rotate around its count.
+//!
+//! # The trade-off between the two scopes
+//! - **Per address** (`ip_threshold`, e.g. 10): the main defence. Ten wrong
+//!   passwords from one address lock that address for `base`, then `2·base`,
+//!   `4·base` ... up to `ip_max`. Only that address is locked: the account's
+//!   owner, logging in from elsewhere, is not affected.
+//! - **Per user name** (`user_threshold`, higher, e.g. 50): catches a guess
+//!   spread over many addresses. A lock on a user name also locks its owner
+//!   out, which is exactly what an attacker wants to cause, so it is bounded:
+//!   it doubles too but never exceeds `user_max` (e.g. 5 minutes). A
+//!   distributed guess against one name can therefore keep its owner out for at
+//!   most `user_max` at a time, while costing the attacker `user_threshold`
+//!   guesses per `user_max`.
+//!
+//! Failures are counted within a window: a key that has been quiet (no failure
+//! and no lock) for `ip_max` starts again from zero, lockout level included.
+//! Failures that arrive while a key is locked are not counted and do not
+//! extend the lock, so an attacker cannot keep a user name locked for longer
+//! than `user_max` by continuing to guess.
+//!
+//! # Bounded memory
+//! Each scope keeps at most `max_keys` records. When a new key arrives at the
+//! cap, expired records are dropped; if that frees too little, the oldest
+//! records are dropped in a batch (unlocked ones first, so a flood of single
+//! failures from fresh addresses cannot evict an active lock).
+//!
+//! It must not do I/O, logging or hashing; it takes `Instant`s from the
+//! caller so tests control time.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::ClientKey;
+
+/// Thresholds and durations of the lockout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutConfig {
+    /// Failures from one address (or IPv6 /64) that lock it.
+    pub ip_threshold: u32,
+    /// Failures for one user name, from anywhere, that lock the name; higher
+    /// than `ip_threshold` because this lock also hits the name's owner.
+    pub user_threshold: u32,
+    /// The first lock's duration; each further lock of the same key doubles.
+    pub base: Duration,
+    /// The longest address lock; also the quiet time after which a key's
+    /// count and level start again from zero.
+    pub ip_max: Duration,
+    /// The longest user-name lock: how long a distributed guess can keep the
+    /// owner out at a time.
+    pub user_max: Duration,
+    /// Records kept per scope at most.
+    pub max_keys: usize,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> LockoutConfig {
+        LockoutConfig {
+            ip_threshold: 10,
+            user_threshold: 50,
+            base: Duration::from_secs(60),
+            ip_max: Duration::from_secs(3600),
+            user_max: Duration::from_secs(300),
+            max_keys: 100_000,
+        }
+    }
+}
+
+/// What is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The client address (or IPv6 /64).
+    Address,
+    /// The user name, from every address.
+    User,
+}
+
+/// A refusal: what is locked and for how much longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locked {
+    pub scope: Scope,
+    pub retry_after: Duration,
+}
+
+/// Failure counts and locks per address and per user name. `Send + Sync`.
+///
+/// Each scope is one std `Mutex` around a `HashMap`: it is held for a few
+/// hundred nanoseconds (never across an `.await`), and login attempts are
+/// already capped by the rate limiter and the verification cap.
+#[derive(Debug)]
+pub struct Lockout {
+    cfg: LockoutConfig,
+    addresses: Mutex<Table<ClientKey>>,
+    /// Keyed by a keyed hash of the name, so a record's size does not depend
+    /// on attacker-chosen name lengths. The random key makes collisions
+    /// unpredictable; 64 bits make them negligible at `max_keys` entries.
+    users: Mutex<Table<u64>>,
+    user_hasher: RandomState,
+}
+
+impl Lockout {
+    pub fn new(cfg: LockoutConfig) -> Lockout {
+        let addresses = Table::new(cfg.ip_threshold, cfg.base, cfg.ip_max, &cfg);
+        let users = Table::new(cfg.user_threshold, cfg.base, cfg.user_max, &cfg);
+        Lockout {
+            addresses: Mutex::new(addresses),
+            users: Mutex::new(users),
+            user_hasher: RandomState::new(),
+            cfg,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LockoutConfig {
+        &self.cfg
+    }
+
+    /// Before verifying a password or token: is this address or user name
+    /// locked now? `user` is `None` for token attempts. When both are locked,
+    /// the longer lock is reported.
+    ///
+    /// # Errors
+    /// [`Locked`] with the scope and the time left.
+    pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Result<(), Locked> {
+        let address = lock(&self.addresses)
+            .locked_for(&ClientKey::of(ip), now)
+            .map(|d| Locked {
+                scope: Scope::Address,
+                retry_after: d,
+            });
+        let user = user.and_then(|name| {
+            lock(&self.users)
+                .locked_for(&self.user_key(name), now)
+                .map(|d| Locked {
+                    scope: Scope::User,
+                    retry_after: d,
+                })
+        });
+        match longer(address, user) {
+            Some(locked) => Err(locked),
+            None => Ok(()),
+        }
+    }
+
+    /// After a wrong password or token: counts it against the address and the
+    /// user name. Returns `Some` when the address or name is locked after this
+    /// failure: because this failure reached a threshold (a new lock, the
+    /// caller's audit event), or because it was already locked (then nothing
+    /// was counted and the lock is not extended). The longer lock is reported.
+    pub fn record_failure(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Option<Locked> {
+        let address = lock(&self.addresses)
+            .fail(ClientKey::of(ip), now)
+            .map(|d| Locked {
+                scope: Scope::Address,
+                retry_after: d,
+            });
+        let user = user.and_then(|name| {
+            lock(&self.users)
+                .fail(self.user_key(name), now)
+                .map(|d| Locked {
+                    scope: Scope::User,
+                    retry_after: d,
+                })
+        });
+        longer(address, user)
+    }
+
+    /// After a successful login: forgets this address's failures and lockout
+    /// level (a legitimate user is there; on a shared NAT their colleagues
+    /// should not inherit the count). A current lock is kept: success while
+    /// locked means the caller skipped `check`.
+    ///
+    /// The user name's record is deliberately left alone: its failures came
+    /// from other addresses (a distributed guess), and one login by the owner
+    /// proves nothing about them. Resetting it would give the guessers a fresh
+    /// `user_threshold` every time the owner logs in. The cost: an owner who
+    /// mistypes from several addresses keeps that count until it goes quiet.
+    ///
+    /// Known limit: someone with a valid account of their own can reset their
+    /// address's count between guesses at another name; the per-name count,
+    /// which success does not reset, still bounds that guess.
+    pub fn record_success(&self, ip: IpAddr, _user: &str, now: Instant) {
+        lock(&self.addresses).forget_unless_locked(&ClientKey::of(ip), now);
+    }
+
+    /// Drops records that no longer affect any decision: not locked, and
+    /// quiet for `ip_max`. The server calls this on a schedule.
+    pub fn evict_expired(&self, now: Instant) {
+        lock(&self.addresses).evict_expired(now);
+        lock(&self.users).evict_expired(now);
+    }
+
+    /// Records kept now: (addresses, user names).
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        (lock(&self.addresses).map.len(), lock(&self.users).map.len())
+    }
+
+    fn user_key(&self, name: &str) -> u64 {
+        self.user_hasher.hash_one(name)
+    }
+}
+
+/// A poisoned lock still holds consistent counters (every update is a few
+/// field writes that cannot panic halfway), so keep using it rather than
+/// turning one panic into a permanently open or closed login.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn longer(a: Option<Locked>, b: Option<Locked>) -> Option<Locked> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.retry_after > a.retry_after => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
+}
+
+/// One key's history.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    /// Failures since the last lock (or since the count started).
+    failures: u32,
+    /// Locks so far in this window: the next lock lasts `base · 2^lockouts`.
+    lockouts: u32,
+    last_failure: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Record {
+    fn locked_for(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
+            .filter(|&until| until > now)
+            .map(|until| until - now)
+    }
+
+    /// The last moment this key did something: a failure or the end of a lock.
+    fn active_until(&self) -> Instant {
+        match self.locked_until {
+            Some(until) if until > self.last_failure => until,
+            _ => self.last_failure,
+        }
+    }
+
+    fn expired(&self, now: Instant, window: Duration) -> bool {
+        self.locked_for(now).is_none()
+            && now.saturating_duration_since(self.active_until()) >= window
+    }
+}
+
+#[derive(Debug)]
+struct Table<K> {
+    map: HashMap<K, Record>,
+    threshold: u32,
+    base: Duration,
+    max_lock: Duration,
+    /// Quiet time after which a record is forgotten.
+    window: Duration,
+    max_keys: usize,
+}
+
+impl<K: Hash + Eq + Copy> Table<K> {
+    fn new(threshold: u32, base: Duration, max_lock: Duration, cfg: &LockoutConfig) -> Table<K> {
+        Table {
+            map: HashMap::new(),
+            threshold: threshold.max(1),
+            base,
+            max_lock,
+            window: cfg.ip_max,
+            max_keys: cfg.max_keys.max(1),
+        }
+    }
+
+    fn locked_for(&self, key: &K, now: Instant) -> Option<Duration> {
+        self.map.get(key).and_then(|r| r.locked_for(now))
+    }
+
+    /// Counts a failure; returns the lock in force afterwards, if any.
+    fn fail(&mut self, key: K, now: Instant) -> Option<Duration> {
+        if !self.map.contains_key(&key) && self.map.len() >= self.max_keys {
+            self.make_room(now);
+        }
+        let window = self.window;
+        let record = self.map.entry(key).or_insert(Record {
+            failures: 0,
+            lockouts: 0,
+            last_failure: now,
+            locked_until: None,
+        });
+        if let Some(left) = record.locked_for(now) {
+            return Some(left);
+        }
+        if record.expired(now, window) {
+            record.failures = 0;
+            record.lockouts = 0;
+            record.locked_until = None;
+        }
+        record.failures = record.failures.saturating_add(1);
+        record.last_failure = now;
+        if record.failures < self.threshold {
+            return None;
+        }
+        let duration = lock_duration(self.base, record.lockouts, self.max_lock);
+        record.failures = 0;
+        record.lockouts = record.lockouts.saturating_add(1);
+        record.locked_until = Some(now + duration);
+        Some(duration)
+    }
+
+    fn forget_unless_locked(&mut self, key: &K, now: Instant) {
+        if let Some(record) = self.map.get(key) {
+            if record.locked_for(now).is_none() {
+                self.map.remove(key);
+            }
+        }
+    }
+
+    fn evict_expired(&mut self, now: Instant) {
+        let window = self.window;
+        self.map.retain(|_, r| !r.expired(now, window));
+    }
+
+    /// Frees at least an eighth of `max_keys`: expired records first, then
+    /// the least recently active, unlocked before locked. Batching keeps the
+    /// amortised cost per new key constant under a flood.
+    fn make_room(&mut self, now: Instant) {
+        self.evict_expired(now);
+        let batch = (self.max_keys / 8).max(1);
+        let target = self.max_keys.saturating_sub(batch);
+        if self.map.len() <= target {
+            return;
+        }
+        let excess = self.map.len() - target;
+        let mut order: Vec<(bool, Instant, K)> = self
+            .map
+            .iter()
+            .map(|(k, r)| (r.locked_for(now).is_some(), r.active_until(), *k))
+            .collect();
+        order.select_nth_unstable_by_key(excess - 1, |&(locked, at, _)| (locked, at));
+        for (_, _, key) in &order[..excess] {
+            self.map.remove(key);
+        }
+    }
+}
+
+/// `base · 2^level`, capped at `max`.
+fn lock_duration(base: Duration, level: u32, max: Duration) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(level)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const BASE: Duration = Duration::from_secs(60);
+
+    fn cfg() -> LockoutConfig {
+        LockoutConfig {
+            ip_threshold: 10,
+            user_threshold: 50,
+            base: BASE,
+            ip_max: Duration::from_secs(3600),
+            user_max: Duration::from_secs(300),
+            max_keys: 1000,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn fail_n(l: &Lockout, ip: IpAddr, user: Option<&str>, now: Instant, n: u32) -> Option<Locked> {
+        let mut last = None;
+        for _ in 0..n {
+            last = l.record_failure(ip, user, now);
+        }
+        last
+    }
+
+    #[test]
+    fn ten_failures_from_one_address_lock_that_address_for_base() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        for i in 0..9 {
+            assert_eq!(l.record_failure(a, Some("alice"), t0), None, "failure {i}");
+        }
+        assert_eq!(l.check(a, Some("alice"), t0), Ok(()));
+        let locked = l.record_failure(a, Some("alice"), t0);
+        let want = Locked {
+            scope: Scope::Address,
+            retry_after: BASE,
+        };
+        assert_eq!(locked, Some(want));
+        assert_eq!(l.check(a, Some("alice"), t0), Err(want));
+        assert_eq!(l.check(a, None, t0), Err(want));
+    }
+
+    #[test]
+    fn owner_from_another_address_is_not_locked_by_address_lock() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        fail_n(&l, ip("127.0.0.2"), Some("alice"), t0, 10);
+        assert_eq!(l.check(ip("127.0.0.3"), Some("alice"), t0), Ok(()));
+    }
+
+    #[test]
+    fn address_lock_expires_after_base() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, None, t0, 10);
+        let almost = t0 + BASE - Duration::from_secs(1);
+        assert_eq!(
+            l.check(a, None, almost),
+            Err(Locked {
+                scope: Scope::Address,
+                retry_after: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(l.check(a, None, t0 + BASE), Ok(()));
+    }
+
+    #[test]
+    fn each_further_lock_doubles_up_to_ip_max() {
+        let l = Lockout::new(cfg());
+        let a = ip("127.0.0.2");
+        let mut now = Instant::now();
+        for expected_minutes in [1u64, 2, 4, 8, 16, 32, 60, 60] {
+            let locked = fail_n(&l, a, None, now, 10).unwrap();
+            assert_eq!(
+                locked.retry_after,
+                Duration::from_secs(60 * expected_minutes)
+            );
+            now += locked.retry_after;
+            assert_eq!(l.check(a, None, now), Ok(()));
+        }
+    }
+
+    #[test]
+    fn failures_while_locked_are_not_counted_and_do_not_extend_the_lock() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, None, t0, 10);
+        let later = t0 + Duration::from_secs(30);
+        let again = l.record_failure(a, None, later).unwrap();
+        assert_eq!(again.retry_after, Duration::from_secs(30));
+        // After the lock, a full threshold is needed again.
+        let after = t0 + BASE;
+        assert_eq!(fail_n(&l, a, None, after, 9), None);
+    }
+
+    #[test]
+    fn quiet_window_resets_count_and_level() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, None, t0, 10);
+        fail_n(&l, a, None, t0 + BASE, 9);
+        // An hour after the last failure: count and level start over.
+        let later = t0 + BASE + Duration::from_secs(3600);
+        assert_eq!(l.record_failure(a, None, later), None);
+        let locked = fail_n(&l, a, None, later, 9).unwrap();
+        assert_eq!(locked.retry_after, BASE);
+    }
+
+    #[test]
+    fn level_is_kept_while_locks_follow_each_other_at_the_cap() {
+        let l = Lockout::new(cfg());
+        let a = ip("127.0.0.2");
+        let mut now = Instant::now();
+        for _ in 0..7 {
+            now += fail_n(&l, a, None, now, 10).unwrap().retry_after;
+        }
+        // The last lock lasted an hour (= the window); the quiet time is
+        // counted from its end, so the level is kept.
+        let locked = fail_n(&l, a, None, now, 10).unwrap();
+        assert_eq!(locked.retry_after, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn success_resets_the_address_count_and_level() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, Some("alice"), t0, 10);
+        let t1 = t0 + BASE;
+        fail_n(&l, a, Some("alice"), t1, 9);
+        l.record_success(a, "alice", t1);
+        assert_eq!(fail_n(&l, a, Some("alice"), t1, 9), None);
+        // Level reset too: the next lock is base again, not 2·base.
+        assert_eq!(
+            l.record_failure(a, Some("alice"), t1),
+            Some(Locked {
+                scope: Scope::Address,
+                retry_after: BASE
+            })
+        );
+    }
+
+    #[test]
+    fn success_does_not_lift_a_current_lock() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, None, t0, 10);
+        l.record_success(a, "alice", t0);
+        assert!(l.check(a, None, t0).is_err());
+    }
+
+    #[test]
+    fn success_does_not_reset_the_user_count() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        // 49 failures for "alice" from 49 addresses, then alice logs in.
+        for i in 0..49u8 {
+            l.record_failure(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)), Some("alice"), t0);
+        }
+        l.record_success(ip("127.0.0.3"), "alice", t0);
+        let locked = l.record_failure(ip("198.51.100.1"), Some("alice"), t0);
+        assert_eq!(
+            locked,
+            Some(Locked {
+                scope: Scope::User,
+                retry_after: BASE
+            })
+        );
+    }
+
+    #[test]
+    fn distributed_guess_locks_the_user_name_bounded_by_user_max() {
+        let l = Lockout::new(cfg());
+        let mut now = Instant::now();
+        let mut n = 0u32;
+        let mut next_ip = || {
+            n += 1;
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+        };
+        // Each address fails 5 times: below the address threshold.
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let mut locked = None;
+            while locked.is_none() {
+                let a = next_ip();
+                for _ in 0..5 {
+                    locked = locked.or(l.record_failure(a, Some("alice"), now));
+                }
+            }
+            let locked = locked.unwrap();
+            assert_eq!(locked.scope, Scope::User);
+            seen.push(locked.retry_after.as_secs());
+            // The owner is locked out everywhere, but only for that long.
+            assert_eq!(l.check(ip("127.0.0.3"), Some("alice"), now), Err(locked));
+            assert_eq!(l.check(ip("127.0.0.3"), Some("bob"), now), Ok(()));
+            now += locked.retry_after;
+            assert_eq!(l.check(ip("127.0.0.3"), Some("alice"), now), Ok(()));
+        }
+        assert_eq!(seen, vec![60, 120, 240, 300, 300, 300]);
+    }
+
+    #[test]
+    fn token_attempts_count_only_against_the_address() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        let a = ip("127.0.0.2");
+        fail_n(&l, a, None, t0, 9);
+        assert_eq!(l.tracked_keys(), (1, 0));
+        assert_eq!(l.check(a, None, t0), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_in_one_64_share_a_count() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        for i in 0..10u16 {
+            l.record_failure(
+                IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, 0, 0, i)),
+                None,
+                t0,
+            );
+        }
+        assert!(l.check(ip("2001:db8:0:1::ffff"), None, t0).is_err());
+        assert_eq!(l.check(ip("2001:db8:0:2::1"), None, t0), Ok(()));
+        // And a mapped address counts as its IPv4 form.
+        fail_n(&l, ip("::ffff:192.0.2.1"), None, t0, 10);
+        assert!(l.check(ip("192.0.2.1"), None, t0).is_err());
+    }
+
+    #[test]
+    fn maps_stay_bounded_under_a_flood_of_addresses_and_names() {
+        let l = Lockout::new(LockoutConfig {
+            max_keys: 1000,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            let name = format!("user{i}");
+            l.record_failure(IpAddr::V4(Ipv4Addr::from(i)), Some(&name), t0);
+            let (addresses, users) = l.tracked_keys();
+            assert!(addresses <= 1000 && users <= 1000, "{addresses} {users}");
+        }
+    }
+
+    #[test]
+    fn flood_does_not_evict_an_active_lock() {
+        let l = Lockout::new(LockoutConfig {
+            max_keys: 100,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        let attacker = ip("127.0.0.2");
+        fail_n(&l, attacker, None, t0, 10);
+        for i in 0..10_000u32 {
+            let t = t0 + Duration::from_millis(u64::from(i));
+            l.record_failure(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), None, t);
+        }
+        assert!(l
+            .check(attacker, None, t0 + Duration::from_secs(30))
+            .is_err());
+    }
+
+    #[test]
+    fn evict_expired_drops_only_quiet_unlocked_records() {
+        let l = Lockout::new(cfg());
+        let t0 = Instant::now();
+        l.record_failure(ip("127.0.0.2"), Some("alice"), t0);
+        fail_n(&l, ip("127.0.0.4"), None, t0, 10);
+        let t1 = t0 + Duration::from_secs(1800);
+        l.record_failure(ip("127.0.0.3"), None, t1);
+        l.evict_expired(t0 + Duration::from_secs(3600));
+        // .2 and alice: quiet for an hour; .4's lock ended at t0+60s, so it
+        // is not yet quiet for an hour; .3 is recent.
+        assert_eq!(l.tracked_keys(), (2, 0));
+        l.evict_expired(t0 + Duration::from_secs(3660 + 1800));
+        assert_eq!(l.tracked_keys(), (0, 0));
+    }
+
+    #[test]
+    fn lockout_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Lockout>();
+    }
+}
