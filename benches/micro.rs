@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use nbgate::auth::password::hash_password_with_iterations;
+use nbgate::auth::password::{hash_password_with_iterations, MIN_ITERATIONS};
 use nbgate::auth::session::{Lifetime, SessionKeys, Verdict, SESSION_COOKIE};
 use nbgate::auth::users::UserStore;
 use nbgate::auth::Authenticator;
@@ -28,13 +28,16 @@ fn cookie_value(set_cookie: &str) -> String {
     let (_, rest) = set_cookie
         .split_once('=')
         .expect("Set-Cookie has name=value");
-    rest.split(';').next().expect("split yields one item").to_owned()
+    rest.split(';')
+        .next()
+        .expect("split yields one item")
+        .to_owned()
 }
 
 fn authenticator() -> Authenticator {
     // The iteration count only matters for password logins, not for the
     // cookie check measured here.
-    let hash = hash_password_with_iterations("bench-password", 1_000).expect("hash");
+    let hash = hash_password_with_iterations("bench-password", MIN_ITERATIONS).expect("hash");
     let mut users = UserStore::default();
     users
         .add("bench", "alice", Some(&hash), &[])
@@ -106,8 +109,14 @@ fn jupyter_response() -> HeaderMap {
         ("content-type", "application/json"),
         ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
         ("x-content-type-options", "nosniff"),
-        ("content-security-policy", "frame-ancestors 'self'; report-uri /api/security/csp-report"),
-        ("access-control-allow-headers", "accept, content-type, authorization, x-xsrftoken"),
+        (
+            "content-security-policy",
+            "frame-ancestors 'self'; report-uri /api/security/csp-report",
+        ),
+        (
+            "access-control-allow-headers",
+            "accept, content-type, authorization, x-xsrftoken",
+        ),
         ("etag", "\"0123456789abcdef\""),
         ("content-length", "1024"),
     ] {
@@ -125,28 +134,34 @@ fn header_rewrite(c: &mut Criterion) {
     ];
     let hsts = HeaderValue::from_static("max-age=31536000");
     let mut g = c.benchmark_group("headers");
-    g.bench_function("request rewrite (hop-by-hop, forwarded, host/origin)", |b| {
-        b.iter_batched_ref(
-            browser_request,
-            |h| {
-                headers::remove_hop_by_hop(h);
-                headers::set_forwarded(h, client, public_host);
-                headers::present_to_upstream(h, "127.0.0.1:8888", public_host);
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("response rewrite (hop-by-hop, location, security headers)", |b| {
-        b.iter_batched_ref(
-            jupyter_response,
-            |h| {
-                headers::remove_hop_by_hop(h);
-                headers::rewrite_location(h, &origins, public_host);
-                headers::add_security_headers(h, Some(&hsts));
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    g.bench_function(
+        "request rewrite (hop-by-hop, forwarded, host/origin)",
+        |b| {
+            b.iter_batched_ref(
+                browser_request,
+                |h| {
+                    headers::remove_hop_by_hop(h);
+                    headers::set_forwarded(h, client, public_host);
+                    headers::present_to_upstream(h, "127.0.0.1:8888", public_host);
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.bench_function(
+        "response rewrite (hop-by-hop, location, security headers)",
+        |b| {
+            b.iter_batched_ref(
+                jupyter_response,
+                |h| {
+                    headers::remove_hop_by_hop(h);
+                    headers::rewrite_location(h, &origins, public_host);
+                    headers::add_security_headers(h, Some(&hsts));
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.bench_function("baseline: building the request map only", |b| {
         b.iter(|| black_box(browser_request()))
     });

@@ -58,13 +58,22 @@ pub fn wrk(target: &Target, dir: &Path, conns: usize, dur: Duration) -> Result<F
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("JSON "))
-        .ok_or_else(|| format!("wrk printed no result: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+        .ok_or_else(|| {
+            format!(
+                "wrk printed no result: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     let v: Value = serde_json::from_str(line)?;
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     let secs = f("duration_us") / 1e6;
     let requests = f("requests");
     if f("status_errors") > requests * 0.001 {
-        return Err(format!("wrk: {} non-2xx responses of {requests}", f("status_errors")).into());
+        return Err(format!(
+            "wrk: {} non-2xx responses of {requests}",
+            f("status_errors")
+        )
+        .into());
     }
     Ok(vec![
         ("rps", requests / secs),
@@ -77,7 +86,12 @@ pub fn wrk(target: &Target, dir: &Path, conns: usize, dur: Duration) -> Result<F
 
 /// Measure 2: HTTP/2, `conns` connections with `streams` requests in flight
 /// on each (h2c prior knowledge for direct).
-pub async fn h2(target: &Target, conns: usize, streams: usize, dur: Duration) -> Result<Figures, BoxError> {
+pub async fn h2(
+    target: &Target,
+    conns: usize,
+    streams: usize,
+    dur: Duration,
+) -> Result<Figures, BoxError> {
     let mut senders = Vec::new();
     for _ in 0..conns {
         let s = target.connect(Alpn::H2).await?;
@@ -246,7 +260,8 @@ pub type Ws = WebSocketStream<Stream>;
 /// `Origin`, the auth headers).
 pub async fn ws_connect(target: &Target, path: &str) -> Result<Ws, BoxError> {
     let s = target.connect(Alpn::H1).await?;
-    let mut req = format!("{}://{}{path}", target.ws_scheme(), target.authority).into_client_request()?;
+    let mut req =
+        format!("{}://{}{path}", target.ws_scheme(), target.authority).into_client_request()?;
     req.headers_mut().extend(target.auth.clone());
     req.headers_mut()
         .insert("origin", HeaderValue::from_str(&target.origin())?);
@@ -380,14 +395,22 @@ pub async fn start_kernel(target: &Target) -> Result<String, BoxError> {
         .body(Full::new(Bytes::from_static(b"{\"name\":\"python3\"}")))?;
     let (status, _, body) = net::one_shot(target, req).await?;
     if status != 201 {
-        return Err(format!("POST /api/kernels: {status} {}", String::from_utf8_lossy(&body)).into());
+        return Err(format!(
+            "POST /api/kernels: {status} {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
     }
     let v: Value = serde_json::from_slice(&body)?;
     Ok(v["id"].as_str().ok_or("kernel without id")?.to_owned())
 }
 
 /// Measure 5a: one download of `size` bytes over HTTP/1.1.
-pub async fn download(target: &Target, size: u64, proc: Option<&Proc>) -> Result<Figures, BoxError> {
+pub async fn download(
+    target: &Target,
+    size: u64,
+    proc: Option<&Proc>,
+) -> Result<Figures, BoxError> {
     let mut sender = net::h1_connect::<Empty<Bytes>>(target).await?;
     let req = net::request(target, "GET", &format!("/bytes?n={size}")).body(Empty::new())?;
     let start = Instant::now();
@@ -484,11 +507,17 @@ pub async fn idle(target: &Target, n: usize, holder: &Proc) -> Result<Figures, B
     drop(open);
     drop(warm);
     if opened < n * 9 / 10 {
-        return Err(format!("idle: only {opened} of {n} tunnels opened ({failed} failed: {first_err:?})").into());
+        return Err(format!(
+            "idle: only {opened} of {n} tunnels opened ({failed} failed: {first_err:?})"
+        )
+        .into());
     }
     Ok(vec![
         ("tunnels", opened as f64),
-        ("kib_per_tunnel", after.saturating_sub(before) as f64 / opened as f64),
+        (
+            "kib_per_tunnel",
+            after.saturating_sub(before) as f64 / opened as f64,
+        ),
         ("rss_mib", after as f64 / 1024.0),
         ("opened_per_s", opened as f64 / setup),
     ])
@@ -541,7 +570,9 @@ pub async fn isolation(target: &Target, flood: usize, dur: Duration) -> Result<F
                     };
                     while Instant::now() < deadline {
                         let req = net::login_post(&anon, &form, "bench", "wrong-password");
-                        let Ok(resp) = sender.send_request(req).await else { break };
+                        let Ok(resp) = sender.send_request(req).await else {
+                            break;
+                        };
                         if resp.status() == 429 {
                             busy.fetch_add(1, Ordering::Relaxed);
                         }

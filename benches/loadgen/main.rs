@@ -33,7 +33,14 @@ use crate::procs::{Backend, Contender, Env, Kind, Proc};
 
 /// Every measure, in run order.
 pub const MEASURES: [&str; 9] = [
-    "h1", "h2", "tls_full", "tls_resumed", "ws_rtt", "ws_throughput", "large_body", "idle",
+    "h1",
+    "h2",
+    "tls_full",
+    "tls_resumed",
+    "ws_rtt",
+    "ws_throughput",
+    "large_body",
+    "idle",
     "isolation",
 ];
 
@@ -72,8 +79,9 @@ fn main() {
             // On SIGTERM/SIGINT the run future is dropped, which stops
             // every process it started (their handles kill on drop).
             let interrupted = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
@@ -94,7 +102,9 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("loadgen: no command given; run `bash benches/run.sh` (see benches/README.md)");
+            eprintln!(
+                "loadgen: no command given; run `bash benches/run.sh` (see benches/README.md)"
+            );
             0
         }
     };
@@ -164,7 +174,10 @@ pub struct Outcome {
 impl Outcome {
     fn add(&mut self, measure: &str, kind: Kind, round: usize, figs: load::Figures) {
         for (metric, value) in figs {
-            println!("  {measure:<14} {:<7} r{round} {metric:<22} {value:>12.2}", kind.name());
+            println!(
+                "  {measure:<14} {:<7} r{round} {metric:<22} {value:>12.2}",
+                kind.name()
+            );
             self.rows.push(Row {
                 measure: measure.to_owned(),
                 contender: kind.name().to_owned(),
@@ -207,7 +220,11 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("target/release/nbgate"));
     if !nbgate_bin.exists() {
-        return Err(format!("{} missing: cargo build --release first", nbgate_bin.display()).into());
+        return Err(format!(
+            "{} missing: cargo build --release first",
+            nbgate_bin.display()
+        )
+        .into());
     }
     let policy_toml = std::env::var("NBGATE_BENCH_POLICY").unwrap_or_default();
     let env = Env {
@@ -250,12 +267,16 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
     if policy_toml.trim().is_empty() {
         out.notes.push("nbgate ran without a `[policy]` section: policy (allowlist + rate limits) had not landed on main at the time of this run.".into());
     } else {
-        out.notes.push(format!("nbgate ran with this `[policy]` section:\n\n```toml\n{}\n```", policy_toml.trim()));
+        out.notes.push(format!(
+            "nbgate ran with this `[policy]` section:\n\n```toml\n{}\n```",
+            policy_toml.trim()
+        ));
     }
     let dur = Duration::from_secs(opts.secs);
     let size: u64 = if opts.quick { 256 << 20 } else { 1 << 30 };
     let limit = nofile_limit();
-    let tunnels = (if opts.quick { 1000 } else { 10_000 }).min(((limit.saturating_sub(200)) / 2) as usize);
+    let tunnels =
+        (if opts.quick { 1000 } else { 10_000 }).min(((limit.saturating_sub(200)) / 2) as usize);
     if tunnels < 10_000 && !opts.quick {
         out.notes.push(format!(
             "Idle scale: {tunnels} tunnels instead of 10,000: the open-files limit here is {limit} and a proxy holds 2 descriptors per tunnel."
@@ -297,23 +318,41 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                 if measure == "isolation" {
                     // Alternate: without the flood, then with it.
                     for (label, flood) in [("isolation_quiet", 0), ("isolation_flood", 16)] {
-                        let r = one(&env, &backend, &tls, kind, label, round, |t, _c| async move {
-                            load::isolation(&t, flood, dur * 2).await
-                        })
+                        let r = one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            label,
+                            round,
+                            |t, _c| async move { load::isolation(&t, flood, dur * 2).await },
+                        )
                         .await;
                         record(&mut out, label, kind, round, r);
                     }
                     continue;
                 }
                 if measure == "large_body" {
-                    let down = one(&env, &backend, &tls, kind, "download", round, |t, c| async move {
-                        load::download(&t, size, c.proc.as_ref()).await
-                    })
+                    let down = one(
+                        &env,
+                        &backend,
+                        &tls,
+                        kind,
+                        "download",
+                        round,
+                        |t, c| async move { load::download(&t, size, c.proc.as_ref()).await },
+                    )
                     .await;
                     record(&mut out, "download", kind, round, down);
-                    let upl = one(&env, &backend, &tls, kind, "upload", round, |t, c| async move {
-                        load::upload(&t, size, c.proc.as_ref()).await
-                    })
+                    let upl = one(
+                        &env,
+                        &backend,
+                        &tls,
+                        kind,
+                        "upload",
+                        round,
+                        |t, c| async move { load::upload(&t, size, c.proc.as_ref()).await },
+                    )
                     .await;
                     record(&mut out, "upload", kind, round, upl);
                     continue;
@@ -321,51 +360,96 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                 let r = match measure {
                     "h1" => {
                         let d = dir.clone();
-                        one(&env, &backend, &tls, kind, measure, round, |t, _c| async move {
-                            // Warm-up (connections, pools, caches), then the run.
-                            let (t2, d2) = (t.clone(), d.clone());
-                            tokio::task::spawn_blocking(move || {
-                                load::wrk(&t2, &d2, 50, Duration::from_secs(1))
-                            })
-                            .await??;
-                            tokio::task::spawn_blocking(move || load::wrk(&t, &d, 50, dur)).await?
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, _c| async move {
+                                // Warm-up (connections, pools, caches), then the run.
+                                let (t2, d2) = (t.clone(), d.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    load::wrk(&t2, &d2, 50, Duration::from_secs(1))
+                                })
+                                .await??;
+                                tokio::task::spawn_blocking(move || load::wrk(&t, &d, 50, dur))
+                                    .await?
+                            },
+                        )
                         .await
                     }
                     "h2" => {
-                        one(&env, &backend, &tls, kind, measure, round, |t, _c| async move {
-                            load::h2(&t, 4, 16, Duration::from_secs(1)).await?;
-                            load::h2(&t, 4, 16, dur).await
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, _c| async move {
+                                load::h2(&t, 4, 16, Duration::from_secs(1)).await?;
+                                load::h2(&t, 4, 16, dur).await
+                            },
+                        )
                         .await
                     }
                     "tls_full" | "tls_resumed" => {
                         let resume = measure == "tls_resumed";
-                        one(&env, &backend, &tls, kind, measure, round, |t, _c| async move {
-                            load::handshakes(&t, resume, 16, dur).await
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, _c| async move { load::handshakes(&t, resume, 16, dur).await },
+                        )
                         .await
                     }
                     "ws_rtt" => {
-                        one(&env, &backend, &tls, kind, measure, round, |t, _c| async move {
-                            load::ws_rtt(&t, Duration::from_millis(500)).await?;
-                            load::ws_rtt(&t, dur).await
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, _c| async move {
+                                load::ws_rtt(&t, Duration::from_millis(500)).await?;
+                                load::ws_rtt(&t, dur).await
+                            },
+                        )
                         .await
                     }
                     "ws_throughput" => {
-                        one(&env, &backend, &tls, kind, measure, round, |t, _c| async move {
-                            load::ws_throughput(&t, dur).await
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, _c| async move { load::ws_throughput(&t, dur).await },
+                        )
                         .await
                     }
                     "idle" => {
                         let up = Arc::clone(&up);
-                        one(&env, &backend, &tls, kind, measure, round, |t, c| async move {
-                            // Direct: the upstream holds the connections.
-                            let holder: &Proc = c.proc.as_ref().unwrap_or(&up);
-                            load::idle(&t, tunnels, holder).await
-                        })
+                        one(
+                            &env,
+                            &backend,
+                            &tls,
+                            kind,
+                            measure,
+                            round,
+                            |t, c| async move {
+                                // Direct: the upstream holds the connections.
+                                let holder: &Proc = c.proc.as_ref().unwrap_or(&up);
+                                load::idle(&t, tunnels, holder).await
+                            },
+                        )
                         .await
                     }
                     _ => unreachable!("measure list is fixed"),
@@ -383,7 +467,10 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                     out.failures.push(format!("kernel: {e}"));
                 }
             }
-            _ => out.notes.push("Kernel round trip skipped: no Jupyter venv (`--venv DIR` or NBGATE_TEST_VENV).".into()),
+            _ => out.notes.push(
+                "Kernel round trip skipped: no Jupyter venv (`--venv DIR` or NBGATE_TEST_VENV)."
+                    .into(),
+            ),
         }
     }
     drop(up);
@@ -392,7 +479,13 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn record(out: &mut Outcome, measure: &str, kind: Kind, round: usize, r: Result<load::Figures, BoxError>) {
+fn record(
+    out: &mut Outcome,
+    measure: &str,
+    kind: Kind,
+    round: usize,
+    r: Result<load::Figures, BoxError>,
+) {
     match r {
         Ok(f) => out.add(measure, kind, round, f),
         Err(e) => {
@@ -435,7 +528,10 @@ async fn target_for(
 ) -> Result<Target, BoxError> {
     let (tls, authority) = match c.kind {
         Kind::Direct => (None, format!("127.0.0.1:{}", c.addr.port())),
-        _ => (Some(Arc::clone(tls)), format!("localhost:{}", c.addr.port())),
+        _ => (
+            Some(Arc::clone(tls)),
+            format!("localhost:{}", c.addr.port()),
+        ),
     };
     let mut target = Target {
         addr: c.addr,
@@ -446,9 +542,15 @@ async fn target_for(
     let mut auth = HeaderMap::new();
     if matches!(c.kind, Kind::Nbgate | Kind::NbgateBefore) {
         // The real cost of a cookie check is part of every nbgate figure.
-        auth.insert("cookie", net::login(&target, &env.user, &env.password).await?);
+        auth.insert(
+            "cookie",
+            net::login(&target, &env.user, &env.password).await?,
+        );
     } else if let Some(t) = &backend.jupyter_token {
-        auth.insert("authorization", HeaderValue::from_str(&format!("token {t}"))?);
+        auth.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("token {t}"))?,
+        );
     }
     target.auth = auth;
     Ok(target)
@@ -477,7 +579,10 @@ async fn jupyter_set(
         // WebSockets and remote hosts are accepted.
         .arg("--ServerApp.allow_origin=*")
         .arg("--ServerApp.allow_remote_access=True")
-        .arg(format!("--ServerApp.root_dir={}", jd.join("root").display()))
+        .arg(format!(
+            "--ServerApp.root_dir={}",
+            jd.join("root").display()
+        ))
         .arg("--ServerApp.allow_root=True")
         .arg("--no-browser")
         .current_dir(jd.join("root"))
@@ -498,7 +603,10 @@ async fn jupyter_set(
         authority: format!("127.0.0.1:{port}"),
         auth: {
             let mut h = HeaderMap::new();
-            h.insert("authorization", HeaderValue::from_str(&format!("token {token}"))?);
+            h.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("token {token}"))?,
+            );
             h
         },
     };
@@ -520,9 +628,15 @@ async fn jupyter_set(
     for round in 0..opts.rounds {
         for &kind in opts.contenders.iter().filter(|k| **k != Kind::NbgateBefore) {
             let k = kernel.clone();
-            let r = one(env, &backend, tls, kind, "kernel", round, |t, _c| async move {
-                load::kernel_rtt(&t, &k, dur).await
-            })
+            let r = one(
+                env,
+                &backend,
+                tls,
+                kind,
+                "kernel",
+                round,
+                |t, _c| async move { load::kernel_rtt(&t, &k, dur).await },
+            )
             .await;
             record(out, "kernel", kind, round, r);
         }

@@ -323,10 +323,7 @@ pub fn login_post(
         .header("content-type", "application/x-www-form-urlencoded")
         .header("origin", target.origin())
         .header("accept", "text/html")
-        .header(
-            "cookie",
-            format!("__Host-nbgate-csrf={}", form.csrf_cookie),
-        )
+        .header("cookie", format!("__Host-nbgate-csrf={}", form.csrf_cookie))
         .body(Full::new(Bytes::from(body)))
         .expect("valid request")
 }

@@ -233,7 +233,10 @@ impl Contender {
         let mut proc = match kind {
             Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log)?,
             Kind::NbgateBefore => {
-                let bin = env.nbgate_before_bin.as_ref().ok_or("NBGATE_BEFORE_BIN not set")?;
+                let bin = env
+                    .nbgate_before_bin
+                    .as_ref()
+                    .ok_or("NBGATE_BEFORE_BIN not set")?;
                 start_nbgate(env, bin, backend, port, &dir, &log)?
             }
             Kind::Nginx => start_nginx(env, backend, port, &dir, &log)?,

@@ -157,7 +157,9 @@ fn mem_total() -> String {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map_or("unknown".into(), |k| format!("{:.1} GiB", k as f64 / 1048576.0))
+        .map_or("unknown".into(), |k| {
+            format!("{:.1} GiB", k as f64 / 1048576.0)
+        })
 }
 
 /// Criterion's output: `(name, middle estimate in ns)`.
@@ -202,7 +204,10 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
     let dir = &opts.out;
     std::fs::create_dir_all(dir)?;
     let med = medians(&out.rows);
-    let get = |m: &str, c: &str, k: &str| med.get(&(m.to_owned(), c.to_owned(), k.to_owned())).copied();
+    let get = |m: &str, c: &str, k: &str| {
+        med.get(&(m.to_owned(), c.to_owned(), k.to_owned()))
+            .copied()
+    };
     let kinds: Vec<&str> = opts.contenders.iter().map(|k| k.name()).collect();
 
     let mut r = String::new();
@@ -219,13 +224,21 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
     let jupyter = opts
         .venv
         .as_ref()
-        .map(|v| capture(&v.join("bin/jupyter-server").display().to_string(), &["--version"]))
+        .map(|v| {
+            capture(
+                &v.join("bin/jupyter-server").display().to_string(),
+                &["--version"],
+            )
+        })
         .unwrap_or_else(|| "not used".into());
     for (k, v) in [
         ("CPU", format!("{} × {}", env.workers, cpu_model())),
         ("Memory", mem_total()),
         ("Kernel", capture("uname", &["-srm"])),
-        ("nbgate", capture("git", &["describe", "--always", "--dirty"])),
+        (
+            "nbgate",
+            capture("git", &["describe", "--always", "--dirty"]),
+        ),
         ("rustc", capture("rustc", &["-V"])),
         ("nginx", capture("nginx", &["-v"])),
         ("Caddy", capture("caddy", &["version"])),
@@ -239,7 +252,11 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         "\nSetup: one ECDSA P-256 certificate (rcgen) for every contender; TLS 1.2 + 1.3 offered by every server, clients negotiate TLS 1.3; {} worker threads for nbgate (tokio), nginx (`worker_processes`) and Caddy (`GOMAXPROCS`). nbgate runs with login on: every request carries a valid `__Host-nbgate-session` cookie (fresh login per run). The upstream is `loadgen upstream` (hyper, 1 KiB body, WebSocket echo). nginx: `keepalive 64` upstream, `proxy_http_version 1.1`, `Connection \"\"` (WebSocket `map`), access log off, `ssl_session_cache`; Caddy: `reverse_proxy` defaults, h1+h2. Full configs: `benches/README.md`.\n",
         env.workers
     )?;
-    writeln!(r, "Command: `bash benches/run.sh{}`.\n", if opts.quick { " --quick" } else { "" })?;
+    writeln!(
+        r,
+        "Command: `bash benches/run.sh{}`.\n",
+        if opts.quick { " --quick" } else { "" }
+    )?;
     for c in &out.commands {
         writeln!(r, "- `{c}`")?;
     }
@@ -249,14 +266,19 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
 
     writeln!(r, "\n## Headline\n")?;
     writeln!(r, "{}", headline(&get, &kinds))?;
-    writeln!(r, "Charts: ![throughput](throughput.png) ![latency](latency.png)\n")?;
+    writeln!(
+        r,
+        "Charts: ![throughput](throughput.png) ![latency](latency.png)\n"
+    )?;
 
     writeln!(r, "## Targets\n")?;
     writeln!(r, "{}", targets(&get, dir))?;
 
     writeln!(r, "## Measures\n")?;
     for s in SPECS {
-        let any = kinds.iter().any(|c| s.metrics.iter().any(|m| get(s.id, c, m.0).is_some()));
+        let any = kinds
+            .iter()
+            .any(|c| s.metrics.iter().any(|m| get(s.id, c, m.0).is_some()));
         if !any {
             continue;
         }
@@ -298,11 +320,17 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         writeln!(r)?;
     }
 
-    writeln!(r, "### 7. Isolation: a logged-in user during a wrong-password login flood (nbgate)\n")?;
+    writeln!(
+        r,
+        "### 7. Isolation: a logged-in user during a wrong-password login flood (nbgate)\n"
+    )?;
     writeln!(r, "10 keep-alive connections, each sending `GET /1k` with the session cookie every 20 ms (500 req/s), alone and while 16 connections send wrong-password logins back to back (PBKDF2-SHA256, 600,000 iterations each; at most `max_concurrent_verifications` run at once, the rest get 429).\n")?;
     writeln!(r, "| build | run | p50 ms | p99 ms | p99.9 ms | login attempts/s | % refused 429 |\n|---|---|---:|---:|---:|---:|---:|")?;
     for c in ["nbgate-before", "nbgate"] {
-        for (label, id) in [("alone", "isolation_quiet"), ("during flood", "isolation_flood")] {
+        for (label, id) in [
+            ("alone", "isolation_quiet"),
+            ("during flood", "isolation_flood"),
+        ] {
             if get(id, c, "p99_ms").is_none() {
                 continue;
             }
@@ -320,15 +348,25 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
     }
     writeln!(r)?;
     for c in ["nbgate-before", "nbgate"] {
-        if let (Some(a), Some(b)) = (get("isolation_quiet", c, "p99_ms"), get("isolation_flood", c, "p99_ms")) {
-            writeln!(r, "- {c}: p99 during flood / p99 alone = **{:.2}×** (target ≤ 2×).", b / a)?;
+        if let (Some(a), Some(b)) = (
+            get("isolation_quiet", c, "p99_ms"),
+            get("isolation_flood", c, "p99_ms"),
+        ) {
+            writeln!(
+                r,
+                "- {c}: p99 during flood / p99 alone = **{:.2}×** (target ≤ 2×).",
+                b / a
+            )?;
         }
     }
     writeln!(r)?;
 
     writeln!(r, "### 8. Micro benches (criterion)\n")?;
     let mut micro_any = false;
-    for (file, what) in [("micro.txt", "`cargo bench --bench micro`"), ("policy.txt", "`cargo bench --bench policy`")] {
+    for (file, what) in [
+        ("micro.txt", "`cargo bench --bench micro`"),
+        ("policy.txt", "`cargo bench --bench policy`"),
+    ] {
         if let Ok(text) = std::fs::read_to_string(dir.join("raw").join(file)) {
             let items = parse_criterion(&text);
             if items.is_empty() {
@@ -352,17 +390,36 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         writeln!(r, "| measure | metric | nbgate-before | nbgate | after ÷ before | nginx |\n|---|---|---:|---:|---:|---:|")?;
         for sp in SPECS {
             for m in sp.metrics {
-                if let (Some(b), Some(a)) = (get(sp.id, "nbgate-before", m.0), get(sp.id, "nbgate", m.0)) {
+                if let (Some(b), Some(a)) =
+                    (get(sp.id, "nbgate-before", m.0), get(sp.id, "nbgate", m.0))
+                {
                     let ng = get(sp.id, "nginx", m.0).map_or("–".into(), fmt);
-                    let ratio = if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() };
-                    writeln!(r, "| {} | {} | {} | {} | {ratio} | {ng} |", sp.id, m.1, fmt(b), fmt(a))?;
+                    let ratio = if b > 0.0 {
+                        format!("{:.2}", a / b)
+                    } else {
+                        "–".into()
+                    };
+                    writeln!(
+                        r,
+                        "| {} | {} | {} | {} | {ratio} | {ng} |",
+                        sp.id,
+                        m.1,
+                        fmt(b),
+                        fmt(a)
+                    )?;
                 }
             }
         }
         for id in ["isolation_quiet", "isolation_flood"] {
             for (k, label) in [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")] {
                 if let (Some(b), Some(a)) = (get(id, "nbgate-before", k), get(id, "nbgate", k)) {
-                    writeln!(r, "| {id} | {label} | {} | {} | {:.2} | – |", fmt(b), fmt(a), a / b.max(1e-9))?;
+                    writeln!(
+                        r,
+                        "| {id} | {label} | {} | {} | {:.2} | – |",
+                        fmt(b),
+                        fmt(a),
+                        a / b.max(1e-9)
+                    )?;
                 }
             }
         }
@@ -385,7 +442,10 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
 
     std::fs::write(dir.join("REPORT.md"), r)?;
     let json = serde_json::json!({ "rows": out.rows, "failures": out.failures });
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     charts(dir, &get, &kinds);
     println!("loadgen: wrote {}", dir.join("REPORT.md").display());
     Ok(())
@@ -442,32 +502,52 @@ fn targets(get: &Get<'_>, dir: &Path) -> String {
         let (a, b) = cmp(m, "rps");
         line(
             &format!("{name} throughput ≥ nginx"),
-            format!("{} vs {} req/s", a.map_or("–".into(), fmt), b.map_or("–".into(), fmt)),
+            format!(
+                "{} vs {} req/s",
+                a.map_or("–".into(), fmt),
+                b.map_or("–".into(), fmt)
+            ),
             a.zip(b).map(|(a, b)| a >= b),
         );
         let (a, b) = cmp(m, "p99_ms");
         line(
             &format!("{name} p99 ≤ nginx"),
-            format!("{} vs {} ms", a.map_or("–".into(), fmt), b.map_or("–".into(), fmt)),
+            format!(
+                "{} vs {} ms",
+                a.map_or("–".into(), fmt),
+                b.map_or("–".into(), fmt)
+            ),
             a.zip(b).map(|(a, b)| a <= b),
         );
     }
     let (a, b) = cmp("ws_rtt", "p50_us");
     line(
         "WebSocket RTT p50 within 10% of nginx",
-        format!("{} vs {} µs", a.map_or("–".into(), fmt), b.map_or("–".into(), fmt)),
+        format!(
+            "{} vs {} µs",
+            a.map_or("–".into(), fmt),
+            b.map_or("–".into(), fmt)
+        ),
         a.zip(b).map(|(a, b)| a <= b * 1.1),
     );
     let (a, b) = cmp("ws_rtt", "p99_us");
     line(
         "WebSocket RTT p99 within 10% of nginx",
-        format!("{} vs {} µs", a.map_or("–".into(), fmt), b.map_or("–".into(), fmt)),
+        format!(
+            "{} vs {} µs",
+            a.map_or("–".into(), fmt),
+            b.map_or("–".into(), fmt)
+        ),
         a.zip(b).map(|(a, b)| a <= b * 1.1),
     );
     let (a, b) = cmp("ws_throughput", "mb_per_s");
     line(
         "WebSocket 64 KiB throughput ≥ nginx",
-        format!("{} vs {} MB/s", a.map_or("–".into(), fmt), b.map_or("–".into(), fmt)),
+        format!(
+            "{} vs {} MB/s",
+            a.map_or("–".into(), fmt),
+            b.map_or("–".into(), fmt)
+        ),
         a.zip(b).map(|(a, b)| a >= b),
     );
     let a = get("idle", "nbgate", "kib_per_tunnel");
@@ -484,10 +564,17 @@ fn targets(get: &Get<'_>, dir: &Path) -> String {
             a.map(|a| a < 64.0),
         );
     }
-    let (q, f) = (get("isolation_quiet", "nbgate", "p99_ms"), get("isolation_flood", "nbgate", "p99_ms"));
+    let (q, f) = (
+        get("isolation_quiet", "nbgate", "p99_ms"),
+        get("isolation_flood", "nbgate", "p99_ms"),
+    );
     line(
         "p99 during login flood ≤ 2× p99 alone",
-        format!("{} vs {} ms", f.map_or("–".into(), fmt), q.map_or("–".into(), fmt)),
+        format!(
+            "{} vs {} ms",
+            f.map_or("–".into(), fmt),
+            q.map_or("–".into(), fmt)
+        ),
         q.zip(f).map(|(q, f)| f <= 2.0 * q),
     );
     let micro = std::fs::read_to_string(dir.join("raw/micro.txt"))
@@ -517,7 +604,10 @@ fn targets(get: &Get<'_>, dir: &Path) -> String {
     s
 }
 
-fn before_after(before: &str, now: &BTreeMap<(String, String, String), f64>) -> Result<String, BoxError> {
+fn before_after(
+    before: &str,
+    now: &BTreeMap<(String, String, String), f64>,
+) -> Result<String, BoxError> {
     let v: serde_json::Value = serde_json::from_str(before)?;
     let rows: Vec<Row> = v["rows"]
         .as_array()
@@ -541,10 +631,21 @@ fn before_after(before: &str, now: &BTreeMap<(String, String, String), f64>) -> 
         if c != "nbgate" {
             continue;
         }
-        let Some(b) = old.get(&(m.clone(), c.clone(), k.clone())) else { continue };
-        let nb = old.get(&(m.clone(), "nginx".into(), k.clone())).map_or("–".into(), |v| fmt(*v));
-        let na = now.get(&(m.clone(), "nginx".into(), k.clone())).map_or("–".into(), |v| fmt(*v));
-        writeln!(s, "| {m} | {k} | {} | {} | {nb} | {na} |", fmt(*b), fmt(*after))?;
+        let Some(b) = old.get(&(m.clone(), c.clone(), k.clone())) else {
+            continue;
+        };
+        let nb = old
+            .get(&(m.clone(), "nginx".into(), k.clone()))
+            .map_or("–".into(), |v| fmt(*v));
+        let na = now
+            .get(&(m.clone(), "nginx".into(), k.clone()))
+            .map_or("–".into(), |v| fmt(*v));
+        writeln!(
+            s,
+            "| {m} | {k} | {} | {} | {nb} | {na} |",
+            fmt(*b),
+            fmt(*after)
+        )?;
     }
     Ok(s)
 }
@@ -552,9 +653,12 @@ fn before_after(before: &str, now: &BTreeMap<(String, String, String), f64>) -> 
 /// Throughput and latency bar charts with gnuplot; skipped with a message
 /// when gnuplot is not installed.
 fn charts(dir: &Path, get: &Get<'_>, kinds: &[&str]) {
-    let mut tp = String::from("contender h1 h2\n");
-    let mut lat = String::from("contender h1_p50 h1_p99 h2_p50 h2_p99\n");
+    let mut tp = String::from("# contender h1 h2\n");
+    let mut lat = String::from("# contender h1_p50 h1_p99 h2_p50 h2_p99\n");
     for c in kinds {
+        if get("h1", c, "rps").is_none() && get("h2", c, "rps").is_none() {
+            continue;
+        }
         let g = |m: &str, k: &str| get(m, c, k).unwrap_or(0.0);
         writeln!(tp, "{c} {} {}", g("h1", "rps"), g("h2", "rps")).ok();
         writeln!(
@@ -596,7 +700,8 @@ plot "{raw}/latency.dat" using 2:xtic(1) title "HTTP/1.1 p50", "" using 3 title 
     let _ = std::fs::write(&gp, script);
     match Command::new("gnuplot").arg(&gp).status() {
         Ok(s) if s.success() => {}
-        _ => eprintln!("loadgen: gnuplot failed or missing; charts not drawn (apt-get install gnuplot-nox)"),
+        _ => eprintln!(
+            "loadgen: gnuplot failed or missing; charts not drawn (apt-get install gnuplot-nox)"
+        ),
     }
 }
-

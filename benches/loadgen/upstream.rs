@@ -76,8 +76,7 @@ async fn handle(mut req: Request<Incoming>, chunk: Bytes) -> Result<Resp, Infall
             .unwrap_or(0);
         let body = Repeat { left: n, chunk };
         let mut r = Response::new(body.boxed());
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, n.into());
+        r.headers_mut().insert(header::CONTENT_LENGTH, n.into());
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/octet-stream"),
@@ -100,15 +99,16 @@ fn websocket(req: &mut Request<Incoming>) -> Resp {
     };
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let cfg = WebSocketConfig {
             max_message_size: Some(1 << 30),
             max_frame_size: Some(1 << 30),
             ..WebSocketConfig::default()
         };
         let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
-                .await;
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_binary() || msg.is_text() {
                 if ws.send(msg).await.is_err() {
@@ -122,7 +122,10 @@ fn websocket(req: &mut Request<Incoming>) -> Resp {
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    h.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
     h.insert(
         "sec-websocket-accept",
