@@ -130,7 +130,47 @@ pub struct TunnelStats {
 /// How long a pending frame may take to finish before a close frame is
 /// sent anyway.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+/// Read buffer while data streams.
 const BUF: usize = 8 * 1024;
+/// Read buffer while a tunnel waits for its next message.
+const IDLE_BUF: usize = 1024;
+
+/// A read buffer that is small while its direction waits and full size
+/// while data streams.
+///
+/// Most tunnels are idle most of the time (a kernel between cells, a
+/// terminal between keystrokes), and a pending read holds its buffer: two
+/// fixed 8 KiB buffers were 16 KiB of the 26 KiB an idle TLS tunnel cost
+/// (benches/REPORT.md, measure 6). A read that fills the buffer means more
+/// is waiting, so the buffer grows; a read that does not means the burst is
+/// over, so it shrinks back before the next wait.
+struct PumpBuf(Vec<u8>);
+
+impl Default for PumpBuf {
+    fn default() -> Self {
+        PumpBuf(vec![0; IDLE_BUF])
+    }
+}
+
+impl PumpBuf {
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    fn filled(&self, n: usize) -> &[u8] {
+        &self.0[..n]
+    }
+
+    /// Call after the `n` bytes read have been used.
+    fn adapt(&mut self, n: usize) {
+        let len = self.0.len();
+        if n == len && len < BUF {
+            self.0 = vec![0; BUF];
+        } else if n < len && len > IDLE_BUF {
+            self.0 = vec![0; IDLE_BUF];
+        }
+    }
+}
 
 /// Pumps bytes until either side closes, the tunnel is idle for
 /// `idle_timeout`, or `cancel` fires.
@@ -155,27 +195,28 @@ where
     let bytes_down = AtomicU64::new(0);
 
     let up = async {
-        let mut buf = vec![0u8; BUF];
+        let mut buf = PumpBuf::default();
         loop {
-            let n = match c_r.read(&mut buf).await {
+            let n = match c_r.read(buf.space()).await {
                 Ok(0) => return CloseReason::ClientClosed,
                 Ok(n) => n,
                 Err(_) => return CloseReason::Error,
             };
             touch();
-            if u_w.write_all(&buf[..n]).await.is_err() {
+            if u_w.write_all(buf.filled(n)).await.is_err() {
                 return CloseReason::Error;
             }
             bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+            buf.adapt(n);
         }
     };
 
     let mut frames = FrameTracker::default();
     let down = async {
-        let mut buf = vec![0u8; BUF];
+        let mut pbuf = PumpBuf::default();
         let reason = loop {
             let n = tokio::select! {
-                r = u_r.read(&mut buf) => match r {
+                r = u_r.read(pbuf.space()) => match r {
                     Ok(0) => break CloseReason::UpstreamClosed,
                     Ok(n) => n,
                     Err(_) => break CloseReason::Error,
@@ -183,13 +224,15 @@ where
                 _ = cancel.cancelled() => break CloseReason::Closed,
             };
             touch();
-            frames.feed(&buf[..n]);
-            if c_w.write_all(&buf[..n]).await.is_err() {
+            frames.feed(pbuf.filled(n));
+            if c_w.write_all(pbuf.filled(n)).await.is_err() {
                 return CloseReason::Error;
             }
             bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+            pbuf.adapt(n);
         };
         if reason == CloseReason::Closed {
+            let mut buf = vec![0u8; BUF];
             // Let a frame in flight finish, then say goodbye properly.
             let deadline = tokio::time::Instant::now() + CLOSE_DRAIN;
             while !frames.at_boundary() {
@@ -310,6 +353,20 @@ impl FrameTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pump_buffer_grows_while_streaming_and_shrinks_when_a_burst_ends() {
+        let mut b = PumpBuf::default();
+        assert_eq!(b.space().len(), IDLE_BUF);
+        b.adapt(100);
+        assert_eq!(b.space().len(), IDLE_BUF, "short read: stays small");
+        b.adapt(IDLE_BUF);
+        assert_eq!(b.space().len(), BUF, "full read: grows");
+        b.adapt(BUF);
+        assert_eq!(b.space().len(), BUF, "still streaming");
+        b.adapt(10);
+        assert_eq!(b.space().len(), IDLE_BUF, "burst over: shrinks");
+    }
 
     #[test]
     fn frame_tracker_finds_boundaries_across_split_reads() {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6: nbgate against nginx, Caddy and a direct connection, side by side.
+#
+#   bash benches/run.sh            full run (about 15 minutes on 2 cores), writes benches/REPORT.md
+#   bash benches/run.sh --quick    smoke run (1 round, 2 s per measure, 256 MiB bodies, 1000 tunnels)
+#
+# Other options are passed to the harness (benches/loadgen/main.rs):
+#   --only h1,h2,tls_full,tls_resumed,ws_rtt,ws_throughput,large_body,idle,isolation,kernel
+#   --contenders direct,nbgate,nginx,caddy   --rounds N   --secs N   --out DIR   --venv DIR
+#
+# Environment:
+#   NBGATE_TEST_VENV      Python venv with jupyter-server + ipykernel for the kernel round trip
+#                         (default: <repo>/.venv; `bash tests/run.sh` creates it).
+#   NBGATE_BENCH_POLICY   TOML for nbgate's [policy] section (default: benches/policy.toml if present).
+#   SKIP_MICRO=1          skip the criterion micro benches.
+#
+# Installs (Debian, when missing): nginx, caddy, wrk, gnuplot-nox. Every process it starts is
+# stopped on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+log() { printf '[benches/run.sh] %s\n' "$*" >&2; }
+
+as_root() { if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in nginx caddy wrk gnuplot-nox; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    log "apt: installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# 10,000 idle tunnels need 2 descriptors each in the proxy: raise the soft limit as far as allowed.
+hard="$(ulimit -Hn)"
+if [[ "$hard" == unlimited ]] || ((hard > 65536)); then ulimit -n 65536; else ulimit -n "$hard"; fi
+log "open files limit: $(ulimit -n)"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+log "building (release)"
+cargo build --release --quiet
+cargo bench --no-run --quiet --bench loadgen --bench micro 2>/dev/null
+export NBGATE_BIN="$CARGO_TARGET_DIR/release/nbgate"
+export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
+if [[ -z "${NBGATE_BENCH_POLICY:-}" && -f benches/policy.toml ]]; then
+    NBGATE_BENCH_POLICY="$(cat benches/policy.toml)"
+    export NBGATE_BENCH_POLICY
+fi
+
+out=benches
+for ((i = 1; i <= $#; i++)); do
+    if [[ "${!i}" == --out ]]; then j=$((i + 1)); out="${!j}"; fi
+done
+mkdir -p "$out/raw"
+
+quick=0
+for a in "$@"; do [[ "$a" == --quick ]] && quick=1; done
+if [[ "${SKIP_MICRO:-0}" != 1 ]]; then
+    times=(--warm-up-time 1 --measurement-time 3)
+    ((quick)) && times=(--warm-up-time 0.5 --measurement-time 1)
+    log "micro benches"
+    cargo bench --quiet --bench micro -- "${times[@]}" | tee "$out/raw/micro.txt"
+    if [[ -f benches/policy.rs ]]; then
+        cargo bench --quiet --bench policy -- "${times[@]}" | tee "$out/raw/policy.txt"
+    fi
+fi
+
+# The harness runs in its own process group; the trap stops that group (the harness and
+# everything it started) however this script ends.
+pgid=""
+cleanup() { [[ -n "$pgid" ]] && kill -TERM -- "-$pgid" 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+log "load runs: loadgen run $*"
+setsid cargo bench --quiet --bench loadgen -- run "$@" --venv "$NBGATE_TEST_VENV" &
+pgid=$!
+wait "$pgid"
+pgid=""
+log "done: $out/REPORT.md"
