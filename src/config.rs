@@ -70,6 +70,7 @@ struct RawPolicy {
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<String>,
     proxy_protocol: Option<bool>,
     max_connections_per_client: Option<usize>,
     #[serde(default)]
@@ -199,6 +200,10 @@ pub struct PolicyConfig {
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers and PROXY
     /// protocol headers are believed. Nobody else's are.
     pub trusted_proxies: Vec<IpNet>,
+    /// The header the trusted proxies write: `x-forwarded-for` or
+    /// `forwarded`. Only that one is read; the other passes through from
+    /// the client untouched by most proxies and is therefore ignored.
+    pub forwarded_header: String,
     /// HTTPS listeners expect a PROXY protocol v1/v2 header first.
     pub proxy_protocol: bool,
     pub max_connections_per_client: usize,
@@ -900,6 +905,16 @@ fn policy_config(
     let allow = nets("policy.allow", p.allow)?;
     let deny = nets("policy.deny", p.deny)?;
     let trusted_proxies = nets("policy.trusted_proxies", p.trusted_proxies)?;
+    let forwarded_header = p
+        .forwarded_header
+        .unwrap_or_else(|| "x-forwarded-for".to_owned())
+        .to_ascii_lowercase();
+    if !matches!(forwarded_header.as_str(), "x-forwarded-for" | "forwarded") {
+        return Err(invalid(
+            "policy.forwarded_header",
+            format!("{forwarded_header:?}: expected \"x-forwarded-for\" or \"forwarded\""),
+        ));
+    }
     let proxy_protocol = p.proxy_protocol.unwrap_or(false);
     if proxy_protocol && trusted_proxies.is_empty() {
         return Err(invalid(
@@ -942,6 +957,10 @@ fn policy_config(
     let dur = |key: &'static str, v: Option<String>, default: Duration| match v {
         Some(t) => match parse_duration(&t) {
             Ok(d) if d.is_zero() => Err(invalid(key, "must be longer than 0s".into())),
+            // Bounded so that `Instant + duration` can never overflow.
+            Ok(d) if d > Duration::from_secs(30 * 24 * 3600) => {
+                Err(invalid(key, "must be at most 30 days".into()))
+            }
             Ok(d) => Ok(d),
             Err(m) => Err(invalid(key, m)),
         },
@@ -983,6 +1002,7 @@ fn policy_config(
         allow,
         deny,
         trusted_proxies,
+        forwarded_header,
         proxy_protocol,
         max_connections_per_client,
         rate_limit,
@@ -1161,6 +1181,14 @@ mod tests {
         assert!(load_str("[policy.rate_limit]\nburst = 0\n").is_err());
         assert!(load_str("[policy.lockout]\nduration = \"2h\"\n").is_err());
         assert!(load_str("[policy.lockout]\nunknown = 1\n").is_err());
+        // Bounded: Instant + duration must never overflow.
+        assert!(load_str("[policy.lockout]\naddress_max = \"1000000000years\"\n").is_err());
+        let e = load_str("[policy]\nforwarded_header = \"x-real-ip\"\n").expect_err("header");
+        assert!(e.to_string().contains("policy.forwarded_header"), "{e}");
+        assert_eq!(
+            load_str("").expect("defaults").policy.forwarded_header,
+            "x-forwarded-for"
+        );
     }
 
     #[test]

@@ -153,6 +153,11 @@ impl Authenticator {
         }
     }
 
+    /// The user of a token verified recently (no hashing), if any.
+    pub fn recently_verified_token(&self, token: &str) -> Option<String> {
+        self.cached_token(&sha256(token.as_bytes()))
+    }
+
     /// Verifies an API token against every user's token hashes.
     pub async fn check_token(&self, token: &str) -> Check {
         let digest = sha256(token.as_bytes());

@@ -438,17 +438,20 @@ mod tests {
         assert!(!msg.contains("notahash"), "the hash is not echoed: {msg}");
     }
 
+    // `password_env` (which scrubs the process environment and so must run
+    // single-threaded) is tested end to end in tests/login.rs, in its own
+    // nbgate process; here the file variant of the same path.
     #[test]
-    fn plain_password_from_env_is_hashed_and_removed_from_the_environment() {
+    fn plain_password_from_a_file_is_hashed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::env::set_var("NBGATE_TEST_PLAIN_PW", "container-secret-1");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "container-secret-1\n").expect("write");
         let c = config(
             dir.path(),
-            "[auth]\npassword_env = \"NBGATE_TEST_PLAIN_PW\"\n",
+            &format!("[auth]\npassword_file = {:?}\n", file.display().to_string()),
         );
         let (store, initial) = load(&c).expect("load");
         assert!(initial.is_none());
-        assert!(std::env::var_os("NBGATE_TEST_PLAIN_PW").is_none());
         assert!(store
             .get("jupyter")
             .and_then(User::password_hash)

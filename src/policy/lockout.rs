@@ -15,12 +15,13 @@
 //!   `4·base` ... up to `ip_max`. Only that address is locked: the account's
 //!   owner, logging in from elsewhere, is not affected.
 //! - **Per user name** (`user_threshold`, higher, e.g. 50): catches a guess
-//!   spread over many addresses. A lock on a user name also locks its owner
-//!   out, which is exactly what an attacker wants to cause, so it is bounded:
-//!   it doubles too but never exceeds `user_max` (e.g. 5 minutes). A
-//!   distributed guess against one name can therefore keep its owner out for at
-//!   most `user_max` at a time, while costing the attacker `user_threshold`
-//!   guesses per `user_max`.
+//!   spread over many addresses. Each lock doubles up to `user_max` (e.g. 5
+//!   minutes), and a distributed guesser can renew it, so on its own it could
+//!   keep the owner out indefinitely. Hence: addresses the name logged in from
+//!   successfully in the last 30 days (up to 8 per name) are exempt from the
+//!   name's lock (still subject to their own address lock). The owner at a
+//!   usual place is never locked out by guessing elsewhere; from a new
+//!   address, for at most `user_max` at a time while the guessing goes on.
 //!
 //! Failures are counted within a window: a key that has been quiet (no failure
 //! and no lock) for `ip_max` starts again from zero, lockout level included.
@@ -107,8 +108,18 @@ pub struct Lockout {
     /// on attacker-chosen name lengths. The random key makes collisions
     /// unpredictable; 64 bits make them negligible at `max_keys` entries.
     users: Mutex<Table<u64>>,
+    /// Addresses each user name logged in from recently: a lock on the name
+    /// does not apply to them, so guessers elsewhere cannot keep the owner
+    /// out. At most [`KNOWN_PER_USER`] per name and `max_keys` names.
+    known: Mutex<HashMap<u64, Vec<(ClientKey, Instant)>>>,
     user_hasher: RandomState,
 }
+
+/// Addresses remembered per user name for [`Lockout::record_success`].
+pub const KNOWN_PER_USER: usize = 8;
+
+/// How long a successful login keeps its address "known" for the name.
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Lockout {
     pub fn new(cfg: LockoutConfig) -> Lockout {
@@ -117,6 +128,7 @@ impl Lockout {
         Lockout {
             addresses: Mutex::new(addresses),
             users: Mutex::new(users),
+            known: Mutex::new(HashMap::new()),
             user_hasher: RandomState::new(),
             cfg,
         }
@@ -141,12 +153,14 @@ impl Lockout {
                 retry_after: d,
             });
         let user = user.and_then(|name| {
-            lock(&self.users)
-                .locked_for(&self.user_key(name), now)
-                .map(|d| Locked {
-                    scope: Scope::User,
-                    retry_after: d,
-                })
+            let key = self.user_key(name);
+            if self.is_known(key, ClientKey::of(ip), now) {
+                return None;
+            }
+            lock(&self.users).locked_for(&key, now).map(|d| Locked {
+                scope: Scope::User,
+                retry_after: d,
+            })
         });
         match longer(address, user) {
             Some(locked) => Err(locked),
@@ -191,8 +205,33 @@ impl Lockout {
     /// Known limit: someone with a valid account of their own can reset their
     /// address's count between guesses at another name; the per-name count,
     /// which success does not reset, still bounds that guess.
-    pub fn record_success(&self, ip: IpAddr, _user: &str, now: Instant) {
-        lock(&self.addresses).forget_unless_locked(&ClientKey::of(ip), now);
+    ///
+    /// The address is also remembered as known for the name (see
+    /// [`Lockout::check`]): a later lock on the name does not apply to it.
+    pub fn record_success(&self, ip: IpAddr, user: &str, now: Instant) {
+        let addr = ClientKey::of(ip);
+        lock(&self.addresses).forget_unless_locked(&addr, now);
+        let key = self.user_key(user);
+        let mut known = lock(&self.known);
+        if known.len() >= self.cfg.max_keys && !known.contains_key(&key) {
+            known.retain(|_, seen| seen.iter().any(|(_, t)| now.duration_since(*t) < KNOWN_FOR));
+            if known.len() >= self.cfg.max_keys {
+                return;
+            }
+        }
+        let seen = known.entry(key).or_default();
+        seen.retain(|(a, _)| *a != addr);
+        if seen.len() >= KNOWN_PER_USER {
+            seen.remove(0);
+        }
+        seen.push((addr, now));
+    }
+
+    fn is_known(&self, user: u64, addr: ClientKey, now: Instant) -> bool {
+        lock(&self.known).get(&user).is_some_and(|seen| {
+            seen.iter()
+                .any(|(a, t)| *a == addr && now.duration_since(*t) < KNOWN_FOR)
+        })
     }
 
     /// Drops records that no longer affect any decision: not locked, and
@@ -569,6 +608,37 @@ mod tests {
             assert_eq!(l.check(ip("127.0.0.3"), Some("alice"), now), Ok(()));
         }
         assert_eq!(seen, vec![60, 120, 240, 300, 300, 300]);
+    }
+
+    #[test]
+    fn owner_at_a_known_address_is_exempt_from_a_renewed_user_lock() {
+        let l = Lockout::new(cfg());
+        let start = Instant::now();
+        l.record_success(ip("127.0.0.3"), "alice", start);
+        let mut now = start;
+        // Guessers keep renewing the name's lock from fresh addresses.
+        for round in 0..4u32 {
+            let mut locked = None;
+            let mut n = 0u32;
+            while locked.is_none() {
+                n += 1;
+                let a = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + round * 1000 + n));
+                for _ in 0..5 {
+                    locked = locked.or(l.record_failure(a, Some("alice"), now));
+                }
+            }
+            assert_eq!(locked.map(|x| x.scope), Some(Scope::User));
+            assert_eq!(
+                l.check(ip("127.0.0.3"), Some("alice"), now),
+                Ok(()),
+                "round {round}"
+            );
+            assert!(l.check(ip("127.0.0.4"), Some("alice"), now).is_err());
+            now += locked.expect("locked").retry_after;
+        }
+        // Knowledge of the address fades after KNOWN_FOR.
+        let later = start + KNOWN_FOR + Duration::from_secs(1);
+        assert!(!l.is_known(l.user_key("alice"), ClientKey::of(ip("127.0.0.3")), later));
     }
 
     #[test]

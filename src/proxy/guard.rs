@@ -35,6 +35,7 @@ pub struct Guard {
     pub access: AccessList,
     /// Peers whose forwarding headers and PROXY headers are believed.
     pub trusted: IpSet,
+    forwarded_header: policy::ForwardedHeader,
     pub proxy_protocol: bool,
     limiter: RateLimiter,
     pub lockout: Lockout,
@@ -69,6 +70,11 @@ impl Guard {
                 deny: ip_set(&p.deny),
             },
             trusted: ip_set(&p.trusted_proxies),
+            forwarded_header: if p.forwarded_header == "forwarded" {
+                policy::ForwardedHeader::Forwarded
+            } else {
+                policy::ForwardedHeader::XForwardedFor
+            },
             proxy_protocol: p.proxy_protocol,
             limiter: RateLimiter::new(
                 quota(rl.requests_per_second, rl.burst),
@@ -103,13 +109,20 @@ impl Guard {
     }
 
     /// The client a request speaks for: the connection's client, or, when
-    /// that is a trusted proxy, the address its forwarding headers name.
-    pub fn client_of(&self, conn_client: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// that is a trusted proxy, the address its forwarding header names.
+    /// `None`: a trusted proxy's header hides the client (the allowlist
+    /// then refuses it; limits count it against the proxy's address).
+    ///
+    /// With PROXY protocol the connection's client is already the real one
+    /// and headers are never read: a layer-4 balancer cannot write HTTP
+    /// headers, so any there came from the client itself.
+    pub fn client_of(&self, conn_client: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let ip = policy::normalize(conn_client);
-        if self.trusted.is_empty() {
-            return ip;
+        if self.trusted.is_empty() || self.proxy_protocol {
+            return Some(ip);
         }
-        policy::normalize(policy::client_addr(ip, headers, &self.trusted))
+        policy::client_addr(ip, headers, &self.trusted, self.forwarded_header)
+            .map(policy::normalize)
     }
 
     /// Counts a request against the client's budget.
@@ -286,10 +299,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.9".parse().expect("hv"));
         let open = guard("");
-        assert_eq!(open.client_of(ip("127.0.0.2"), &h), ip("127.0.0.2"));
+        assert_eq!(open.client_of(ip("127.0.0.2"), &h), Some(ip("127.0.0.2")));
         let behind = guard("[policy]\ntrusted_proxies = [\"127.0.0.4\"]\n");
-        assert_eq!(behind.client_of(ip("127.0.0.2"), &h), ip("127.0.0.2"));
-        assert_eq!(behind.client_of(ip("127.0.0.4"), &h), ip("203.0.113.9"));
+        assert_eq!(behind.client_of(ip("127.0.0.2"), &h), Some(ip("127.0.0.2")));
+        assert_eq!(
+            behind.client_of(ip("127.0.0.4"), &h),
+            Some(ip("203.0.113.9"))
+        );
+        // Behind a layer-4 balancer headers come from the client: ignored.
+        let l4 = guard("[policy]\ntrusted_proxies = [\"127.0.0.4\"]\nproxy_protocol = true\n");
+        assert_eq!(l4.client_of(ip("127.0.0.4"), &h), Some(ip("127.0.0.4")));
+        // Garbage reached by the walk: unknown, never the proxy's address.
+        h.insert("x-forwarded-for", "junk".parse().expect("hv"));
+        assert_eq!(behind.client_of(ip("127.0.0.4"), &h), None);
     }
 
     #[test]

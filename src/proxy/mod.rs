@@ -106,14 +106,15 @@ impl Gateway {
         let start = Instant::now();
         // Behind a trusted proxy, the client its forwarding headers name;
         // everyone else's such headers are ignored (and replaced upstream).
-        let client = self.guard.client_of(conn.client, req.headers());
+        let named = self.guard.client_of(conn.client, req.headers());
+        let client = named.unwrap_or(conn.client);
         let method = req.method().clone();
         let version = req.version();
         // The query is left out of the log: it may carry tokens.
         let path = req.uri().path().to_owned();
         let prefs = ErrorPrefs::of(req.headers());
 
-        let mut resp = match self.route(req, conn, client).await {
+        let mut resp = match self.route(req, conn, client, named.is_some()).await {
             Ok(r) => r,
             Err(e) => {
                 match &e {
@@ -148,8 +149,9 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
         client: IpAddr,
+        known: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        self.check_policy(conn, client)?;
+        self.check_policy(conn, client, known)?;
         let host = check_host(&req)?;
         if let Some(rest) = req.uri().path().strip_prefix(self.prefix.as_str()) {
             self.check_rate(client, false)?;
@@ -184,10 +186,19 @@ impl Gateway {
     }
 
     /// The allowlist for clients that only forwarding headers revealed
-    /// (every other client was checked at accept, before TLS).
-    fn check_policy(&self, conn: ConnInfo, client: IpAddr) -> Result<(), ProxyError> {
-        if self.guard.is_trusted(conn.client) && !self.guard.access.permits(client) {
-            tracing::info!(target: "nbgate::audit", event = "request_refused", %client, via = %conn.client, reason = "not_allowed", "request refused: address not allowed");
+    /// (every other client was checked at accept, before TLS). A client a
+    /// trusted proxy's header hides (`known == false`) fails an allowlist.
+    fn check_policy(&self, conn: ConnInfo, client: IpAddr, known: bool) -> Result<(), ProxyError> {
+        if !self.guard.is_trusted(conn.client) || self.guard.proxy_protocol {
+            return Ok(());
+        }
+        let allowed = if known {
+            self.guard.access.permits(client)
+        } else {
+            self.guard.access.allow.is_empty()
+        };
+        if !allowed {
+            tracing::info!(target: "nbgate::audit", event = "request_refused", %client, known, via = %conn.client, reason = "not_allowed", "request refused: address not allowed");
             return Err(ProxyError::Forbidden);
         }
         Ok(())
@@ -230,6 +241,22 @@ impl Gateway {
     ) -> Result<Identity, Response<ProxyBody>> {
         if let Some(token) = api_token(req) {
             let now = std::time::Instant::now();
+            // A token verified moments ago costs nothing to accept again, so
+            // it is let through even from a locked-out address (a shared
+            // NAT address must not lock out working API clients).
+            if let Some(user) = self.auth.recently_verified_token(&token) {
+                return Ok(Identity {
+                    user,
+                    via: Via::Token,
+                    session: None,
+                    refresh_cookie: None,
+                });
+            }
+            // Unverified tokens cost PBKDF2: they spend the anonymous budget
+            // first, like any other request without a session.
+            if let Err(secs) = self.guard.check_rate(client, false) {
+                return Err(ProxyError::RateLimited(secs).into_response(req.headers()));
+            }
             if let Err(locked) = self.guard.lockout.check(client, None, now) {
                 let secs = guard::locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
