@@ -938,12 +938,14 @@ fn acme_from_raw(
         None | Some("letsencrypt") => LETSENCRYPT_DIRECTORY.to_owned(),
         Some("letsencrypt-staging") => LETSENCRYPT_STAGING_DIRECTORY.to_owned(),
         Some(url) if url.starts_with("https://") && url.len() > "https://".len() => url.to_owned(),
-        Some(other) => return Err((
-            "tls.acme.directory",
-            format!(
+        Some(other) => {
+            return Err((
+                "tls.acme.directory",
+                format!(
                 "{other:?}: expected \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL"
             ),
-        )),
+            ))
+        }
     };
     let contact = match raw.contact {
         None => Vec::new(),
@@ -991,12 +993,14 @@ fn acme_from_raw(
                                 .into(),
                         ))
                     }
-                    other => return Err((
-                        "tls.acme.challenges",
-                        format!(
+                    other => {
+                        return Err((
+                            "tls.acme.challenges",
+                            format!(
                             "unknown challenge {other:?} (expected \"tls-alpn-01\" or \"http-01\")"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 if !out.contains(&kind) {
                     out.push(kind);

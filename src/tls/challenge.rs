@@ -107,11 +107,11 @@ impl Challenges {
     }
 }
 
-/// Whether a ClientHello offers `acme-tls/1` at all: such a handshake is a
-/// validation attempt and must never be answered with the real certificate
-/// under that protocol.
-pub fn offers_acme_tls_alpn<'a>(mut alpn: impl Iterator<Item = &'a [u8]>) -> bool {
-    alpn.any(|p| p == ACME_TLS_ALPN)
+/// Whether a ClientHello offers exactly the one protocol `acme-tls/1`: such
+/// a handshake is a validation attempt and must never be answered with the
+/// real certificate.
+pub fn offers_only_acme_tls_alpn<'a>(mut alpn: impl Iterator<Item = &'a [u8]>) -> bool {
+    alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none()
 }
 
 /// Whether a finished handshake negotiated `acme-tls/1`.
@@ -221,8 +221,10 @@ mod tests {
 
     #[test]
     fn acme_tls_alpn_offers_and_negotiation_are_recognised() {
-        assert!(offers_acme_tls_alpn(alpn(&[b"h2", ACME_TLS_ALPN])));
-        assert!(!offers_acme_tls_alpn(alpn(&[b"h2", b"http/1.1"])));
+        assert!(offers_only_acme_tls_alpn(alpn(&[ACME_TLS_ALPN])));
+        assert!(!offers_only_acme_tls_alpn(alpn(&[b"h2", ACME_TLS_ALPN])));
+        assert!(!offers_only_acme_tls_alpn(alpn(&[b"h2", b"http/1.1"])));
+        assert!(!offers_only_acme_tls_alpn(alpn(&[])));
         assert!(is_acme_tls_alpn(Some(b"acme-tls/1")));
         assert!(!is_acme_tls_alpn(Some(b"h2")));
         assert!(!is_acme_tls_alpn(None));

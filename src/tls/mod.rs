@@ -112,11 +112,13 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // A client offering `acme-tls/1` is a CA validating a challenge
+        // A client offering only `acme-tls/1` is a CA validating a challenge
         // (RFC 8737 §3): it gets the validation certificate or nothing (the
         // handshake fails), never the real certificate under that protocol.
+        // A client that also offers h2 or http/1.1 negotiates one of those
+        // (server preference) and gets the real certificate.
         if let Some(alpn) = hello.alpn() {
-            if challenge::offers_acme_tls_alpn(alpn) {
+            if challenge::offers_only_acme_tls_alpn(alpn) {
                 let alpn = hello.alpn()?;
                 return self
                     .challenges
