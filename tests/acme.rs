@@ -236,7 +236,7 @@ async fn tls_alpn01_alone_gets_the_certificate_and_validation_handshakes_never_r
         .find_line(&["acme: validation succeeded", "tls-alpn-01"])
         .is_some());
     let root = pebble.issuing_root().await;
-    let (status, body) = get(&gate, &[root.clone()], "/api/echo").await;
+    let (status, body) = get(&gate, std::slice::from_ref(&root), "/api/echo").await;
     assert_eq!(status, 200, "{body}");
 
     // A client offering h2 and http/1.1 (and even acme-tls/1 among them) gets the real
@@ -244,7 +244,7 @@ async fn tls_alpn01_alone_gets_the_certificate_and_validation_handshakes_never_r
     let tls = tls_connect(
         gate.https_addr(),
         DOMAIN,
-        &[root.clone()],
+        std::slice::from_ref(&root),
         &[b"acme-tls/1", b"h2", b"http/1.1"],
     )
     .await
@@ -299,7 +299,7 @@ async fn a_restart_serves_the_stored_certificate_and_places_no_new_order() {
     gate.wait_for_log("acme: certificate issued", ISSUE_TIMEOUT)
         .await;
     let root = pebble.issuing_root().await;
-    let first = served_serial(gate.https_addr(), DOMAIN, &[root.clone()]).await;
+    let first = served_serial(gate.https_addr(), DOMAIN, std::slice::from_ref(&root)).await;
     drop(gate);
     let orders_before = pebble.count_lines("/order-plz");
     assert!(
@@ -314,7 +314,7 @@ async fn a_restart_serves_the_stored_certificate_and_places_no_new_order() {
         .await;
     // Served from the first handshake: no temporary certificate in between.
     assert_eq!(
-        served_serial(gate.https_addr(), DOMAIN, &[root.clone()]).await,
+        served_serial(gate.https_addr(), DOMAIN, std::slice::from_ref(&root)).await,
         first
     );
     gate.wait_for_log("acme: renewal scheduled", ISSUE_TIMEOUT)
@@ -380,7 +380,7 @@ async fn while_the_ca_is_down_the_gate_keeps_serving_and_renews_once_it_is_back(
     gate.wait_for_log("acme: certificate issued", ISSUE_TIMEOUT)
         .await;
     let old_root = pebble.issuing_root().await;
-    let old = served_serial(gate.https_addr(), DOMAIN, &[old_root.clone()]).await;
+    let old = served_serial(gate.https_addr(), DOMAIN, std::slice::from_ref(&old_root)).await;
 
     pebble.stop_ca();
     gate.wait_for_line(
@@ -390,7 +390,7 @@ async fn while_the_ca_is_down_the_gate_keeps_serving_and_renews_once_it_is_back(
     .await;
     // Still serving the current certificate.
     assert_eq!(
-        served_serial(gate.https_addr(), DOMAIN, &[old_root.clone()]).await,
+        served_serial(gate.https_addr(), DOMAIN, std::slice::from_ref(&old_root)).await,
         old
     );
     let (status, _) = get(&gate, &[old_root], "/api/echo").await;

@@ -12,7 +12,7 @@
 //! mismatched key, expired) is logged as an error and the current
 //! certificate keeps being served.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -81,7 +81,7 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
 }
 
 /// Loads the pair and swaps it in, or logs why not and keeps the current one.
-pub fn reload(resolver: &CertResolver, cert: &PathBuf, key: &PathBuf, trigger: &str) {
+pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
     match files::load(cert, key) {
         Ok(new) => {
             tracing::info!(
