@@ -13,8 +13,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-# Debian packages the tests start. Later: chromium (browser tests), pebble (ACME tests).
-APT_PACKAGES=(chromium)
+# Debian packages the tests start: chromium (browser tests), pebble (ACME tests: pebble and
+# pebble-challtestsrv).
+APT_PACKAGES=(chromium pebble)
 # What the test venv holds; changing this list re-runs pip on the next run.
 PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests playwright)
 
