@@ -145,6 +145,22 @@ struct RawTls {
     key_file: Option<PathBuf>,
     hsts: Option<bool>,
     hsts_max_age: Option<String>,
+    acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`: automatic certificates (RFC 8555).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    domains: Option<Vec<String>>,
+    directory: Option<String>,
+    ca_bundle: Option<PathBuf>,
+    contact: Option<String>,
+    eab_key_id: Option<String>,
+    eab_hmac_key_file: Option<PathBuf>,
+    challenges: Option<Vec<String>>,
+    key_type: Option<String>,
+    renew_before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +314,7 @@ pub struct ServerConfig {
 pub enum TlsMode {
     SelfSigned,
     Files,
+    Acme,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -310,6 +327,76 @@ pub struct TlsConfig {
     pub hsts: bool,
     #[serde(serialize_with = "ser_duration")]
     pub hsts_max_age: Duration,
+    /// Set exactly when `mode` is `Acme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Let's Encrypt's production directory, the default.
+pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory: untrusted certificates, generous rate limits.
+pub const LETSENCRYPT_STAGING_DIRECTORY: &str =
+    "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The ACME challenge types nbgate can answer itself. DNS-01 needs a DNS
+/// provider API and is out of scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AcmeChallenge {
+    /// RFC 8737: answered on the HTTPS listener during the TLS handshake.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.3: answered on the plain-HTTP listener.
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl fmt::Display for AcmeChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        })
+    }
+}
+
+/// The certificate key algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeKeyType {
+    EcdsaP256,
+    EcdsaP384,
+}
+
+/// External Account Binding (RFC 8555 §7.3.4), for CAs such as ZeroSSL.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcmeEab {
+    pub key_id: String,
+    /// Holds the base64url HMAC key; read when the account is created.
+    pub hmac_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AcmeConfig {
+    /// Lowercase DNS names; the certificate covers all of them.
+    pub domains: Vec<String>,
+    /// The directory URL.
+    pub directory: String,
+    /// PEM roots that replace the system roots for talking to the directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// `mailto:` URLs.
+    pub contact: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab: Option<AcmeEab>,
+    /// Tried in this order; a failure of one falls back to the next.
+    pub challenges: Vec<AcmeChallenge>,
+    pub key_type: AcmeKeyType,
+    /// Renew when less than this is left; `None`: a third of the lifetime.
+    #[serde(
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub renew_before: Option<Duration>,
 }
 
 /// Where Jupyter listens.
@@ -397,6 +484,13 @@ pub struct LogConfig {
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_size<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
@@ -661,22 +755,19 @@ impl Config {
         };
 
         let t = raw.tls;
-        let mode =
-            match t.mode.as_deref() {
-                None | Some("self-signed") => TlsMode::SelfSigned,
-                Some("files") => TlsMode::Files,
-                Some("acme") => return Err(invalid(
+        let mode = match t.mode.as_deref() {
+            None | Some("self-signed") => TlsMode::SelfSigned,
+            Some("files") => TlsMode::Files,
+            Some("acme") => TlsMode::Acme,
+            Some(other) => {
+                return Err(invalid(
                     "tls.mode",
-                    "\"acme\" is not available in this build yet; use \"self-signed\" or \"files\""
-                        .into(),
-                )),
-                Some(other) => {
-                    return Err(invalid(
-                        "tls.mode",
-                        format!("unknown mode {other:?} (expected \"self-signed\" or \"files\")"),
-                    ))
-                }
-            };
+                    format!(
+                        "unknown mode {other:?} (expected \"self-signed\", \"files\" or \"acme\")"
+                    ),
+                ))
+            }
+        };
         if mode == TlsMode::Files {
             if t.cert_file.is_none() {
                 return Err(invalid(
@@ -696,6 +787,19 @@ impl Config {
                 "cert_file/key_file are only used with tls.mode = \"files\"".into(),
             ));
         }
+        let acme = match (mode, t.acme) {
+            (TlsMode::Acme, raw) => Some(
+                acme_from_raw(raw.unwrap_or_default(), !server.http_listen.is_empty())
+                    .map_err(|(key, m)| invalid(key, m))?,
+            ),
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "tls.acme",
+                    "only used with tls.mode = \"acme\"".into(),
+                ))
+            }
+            (_, None) => None,
+        };
         let tls = TlsConfig {
             mode,
             cert_file: t.cert_file,
@@ -709,6 +813,7 @@ impl Config {
                 t.hsts_max_age,
                 Duration::from_secs(365 * 24 * 3600),
             )?,
+            acme,
         };
 
         let u = raw.upstream;
@@ -1027,6 +1132,154 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
+/// Validates `[tls.acme]`; errors carry the dotted key. `has_http_listener`
+/// picks the default challenge list: TLS-ALPN-01 always works on the HTTPS
+/// listener; HTTP-01 only where a plain-HTTP listener exists.
+fn acme_from_raw(
+    raw: RawAcme,
+    has_http_listener: bool,
+) -> Result<AcmeConfig, (&'static str, String)> {
+    let domains: Vec<String> = raw
+        .domains
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if domains.is_empty() {
+        return Err((
+            "tls.acme.domains",
+            "must be set when tls.mode = \"acme\"".into(),
+        ));
+    }
+    for d in &domains {
+        if d.starts_with("*.") {
+            return Err((
+                "tls.acme.domains",
+                format!("{d:?}: wildcard names need DNS-01, which nbgate does not support"),
+            ));
+        }
+        let valid_label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if d.parse::<std::net::IpAddr>().is_ok()
+            || d.len() > 253
+            || !d.contains('.')
+            || !d.split('.').all(valid_label)
+        {
+            return Err((
+                "tls.acme.domains",
+                format!("{d:?} is not a public DNS name"),
+            ));
+        }
+    }
+    let directory = match raw.directory.as_deref() {
+        None | Some("letsencrypt") => LETSENCRYPT_DIRECTORY.to_owned(),
+        Some("letsencrypt-staging") => LETSENCRYPT_STAGING_DIRECTORY.to_owned(),
+        Some(url) if url.starts_with("https://") && url.len() > "https://".len() => url.to_owned(),
+        Some(other) => {
+            return Err((
+                "tls.acme.directory",
+                format!(
+                "{other:?}: expected \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL"
+            ),
+            ))
+        }
+    };
+    let contact = match raw.contact {
+        None => Vec::new(),
+        Some(c) if c.contains('@') && !c.contains([' ', ',']) => {
+            vec![if c.starts_with("mailto:") {
+                c
+            } else {
+                format!("mailto:{c}")
+            }]
+        }
+        Some(c) => return Err(("tls.acme.contact", format!("{c:?} is not an email address"))),
+    };
+    let eab = match (raw.eab_key_id, raw.eab_hmac_key_file) {
+        (None, None) => None,
+        (Some(key_id), Some(hmac_key_file)) => Some(AcmeEab {
+            key_id,
+            hmac_key_file,
+        }),
+        (Some(_), None) => {
+            return Err((
+                "tls.acme.eab_hmac_key_file",
+                "must be set together with tls.acme.eab_key_id".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "tls.acme.eab_key_id",
+                "must be set together with tls.acme.eab_hmac_key_file".into(),
+            ))
+        }
+    };
+    let challenges = match raw.challenges {
+        None if has_http_listener => vec![AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01],
+        None => vec![AcmeChallenge::TlsAlpn01],
+        Some(list) => {
+            let mut out = Vec::new();
+            for c in list {
+                let kind = match c.as_str() {
+                    "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+                    "http-01" => AcmeChallenge::Http01,
+                    "dns-01" => {
+                        return Err((
+                            "tls.acme.challenges",
+                            "dns-01 is not supported; use \"tls-alpn-01\" and/or \"http-01\""
+                                .into(),
+                        ))
+                    }
+                    other => {
+                        return Err((
+                            "tls.acme.challenges",
+                            format!(
+                            "unknown challenge {other:?} (expected \"tls-alpn-01\" or \"http-01\")"
+                        ),
+                        ))
+                    }
+                };
+                if !out.contains(&kind) {
+                    out.push(kind);
+                }
+            }
+            if out.is_empty() {
+                return Err(("tls.acme.challenges", "must not be empty".into()));
+            }
+            out
+        }
+    };
+    let key_type = match raw.key_type.as_deref() {
+        None | Some("ecdsa-p256") => AcmeKeyType::EcdsaP256,
+        Some("ecdsa-p384") => AcmeKeyType::EcdsaP384,
+        Some(other) => {
+            return Err((
+                "tls.acme.key_type",
+                format!("{other:?}: expected \"ecdsa-p256\" or \"ecdsa-p384\""),
+            ))
+        }
+    };
+    let renew_before = raw
+        .renew_before
+        .map(|t| parse_duration(&t))
+        .transpose()
+        .map_err(|m| ("tls.acme.renew_before", m))?;
+    Ok(AcmeConfig {
+        domains,
+        directory,
+        ca_bundle: raw.ca_bundle,
+        contact,
+        eab,
+        challenges,
+        key_type,
+        renew_before,
+    })
+}
+
 /// User names: 1-64 characters of letters, digits, `.`, `_`, `-`, `@`.
 /// Kept narrow so a name is safe in logs and cookies.
 pub fn valid_user_name(name: &str) -> bool {
@@ -1195,6 +1448,67 @@ mod tests {
     fn files_mode_requires_cert_and_key() {
         let e = load_str("[tls]\nmode = \"files\"\n").expect_err("missing cert");
         assert!(e.to_string().contains("tls.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn acme_mode_without_domains_names_the_key() {
+        let e = load_str("[tls]\nmode = \"acme\"\n").expect_err("no domains");
+        assert!(
+            e.to_string()
+                .contains("tls.acme.domains: must be set when tls.mode = \"acme\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn acme_defaults_are_letsencrypt_p256_and_challenges_follow_the_listeners() {
+        let c = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"NB.Example.org\"]\n")
+            .expect("valid");
+        let a = c.tls.acme.expect("acme section");
+        assert_eq!(a.domains, ["nb.example.org"]);
+        assert_eq!(a.directory, LETSENCRYPT_DIRECTORY);
+        assert_eq!(a.key_type, AcmeKeyType::EcdsaP256);
+        assert_eq!(a.challenges, [AcmeChallenge::TlsAlpn01]);
+        assert!(c.tls.hsts, "a CA-issued certificate gets HSTS by default");
+        let c = load_str(
+            "[server]\nhttp_listen = [\"0.0.0.0:80\"]\n[tls]\nmode = \"acme\"\n\
+             [tls.acme]\ndomains = [\"nb.example.org\"]\ncontact = \"ops@example.org\"\n\
+             directory = \"letsencrypt-staging\"\n",
+        )
+        .expect("valid");
+        let a = c.tls.acme.expect("acme section");
+        assert_eq!(
+            a.challenges,
+            [AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01]
+        );
+        assert_eq!(a.contact, ["mailto:ops@example.org"]);
+        assert_eq!(a.directory, LETSENCRYPT_STAGING_DIRECTORY);
+    }
+
+    #[test]
+    fn acme_rejects_wildcards_ip_addresses_dns01_and_half_an_eab() {
+        let base = "[tls]\nmode = \"acme\"\n[tls.acme]\n";
+        for (extra, key) in [
+            ("domains = [\"*.example.org\"]", "tls.acme.domains"),
+            ("domains = [\"10.0.0.1\"]", "tls.acme.domains"),
+            (
+                "domains = [\"a.example.org\"]\nchallenges = [\"dns-01\"]",
+                "tls.acme.challenges",
+            ),
+            (
+                "domains = [\"a.example.org\"]\neab_key_id = \"kid\"",
+                "tls.acme.eab_hmac_key_file",
+            ),
+            (
+                "domains = [\"a.example.org\"]\ndirectory = \"http://ca.example\"",
+                "tls.acme.directory",
+            ),
+        ] {
+            let e = load_str(&format!("{base}{extra}\n")).expect_err(extra);
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        let e = load_str("[tls.acme]\ndomains = [\"a.example.org\"]\n").expect_err("wrong mode");
+        assert!(e.to_string().contains("tls.acme"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `cli`: the command line (clap); parsing only.
 //! - `config`: TOML file -> validated `Config`; imports nothing else of the crate.
 //! - `state`: the state directory; private, atomic file writes.
-//! - `tls`: rustls server config, certificate resolver, self-signed and file certificates.
+//! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
+//!   (reloaded on SIGHUP), ACME certificates with their challenges and renewal.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels.
 //! - `pages`: HTML pages and JSON error bodies a client sees.

@@ -107,6 +107,7 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
     runtime.block_on(async move {
         let resolver = nbgate::tls::load_resolver(&config)?;
         let listeners = nbgate::server::Listeners::bind(&config).await?;
+        nbgate::tls::spawn_maintenance(&config, &resolver);
         tracing::info!(
             upstream = %config.upstream.url,
             state_dir = %config.server.state_dir.display(),

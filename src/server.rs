@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::policy::{self, ProxyHeader};
 use crate::proxy::guard::SWEEP_EVERY;
 use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
+use crate::tls::challenge::{self, Challenges};
 use crate::tls::{self, CertResolver};
 
 /// Errors that stop the server from starting.
@@ -103,6 +104,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let gateway = Arc::new(Gateway::new(Arc::clone(&config), auth));
+    let acme_challenges = resolver.challenges().cloned();
     let acceptor = TlsAcceptor::from(tls::server_config(resolver));
     let https_port = listeners.https_port();
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
@@ -129,6 +131,7 @@ pub async fn run(
             gateway: Arc::clone(&gateway),
             acceptor: tls_acceptor,
             https_port,
+            acme_challenges: acme_challenges.clone(),
         };
         tracker.spawn(accept_loop(
             listener,
@@ -195,6 +198,18 @@ struct ConnCtx {
     /// `None` for the plain-HTTP redirect listener.
     acceptor: Option<TlsAcceptor>,
     https_port: u16,
+    /// ACME mode: HTTP-01 answers the plain listener serves.
+    acme_challenges: Option<Arc<Challenges>>,
+}
+
+impl ConnCtx {
+    /// The plain-HTTP listener in ACME mode answers the CA's HTTP-01
+    /// validation, which comes from addresses no allowlist can know. It is
+    /// open to everyone: all it serves is challenge answers and redirects
+    /// to HTTPS (where the allowlist applies), never Jupyter.
+    fn exempt_from_allowlist(&self) -> bool {
+        self.acceptor.is_none() && self.acme_challenges.is_some()
+    }
 }
 
 async fn accept_loop(
@@ -234,7 +249,7 @@ async fn accept_loop(
             guard.audit_refusal(peer_ip, "proxy_protocol_from_untrusted_peer");
             continue;
         }
-        if !trusted && !guard.access.permits(peer_ip) {
+        if !trusted && !ctx.exempt_from_allowlist() && !guard.access.permits(peer_ip) {
             guard.audit_refusal(peer_ip, "not_allowed");
             continue;
         }
@@ -268,7 +283,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
                 return;
             }
         };
-        if !guard.access.permits(client) {
+        if !ctx.exempt_from_allowlist() && !guard.access.permits(client) {
             guard.audit_refusal(client, "not_allowed");
             return;
         }
@@ -317,6 +332,17 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
             return;
         }
     };
+    if challenge::is_acme_tls_alpn(tls.get_ref().1.alpn_protocol()) {
+        // A TLS-ALPN-01 validation handshake (RFC 8737 §3): it is complete
+        // once the certificate was presented; it never carries HTTP.
+        let mut tls = tls;
+        let _ = tokio::time::timeout(
+            handshake_timeout,
+            tokio::io::AsyncWriteExt::shutdown(&mut tls),
+        )
+        .await;
+        return;
+    }
     let builder = http_builder(&ctx.config);
     let gateway = Arc::clone(&ctx.gateway);
     let service = service_fn(move |req| {
@@ -355,8 +381,14 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 
 async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
     let port = ctx.https_port;
-    let service = service_fn(move |req| async move {
-        Ok::<_, std::convert::Infallible>(https_redirect(&req, port))
+    let acme = ctx.acme_challenges.clone();
+    let service = service_fn(move |req| {
+        // HTTP-01 answers need no login and no redirect (RFC 8555 §8.3);
+        // everything else on plain HTTP is redirected.
+        let answer = acme.as_deref().and_then(|c| acme_http01_answer(c, &req));
+        async move {
+            Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|| https_redirect(&req, port)))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -366,4 +398,28 @@ async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
         .keep_alive(false);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     let _ = watcher.watch(conn).await;
+}
+
+/// The HTTP-01 response for a request under `/.well-known/acme-challenge/`:
+/// the key authorization for a pending token, 404 for any other token.
+/// `None` for every other path.
+fn acme_http01_answer<B>(
+    challenges: &Challenges,
+    req: &hyper::Request<B>,
+) -> Option<hyper::Response<crate::proxy::body::ProxyBody>> {
+    if !req.uri().path().starts_with(challenge::HTTP01_PREFIX) {
+        return None;
+    }
+    let answer = challenge::http01_token(req.uri().path()).and_then(|t| challenges.http01(t));
+    let (status, body) = match answer {
+        Some(key_auth) => (hyper::StatusCode::OK, key_auth),
+        None => (hyper::StatusCode::NOT_FOUND, String::new()),
+    };
+    let mut resp = hyper::Response::new(crate::proxy::body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
 }

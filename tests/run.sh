@@ -13,9 +13,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-# Debian packages the tests start: chromium (browser tests), fail2ban (its
-# fail2ban-regex checks the shipped filter against real log lines).
-APT_PACKAGES=(chromium fail2ban)
+# Debian packages the tests start: chromium (browser tests), pebble (ACME tests: pebble and
+# pebble-challtestsrv), fail2ban (its fail2ban-regex checks the shipped filter against real
+# log lines).
+APT_PACKAGES=(chromium pebble fail2ban)
 # What the test venv holds; changing this list re-runs pip on the next run.
 PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests playwright)
 

@@ -2,10 +2,15 @@
 //! resolver that every handshake asks for its certificate.
 //!
 //! Owns protocol choices (TLS 1.2 + 1.3, AEAD suites with forward secrecy
-//! only, ALPN `h2` and `http/1.1`) and where certificates come from
-//! (`self_signed`, `files`). It does not accept connections: `server` does.
+//! only, ALPN `h2` and `http/1.1`, plus `acme-tls/1` for validation
+//! handshakes in ACME mode) and where certificates come from (`self_signed`,
+//! `files` with `reload`, `acme` with `challenge`). It does not accept
+//! connections: `server` does.
 
+pub mod acme;
+pub mod challenge;
 pub mod files;
+pub mod reload;
 pub mod self_signed;
 
 use std::path::PathBuf;
@@ -17,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::{Config, TlsMode};
+use challenge::Challenges;
 
 /// Errors that stop nbgate from serving TLS. Each names the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +74,30 @@ pub enum TlsError {
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    /// ACME mode only: pending challenge answers (TLS-ALPN-01 certificates
+    /// for this resolver, HTTP-01 tokens for the plain listener).
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl CertResolver {
     pub fn new(key: Arc<CertifiedKey>) -> Self {
         CertResolver {
             current: ArcSwap::new(key),
+            challenges: None,
         }
+    }
+
+    /// A resolver that also answers TLS-ALPN-01 validation handshakes.
+    pub fn with_challenges(key: Arc<CertifiedKey>, challenges: Arc<Challenges>) -> Self {
+        CertResolver {
+            current: ArcSwap::new(key),
+            challenges: Some(challenges),
+        }
+    }
+
+    /// The pending ACME answers, in ACME mode.
+    pub fn challenges(&self) -> Option<&Arc<Challenges>> {
+        self.challenges.as_ref()
     }
 
     /// Swaps in a new certificate for all later handshakes.
@@ -88,7 +111,21 @@ impl CertResolver {
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A client offering only `acme-tls/1` is a CA validating a challenge
+        // (RFC 8737 §3): it gets the validation certificate or nothing (the
+        // handshake fails), never the real certificate under that protocol.
+        // A client that also offers h2 or http/1.1 negotiates one of those
+        // (server preference) and gets the real certificate.
+        if let Some(alpn) = hello.alpn() {
+            if challenge::offers_only_acme_tls_alpn(alpn) {
+                let alpn = hello.alpn()?;
+                return self
+                    .challenges
+                    .as_ref()?
+                    .tls_alpn01_for(hello.server_name(), alpn);
+            }
+        }
         Some(self.current.load_full())
     }
 }
@@ -102,6 +139,7 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// ECDHE key exchange (AES-GCM, ChaCha20-Poly1305), so forward secrecy holds
 /// for every handshake; TLS 1.0/1.1 and CBC suites are not compiled in.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
+    let answers_tls_alpn01 = resolver.challenges().is_some();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -109,6 +147,13 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if answers_tls_alpn01 {
+        // Last: rustls picks the first server protocol the client offers, so
+        // a client offering h2 or http/1.1 never negotiates `acme-tls/1`; only
+        // a CA offering nothing else does, and the resolver answers it with
+        // the validation certificate.
+        cfg.alpn_protocols.push(challenge::ACME_TLS_ALPN.to_vec());
+    }
     // Stateless tickets let returning browsers resume without a full
     // handshake; the ticketer key rotates in memory and never touches disk.
     if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
@@ -144,8 +189,39 @@ pub fn load_resolver(config: &Config) -> Result<Arc<CertResolver>, TlsError> {
             );
             loaded
         }
+        TlsMode::Acme => {
+            let challenges = Arc::new(Challenges::new());
+            let key = acme::initial_certificate(config)?;
+            return Ok(Arc::new(CertResolver::with_challenges(key, challenges)));
+        }
     };
     Ok(Arc::new(CertResolver::new(key)))
+}
+
+/// Starts what keeps the certificate current: the ACME order and renewal
+/// task, or the file watcher (SIGHUP and mtime polling) in files mode.
+/// Call after the listeners are bound, so a challenge can be answered from
+/// the first request. Tasks run until the runtime stops.
+pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
+    match config.tls.mode {
+        TlsMode::SelfSigned => {}
+        TlsMode::Files => {
+            tokio::spawn(reload::run(Arc::clone(config), Arc::clone(resolver)));
+        }
+        TlsMode::Acme => {
+            tokio::spawn(acme::run(Arc::clone(config), Arc::clone(resolver)));
+        }
+    }
+}
+
+/// The leaf certificate's serial number as lowercase hex, for logs: it is
+/// what a user compares against a browser's certificate viewer.
+pub fn serial_hex(key: &CertifiedKey) -> String {
+    key.cert
+        .first()
+        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()).ok())
+        .map(|(_, cert)| hex::encode(cert.raw_serial()))
+        .unwrap_or_default()
 }
 
 /// SHA-256 fingerprint of the leaf certificate, as browsers show it

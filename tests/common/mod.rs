@@ -8,6 +8,7 @@
 //!   `Nbgate` helpers so that authentication can later be added in one place.
 //! - `kernel`   the Jupyter kernel and terminal WebSocket protocols.
 //! - `upstream` an in-process hyper upstream (echo, redirect, slow stream, sink, WebSocket echo).
+//! - `pebble`   the Pebble ACME test server with its mock DNS, on its own loopback ports.
 //! - `certs`    rcgen certificates for `tls.mode = "files"` and fingerprints.
 //! - `process`  process-tree kill and `/proc` readings.
 //!
@@ -22,6 +23,7 @@ pub mod jupyter;
 pub mod kernel;
 pub mod login;
 pub mod nbgate;
+pub mod pebble;
 pub mod process;
 pub mod upstream;
 

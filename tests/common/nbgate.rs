@@ -332,16 +332,21 @@ format = "text"
             .or_else(|| self.get_str("server.state_dir"))
             .map(PathBuf::from)
             .expect("server.state_dir in config");
-        let cert_path = if self.get_str("tls.mode").as_deref() == Some("files") {
-            PathBuf::from(self.get_str("tls.cert_file").expect("tls.cert_file"))
-        } else {
-            state_dir.join("tls/self-signed.crt")
+        let cert_path = match self.get_str("tls.mode").as_deref() {
+            Some("files") => Some(PathBuf::from(
+                self.get_str("tls.cert_file").expect("tls.cert_file"),
+            )),
+            // ACME: clients trust the CA's root (see `pebble`), not a file nbgate wrote.
+            Some("acme") => None,
+            _ => Some(state_dir.join("tls/self-signed.crt")),
         };
-        let cert_pem = std::fs::read(&cert_path).unwrap_or_else(|e| {
-            panic!(
-                "nbgate is ready but its certificate {} is unreadable: {e}",
-                cert_path.display()
-            )
+        let cert_pem = cert_path.map_or_else(Vec::new, |cert_path| {
+            std::fs::read(&cert_path).unwrap_or_else(|e| {
+                panic!(
+                    "nbgate is ready but its certificate {} is unreadable: {e}",
+                    cert_path.display()
+                )
+            })
         });
         Ok(Nbgate {
             pid: child.id(),

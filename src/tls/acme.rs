@@ -1,0 +1,752 @@
+//! `tls.mode = "acme"`: certificates obtained, stored and renewed from an
+//! ACME CA (RFC 8555) with `instant-acme`.
+//!
+//! Owns the order flow (account, order, challenges, validation, finalize,
+//! download), the storage under `<state_dir>/certs/acme/<directory>/`, and
+//! the renewal task. Challenge answers are published through
+//! [`Challenges`]; the listeners serve them. It never stops the server: every
+//! failure is logged and retried with exponential backoff, and the current
+//! certificate keeps being served.
+//!
+//! Storage layout (one directory per CA directory URL, so switching from
+//! staging to production never serves a staging certificate):
+//! - `account.json` (0600): the ACME account id, key (PKCS#8) and directory.
+//! - `key.pem` (0600): the certificate's private key.
+//! - `cert.pem` (0644): the chain, leaf first.
+//!
+//! Every file is written atomically (temp file + rename). The key is written
+//! before the chain: a crash in between leaves a pair that fails to load,
+//! which only means a new order on the next start.
+//!
+//! Not here: OCSP stapling (Let's Encrypt ended OCSP in 2025, and short-lived
+//! certificates replace it), DNS-01 (needs a DNS provider API), ARI (the
+//! renewal window is a third of the lifetime instead).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::challenge::Challenges;
+use super::{files, serial_hex, CertResolver, TlsError};
+use crate::config::{AcmeChallenge, AcmeConfig, AcmeKeyType, Config};
+use crate::state;
+
+/// The longest wait between two failed attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(4 * 3600);
+/// The first wait after a failure; doubles with each further failure.
+const BASE_BACKOFF: Duration = Duration::from_secs(60);
+/// Test-only: overrides [`BASE_BACKOFF`] (a humantime duration such as
+/// `500ms`) so the CA-outage test retries within seconds. Not documented for
+/// users: a short backoff against a real CA only earns rate limits.
+const BASE_BACKOFF_ENV: &str = "NBGATE_TEST_ACME_RETRY_BASE";
+/// One attempt (account, order, validation, download) may take this long.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// From this much remaining lifetime, a failed renewal is logged as an error.
+const ERROR_BEFORE_EXPIRY: i64 = 3 * 24 * 3600;
+/// How long the temporary certificate served during the first order lasts.
+const TEMPORARY_VALIDITY_DAYS: i64 = 7;
+
+/// Why an ACME attempt failed. The task logs it and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME request failed: {0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("{path}: cannot read the CA bundle: {source}")]
+    CaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no usable PEM certificate in the CA bundle")]
+    CaBundleEmpty { path: PathBuf },
+    #[error("{path}: cannot read the EAB HMAC key: {source}")]
+    EabKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the EAB HMAC key is not base64url")]
+    EabKeyEncoding { path: PathBuf },
+    #[error("{path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: stored account is unreadable: {source}")]
+    AccountFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the CA offered no {kind} challenge for {domain}")]
+    ChallengeNotOffered { kind: AcmeChallenge, domain: String },
+    #[error("authorization for {domain} is {status:?}")]
+    Authorization {
+        domain: String,
+        status: AuthorizationStatus,
+    },
+    #[error("{kind} validation failed (order {status:?}): {detail}")]
+    Validation {
+        kind: AcmeChallenge,
+        status: OrderStatus,
+        detail: String,
+    },
+    #[error("cannot build the certificate request: {0}")]
+    Csr(#[from] rcgen::Error),
+    #[error("the issued certificate does not load: {0}")]
+    Issued(#[from] TlsError),
+    #[error("attempt timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl AcmeError {
+    /// The CA no longer knows the stored account (a test CA restarted, or an
+    /// account deactivated elsewhere): a new account is needed.
+    fn account_gone(&self) -> bool {
+        match self {
+            AcmeError::Protocol(instant_acme::Error::Api(p)) => p
+                .r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":accountDoesNotExist")),
+            _ => false,
+        }
+    }
+}
+
+/// The files of one CA directory under the state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path, directory_url: &str) -> Self {
+        Store {
+            dir: state_dir
+                .join("certs")
+                .join("acme")
+                .join(directory_slug(directory_url)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    pub fn account_path(&self) -> PathBuf {
+        self.dir.join("account.json")
+    }
+
+    /// The stored certificate if it loads, is inside its validity period and
+    /// covers exactly the configured domains; why not otherwise.
+    pub fn load_valid(&self, domains: &[String]) -> Result<Arc<CertifiedKey>, String> {
+        let (cert, key) = (self.cert_path(), self.key_path());
+        if !cert.exists() {
+            return Err("no stored certificate".into());
+        }
+        let loaded = files::load(&cert, &key).map_err(|e| e.to_string())?;
+        let leaf = loaded.cert.first().ok_or("empty chain")?;
+        let mut have = dns_names(leaf.as_ref());
+        have.sort();
+        let mut want = domains.to_vec();
+        want.sort();
+        if have != want {
+            return Err(format!(
+                "stored certificate covers {have:?}, configured domains are {want:?}"
+            ));
+        }
+        Ok(loaded)
+    }
+
+    fn save_certificate(&self, chain_pem: &str, key_pem: &str) -> Result<(), AcmeError> {
+        self.ensure_dir()?;
+        for (path, bytes, mode) in [
+            (self.key_path(), key_pem, 0o600),
+            (self.cert_path(), chain_pem, 0o644),
+        ] {
+            state::write_atomic(&path, bytes.as_bytes(), mode)
+                .map_err(|source| AcmeError::Storage { path, source })?;
+        }
+        Ok(())
+    }
+
+    fn load_account(&self) -> Result<Option<AccountCredentials>, AcmeError> {
+        let path = self.account_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(AcmeError::Storage { path, source }),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| AcmeError::AccountFile { path, source })
+    }
+
+    fn save_account(&self, credentials: &AccountCredentials) -> Result<(), AcmeError> {
+        self.ensure_dir()?;
+        let path = self.account_path();
+        let json =
+            serde_json::to_vec_pretty(credentials).map_err(|source| AcmeError::AccountFile {
+                path: path.clone(),
+                source,
+            })?;
+        state::write_atomic(&path, &json, 0o600)
+            .map_err(|source| AcmeError::Storage { path, source })
+    }
+
+    fn forget_account(&self) {
+        let _ = std::fs::remove_file(self.account_path());
+    }
+
+    fn ensure_dir(&self) -> Result<(), AcmeError> {
+        state::ensure_private_dir(&self.dir).map_err(|source| AcmeError::Storage {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+}
+
+/// A file-name-safe name for a directory URL: `https://ca.example:14000/dir`
+/// becomes `ca.example_14000_dir`.
+fn directory_slug(url: &str) -> String {
+    let rest = url
+        .strip_prefix("https://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    rest.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn dns_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(not_before, not_after)` of the leaf as Unix seconds.
+fn validity(key: &CertifiedKey) -> Option<(i64, i64)> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// The certificate to serve at startup: the stored one when it is still
+/// good (no order is placed for it), otherwise a temporary self-signed one
+/// for the configured names while the first order runs.
+///
+/// # Errors
+/// Generating the temporary certificate fails.
+pub fn initial_certificate(config: &Config) -> Result<Arc<CertifiedKey>, TlsError> {
+    let acme = config
+        .tls
+        .acme
+        .as_ref()
+        .expect("config validation sets tls.acme in acme mode");
+    let store = Store::new(&config.server.state_dir, &acme.directory);
+    match store.load_valid(&acme.domains) {
+        Ok(key) => {
+            tracing::info!(
+                cert = %store.cert_path().display(),
+                serial = %serial_hex(&key),
+                "acme: serving the stored certificate; no order placed"
+            );
+            Ok(key)
+        }
+        Err(why) => {
+            tracing::info!(
+                reason = %why,
+                "acme: serving a temporary self-signed certificate while the order runs"
+            );
+            temporary_certificate(&acme.domains)
+        }
+    }
+}
+
+fn temporary_certificate(domains: &[String]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let mut params = rcgen::CertificateParams::new(domains.to_vec())?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(TEMPORARY_VALIDITY_DAYS);
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "nbgate temporary (ACME order pending)",
+    );
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .expect("rcgen generates ECDSA P-256 keys that ring signs with");
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        signer,
+    )))
+}
+
+/// Seconds from now until renewal is due for a certificate valid from
+/// `not_before` to `not_after` (Unix seconds): when a third of the lifetime
+/// remains (or `renew_before`), earlier by up to 5% of the lifetime of
+/// `jitter` (0..1) so that many gates started together do not renew together.
+pub fn seconds_until_renewal(
+    now: i64,
+    not_before: i64,
+    not_after: i64,
+    renew_before: Option<Duration>,
+    jitter: f64,
+) -> i64 {
+    let lifetime = (not_after - not_before).max(0);
+    let before = renew_before.map_or(lifetime / 3, |d| {
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+    });
+    let spread = (lifetime as f64 * 0.05 * jitter.clamp(0.0, 1.0)) as i64;
+    not_after.saturating_sub(before).saturating_sub(spread) - now
+}
+
+/// The wait after the `failures`-th consecutive failure: `base` doubled per
+/// failure, capped at [`MAX_BACKOFF`], then scaled by `jitter` (0.8..1.2).
+pub fn backoff(failures: u32, base: Duration, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let raw = base.saturating_mul(1u32 << exp).min(MAX_BACKOFF);
+    raw.mul_f64(jitter.clamp(0.8, 1.2))
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Orders the first certificate when none is stored, then renews for as
+/// long as the runtime runs. Never returns on failure: logs, backs off,
+/// retries, and keeps serving the current certificate meanwhile.
+pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
+    let acme = config
+        .tls
+        .acme
+        .clone()
+        .expect("config validation sets tls.acme in acme mode");
+    let challenges = Arc::clone(
+        resolver
+            .challenges()
+            .expect("load_resolver builds an ACME resolver with challenges"),
+    );
+    if acme.challenges.contains(&AcmeChallenge::Http01) && config.server.http_listen.is_empty() {
+        tracing::warn!(
+            "acme: http-01 is configured but server.http_listen is empty; \
+             it can only succeed if port 80 reaches another listener of this gate"
+        );
+    }
+    let base = std::env::var(BASE_BACKOFF_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(BASE_BACKOFF);
+    let mut client = Client {
+        store: Store::new(&config.server.state_dir, &acme.directory),
+        acme,
+        challenges,
+        account: None,
+    };
+    let mut issued: Option<Arc<CertifiedKey>> = client.store.load_valid(&client.acme.domains).ok();
+    let mut failures: u32 = 0;
+    loop {
+        if let Some((not_before, not_after)) = issued.as_deref().and_then(validity) {
+            let wait = seconds_until_renewal(
+                now_unix(),
+                not_before,
+                not_after,
+                client.acme.renew_before,
+                rand::random::<f64>(),
+            );
+            if wait > 0 && failures == 0 {
+                tracing::info!(
+                    renew_in = %humantime::format_duration(Duration::from_secs(wait.unsigned_abs())),
+                    "acme: renewal scheduled"
+                );
+                tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+            }
+        }
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, client.obtain()).await;
+        let result = attempt.unwrap_or(Err(AcmeError::Timeout(ATTEMPT_TIMEOUT)));
+        client.challenges.clear();
+        match result {
+            Ok(new) => {
+                resolver.replace(Arc::clone(&new));
+                issued = Some(new);
+                failures = 0;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, base, 0.8 + 0.4 * rand::random::<f64>());
+                let retry_in = humantime::format_duration(Duration::from_millis(
+                    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                ));
+                match issued.as_deref().and_then(validity) {
+                    None => tracing::error!(
+                        error = %e,
+                        failures,
+                        %retry_in,
+                        "acme: no certificate from the CA yet; still serving the temporary one"
+                    ),
+                    Some((_, not_after)) => {
+                        let left = not_after - now_unix();
+                        if left < ERROR_BEFORE_EXPIRY {
+                            tracing::error!(error = %e, failures, %retry_in, expires_in_secs = left,
+                                "acme: renewal failed and the certificate expires soon");
+                        } else {
+                            tracing::warn!(error = %e, failures, %retry_in, expires_in_secs = left,
+                                "acme: renewal failed; still serving the current certificate");
+                        }
+                    }
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One CA directory and what is known about it.
+struct Client {
+    acme: AcmeConfig,
+    store: Store,
+    challenges: Arc<Challenges>,
+    /// The account of earlier attempts; cheap to clone.
+    account: Option<Account>,
+}
+
+impl Client {
+    /// One attempt: each configured challenge type in turn, each with its
+    /// own order (a failed validation invalidates the whole order).
+    async fn obtain(&mut self) -> Result<Arc<CertifiedKey>, AcmeError> {
+        let mut last = None;
+        for kind in self.acme.challenges.clone() {
+            let mut result = self.order_with(kind).await;
+            if result.as_ref().err().is_some_and(AcmeError::account_gone) {
+                tracing::warn!(
+                    "acme: the CA no longer knows the stored account; creating a new one"
+                );
+                self.account = None;
+                self.store.forget_account();
+                result = self.order_with(kind).await;
+            }
+            self.challenges.clear();
+            match result {
+                Ok(key) => return Ok(key),
+                Err(e) => {
+                    tracing::warn!(challenge = %kind, error = %e, "acme: attempt with this challenge failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("config validation requires at least one challenge"))
+    }
+
+    fn builder(&self) -> Result<AccountBuilder, AcmeError> {
+        let Some(path) = &self.acme.ca_bundle else {
+            return Ok(Account::builder()?);
+        };
+        let pem = std::fs::read(path).map_err(|source| AcmeError::CaBundle {
+            path: path.clone(),
+            source,
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &pem[..]).flatten() {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(AcmeError::CaBundleEmpty { path: path.clone() });
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
+        Ok(Account::builder_with_http(Box::new(client)))
+    }
+
+    async fn account(&mut self) -> Result<Account, AcmeError> {
+        if let Some(a) = &self.account {
+            return Ok(a.clone());
+        }
+        let account = match self.store.load_account()? {
+            Some(credentials) => {
+                let account = self.builder()?.from_credentials(credentials).await?;
+                tracing::info!(id = account.id(), "acme: account loaded");
+                account
+            }
+            None => {
+                let contact: Vec<&str> = self.acme.contact.iter().map(String::as_str).collect();
+                let eab = match &self.acme.eab {
+                    Some(e) => Some(ExternalAccountKey::new(
+                        e.key_id.clone(),
+                        &read_hmac_key(&e.hmac_key_file)?,
+                    )),
+                    None => None,
+                };
+                let (account, credentials) = self
+                    .builder()?
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.acme.directory.clone(),
+                        eab.as_ref(),
+                    )
+                    .await?;
+                self.store.save_account(&credentials)?;
+                tracing::info!(id = account.id(), directory = %self.acme.directory, "acme: account created");
+                account
+            }
+        };
+        self.account = Some(account.clone());
+        Ok(account)
+    }
+
+    async fn order_with(&mut self, kind: AcmeChallenge) -> Result<Arc<CertifiedKey>, AcmeError> {
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = self
+            .acme
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        tracing::info!(order = order.url(), challenge = %kind, domains = ?self.acme.domains, "acme: order placed");
+        self.answer_challenges(&mut order, kind).await?;
+
+        let status = order
+            .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(120)))
+            .await?;
+        if status != OrderStatus::Ready {
+            let detail = failure_detail(&mut order).await;
+            return Err(AcmeError::Validation {
+                kind,
+                status,
+                detail,
+            });
+        }
+        tracing::info!(challenge = %kind, "acme: validation succeeded");
+
+        let alg = match self.acme.key_type {
+            AcmeKeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            AcmeKeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = rcgen::KeyPair::generate_for(alg)?;
+        let mut params = rcgen::CertificateParams::new(self.acme.domains.clone())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key)?;
+        order.finalize_csr(csr.der()).await?;
+        let chain = order
+            .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
+            .await?;
+        self.store.save_certificate(&chain, &key.serialize_pem())?;
+        let loaded = files::load(&self.store.cert_path(), &self.store.key_path())?;
+        tracing::info!(
+            serial = %serial_hex(&loaded),
+            cert = %self.store.cert_path().display(),
+            expires_in_secs = validity(&loaded).map_or(0, |(_, na)| na - now_unix()),
+            "acme: certificate issued"
+        );
+        Ok(loaded)
+    }
+
+    /// Publishes an answer for every pending authorization and tells the CA
+    /// to validate it.
+    async fn answer_challenges(
+        &self,
+        order: &mut Order,
+        kind: AcmeChallenge,
+    ) -> Result<(), AcmeError> {
+        let wanted = match kind {
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            let domain = authz.identifier().to_string();
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => return Err(AcmeError::Authorization { domain, status }),
+            }
+            let mut challenge =
+                authz
+                    .challenge(wanted.clone())
+                    .ok_or_else(|| AcmeError::ChallengeNotOffered {
+                        kind,
+                        domain: domain.clone(),
+                    })?;
+            let key_auth = challenge.key_authorization();
+            match kind {
+                AcmeChallenge::Http01 => self
+                    .challenges
+                    .add_http01(&challenge.token, key_auth.as_str()),
+                AcmeChallenge::TlsAlpn01 => self
+                    .challenges
+                    .add_tls_alpn01(&domain, key_auth.digest().as_ref())?,
+            }
+            challenge.set_ready().await?;
+            tracing::info!(%domain, challenge = %kind, "acme: challenge ready");
+        }
+        Ok(())
+    }
+}
+
+/// The CA's reasons for a failed validation, from the challenges' errors.
+async fn failure_detail(order: &mut Order) -> String {
+    let mut details = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        for c in &authz.challenges {
+            if let Some(p) = &c.error {
+                details.push(format!(
+                    "{}: {}",
+                    authz.identifier(),
+                    p.detail.as_deref().unwrap_or("no detail")
+                ));
+            }
+        }
+    }
+    if details.is_empty() {
+        "the CA gave no reason".into()
+    } else {
+        details.join("; ")
+    }
+}
+
+/// EAB HMAC keys are handed out base64url-encoded (RFC 8555 §7.3.4).
+fn read_hmac_key(path: &Path) -> Result<Vec<u8>, AcmeError> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).map_err(|source| AcmeError::EabKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim().trim_end_matches('='))
+        .map_err(|_| AcmeError::EabKeyEncoding {
+            path: path.to_path_buf(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_when_a_third_of_the_lifetime_remains_minus_jitter() {
+        // 90-day certificate issued at 0: due at day 60.
+        let day = 24 * 3600;
+        assert_eq!(seconds_until_renewal(0, 0, 90 * day, None, 0.0), 60 * day);
+        // Up to 5% of the lifetime earlier with full jitter.
+        let early = seconds_until_renewal(0, 0, 90 * day, None, 1.0);
+        assert_eq!(early, 60 * day - 90 * day / 20);
+        // An explicit renew_before wins.
+        assert_eq!(
+            seconds_until_renewal(0, 0, 90 * day, Some(Duration::from_secs(10 * 86400)), 0.0),
+            80 * day
+        );
+        // Already due: negative.
+        assert!(seconds_until_renewal(70 * day, 0, 90 * day, None, 0.0) < 0);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped_at_four_hours() {
+        let base = Duration::from_secs(60);
+        assert_eq!(backoff(1, base, 1.0), Duration::from_secs(60));
+        assert_eq!(backoff(2, base, 1.0), Duration::from_secs(120));
+        assert_eq!(backoff(5, base, 1.0), Duration::from_secs(960));
+        assert_eq!(backoff(40, base, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff(40, base, 1.2), MAX_BACKOFF.mul_f64(1.2));
+        assert_eq!(backoff(1, base, 0.0), Duration::from_secs(48));
+    }
+
+    #[test]
+    fn each_directory_gets_its_own_storage_directory() {
+        let a = Store::new(Path::new("/s"), crate::config::LETSENCRYPT_DIRECTORY);
+        let b = Store::new(
+            Path::new("/s"),
+            crate::config::LETSENCRYPT_STAGING_DIRECTORY,
+        );
+        assert_eq!(
+            a.dir(),
+            Path::new("/s/certs/acme/acme-v02.api.letsencrypt.org_directory")
+        );
+        assert_ne!(a.dir(), b.dir());
+        assert_eq!(
+            directory_slug("https://127.0.0.1:14000/dir/"),
+            "127.0.0.1_14000_dir"
+        );
+    }
+
+    #[test]
+    fn stored_certificate_for_other_domains_is_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path(), "https://ca.test/dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.example.org".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        store
+            .save_certificate(&cert.pem(), &key.serialize_pem())
+            .expect("save");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.key_path())
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        store
+            .load_valid(&["a.example.org".to_owned()])
+            .expect("same names");
+        let e = store
+            .load_valid(&["a.example.org".to_owned(), "b.example.org".to_owned()])
+            .expect_err("more names");
+        assert!(e.contains("b.example.org"), "{e}");
+    }
+}

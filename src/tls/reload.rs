@@ -1,0 +1,106 @@
+//! `tls.mode = "files"`: re-reads the certificate and key on SIGHUP and when
+//! the files change, and swaps the new pair into the resolver.
+//!
+//! Change detection polls modification times and sizes every few seconds
+//! rather than using inotify: it needs no extra crate, works the same on
+//! every file system (NFS, bind mounts, Kubernetes secret symlink swaps),
+//! and a certificate change is not urgent to the second. A change is only
+//! loaded once the files have been stable for one poll interval, so a tool
+//! that writes the certificate and then the key is not caught halfway.
+//!
+//! The "keep the last good one" rule: a pair that fails to load (garbage,
+//! mismatched key, expired) is logged as an error and the current
+//! certificate keeps being served.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{files, fingerprint, serial_hex, CertResolver};
+use crate::config::Config;
+
+/// How often the files' metadata is compared.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What identifies a version of the files: (mtime, size) of each, following
+/// symlinks. `None` where a file is missing.
+type Signature = Vec<Option<(SystemTime, u64)>>;
+
+fn signature(paths: &[&Path]) -> Signature {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        })
+        .collect()
+}
+
+/// Runs until the runtime stops.
+pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
+    let (Some(cert), Some(key)) = (config.tls.cert_file.clone(), config.tls.key_file.clone())
+    else {
+        return;
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+            None
+        }
+    };
+    let mut loaded = signature(&[&cert, &key]);
+    let mut seen = loaded.clone();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "sighup",
+            _ = tick.tick() => {
+                let now = signature(&[&cert, &key]);
+                let stable_and_new = now == seen && now != loaded;
+                seen = now;
+                if !stable_and_new {
+                    continue;
+                }
+                "files changed"
+            }
+        };
+        loaded = signature(&[&cert, &key]);
+        seen = loaded.clone();
+        reload(&resolver, &cert, &key, trigger);
+    }
+}
+
+/// Loads the pair and swaps it in, or logs why not and keeps the current one.
+pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
+    match files::load(cert, key) {
+        Ok(new) => {
+            tracing::info!(
+                trigger,
+                cert = %cert.display(),
+                serial = %serial_hex(&new),
+                sha256_fingerprint = %fingerprint(&new),
+                "reloaded certificate"
+            );
+            resolver.replace(new);
+        }
+        Err(e) => {
+            let current = resolver.current();
+            tracing::error!(
+                trigger,
+                error = %e,
+                serial = %serial_hex(&current),
+                "cannot reload certificate; still serving the current one"
+            );
+        }
+    }
+}
