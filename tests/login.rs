@@ -634,7 +634,7 @@ async fn unknown_user_costs_the_same_time_as_a_wrong_password() {
     let client = bare_client(&gate);
     let mut unknown = Vec::new();
     let mut wrong = Vec::new();
-    // Alternated so that machine load hits both alike; medians of seven.
+    // Alternated so that machine load hits both alike.
     for _ in 0..7 {
         for (user, times) in [("nobody-here", &mut unknown), (TEST_USER, &mut wrong)] {
             let started = std::time::Instant::now();
@@ -650,15 +650,15 @@ async fn unknown_user_costs_the_same_time_as_a_wrong_password() {
             assert!(body.contains("Wrong user name or password"), "{body}");
         }
     }
-    unknown.sort();
-    wrong.sort();
-    let (u, w) = (unknown[3].as_secs_f64(), wrong[3].as_secs_f64());
+    // The minimum is the intrinsic cost: load from tests running alongside
+    // (and the low priority hashing runs at) only ever adds time.
+    let u = unknown.iter().min().expect("samples").as_secs_f64();
+    let w = wrong.iter().min().expect("samples").as_secs_f64();
     // Without a reference hash an unknown user answers in about a
     // millisecond; with a differently priced one (the bug this caught: a
     // 600k-round dummy against 100k-round user hashes) about 10x apart.
-    // Within 3x either way leaves room for a loaded 2-core machine.
     assert!(
         u > w / 3.0 && u < w * 3.0,
-        "median unknown user {u:.3}s vs wrong password {w:.3}s"
+        "fastest unknown user {u:.3}s vs fastest wrong password {w:.3}s"
     );
 }

@@ -139,6 +139,23 @@ async fn sigint_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_a_self_signed_gate() {
+    let up = TestUpstream::start().await;
+    let mut gate = Nbgate::builder().upstream(&up.url()).start().await;
+    gate.signal(libc::SIGHUP);
+    gate.wait_for_log("SIGHUP: nothing to reload", Duration::from_secs(10))
+        .await;
+    assert!(gate.is_running());
+    let r = gate
+        .client()
+        .get(gate.url("/after-hup"))
+        .send()
+        .await
+        .expect("request after SIGHUP");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_longer_than_the_grace_is_cut_off() {
     let upstream = TestUpstream::start().await;
     let mut gate = Nbgate::builder()

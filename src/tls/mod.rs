@@ -204,6 +204,22 @@ pub fn load_resolver(config: &Config) -> Result<Arc<CertResolver>, TlsError> {
 /// the first request. Tasks run until the runtime stops.
 pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
     match config.tls.mode {
+        TlsMode::SelfSigned | TlsMode::Acme => {
+            // SIGHUP's default action is to terminate: `systemctl reload`
+            // (or a stray `kill -HUP`) must not take the gate down in the
+            // modes that have nothing to re-read.
+            // Registered here, before the listeners serve, not in the task:
+            // a SIGHUP right after start must already be caught.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(ignore_hangup(hup, config.tls.mode));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+            }
+        }
+        TlsMode::Files => {}
+    }
+    match config.tls.mode {
         TlsMode::SelfSigned => {}
         TlsMode::Files => {
             tokio::spawn(reload::run(Arc::clone(config), Arc::clone(resolver)));
@@ -211,6 +227,12 @@ pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
         TlsMode::Acme => {
             tokio::spawn(acme::run(Arc::clone(config), Arc::clone(resolver)));
         }
+    }
+}
+
+async fn ignore_hangup(mut hup: tokio::signal::unix::Signal, mode: TlsMode) {
+    while hup.recv().await.is_some() {
+        tracing::info!(?mode, "SIGHUP: nothing to reload in this tls.mode");
     }
 }
 
