@@ -100,7 +100,10 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
     }
     let auth = Arc::new(auth);
     let config = Arc::new(config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Single-threaded: `server::run` starts one more single-threaded runtime
+    // per further core and this thread serves as the first (see
+    // `server::spawn_worker` for why not a multi-threaded runtime).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

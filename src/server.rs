@@ -7,6 +7,10 @@
 //! The number of open connections is capped by a semaphore taken *before*
 //! `accept`, so at the cap new clients wait in the kernel backlog instead of
 //! costing memory here.
+//!
+//! Connections are served by one single-threaded runtime per core, each
+//! accepting on the same sockets, so a connection and its upstream
+//! connections never change threads (`spawn_worker` says why).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,6 +114,9 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
     let graceful = Arc::new(GracefulShutdown::new());
     let stop = CancellationToken::new();
+    // Worker runtimes keep running their connections until the drain below
+    // is over; this stops them.
+    let finished = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let tls = listeners
@@ -117,6 +124,7 @@ pub async fn run(
         .into_iter()
         .map(|l| (l, Some(acceptor.clone())));
     let plain = listeners.http.into_iter().map(|l| (l, None));
+    let mut sockets = Vec::new();
     for (listener, tls_acceptor) in tls.chain(plain) {
         log_listening(
             &listener,
@@ -133,8 +141,39 @@ pub async fn run(
             https_port,
             acme_challenges: acme_challenges.clone(),
         };
-        tracker.spawn(accept_loop(
-            listener,
+        match listener.into_std() {
+            Ok(std) => sockets.push((std, ctx)),
+            Err(e) => tracing::error!(error = %e, "cannot take over a listening socket"),
+        }
+    }
+    // One accept loop per socket per worker: the extra workers accept on
+    // duplicates of the same sockets (`try_clone`), so the kernel hands each
+    // new connection to whichever worker is free to accept it.
+    let extra = worker_count().saturating_sub(1);
+    let mut workers = Vec::new();
+    for i in 0..extra {
+        let mut loops = Vec::new();
+        for (std, ctx) in &sockets {
+            match std.try_clone() {
+                Ok(dup) => loops.push(tracker.track_future(accept_on(
+                    dup,
+                    ctx.clone(),
+                    Arc::clone(&limit),
+                    Arc::clone(&graceful),
+                    stop.clone(),
+                ))),
+                Err(e) => tracing::warn!(error = %e, "cannot share a listening socket"),
+            }
+        }
+        match spawn_worker(i + 1, loops, finished.clone()) {
+            Ok(handle) => workers.push(handle),
+            // Fewer workers, still serving: the calling runtime accepts too.
+            Err(e) => tracing::warn!(error = %e, "cannot start a worker thread"),
+        }
+    }
+    for (std, ctx) in sockets {
+        tracker.spawn(accept_on(
+            std,
             ctx,
             Arc::clone(&limit),
             Arc::clone(&graceful),
@@ -166,9 +205,22 @@ pub async fn run(
     if tunnels > 0 {
         tracing::info!(tunnels, "closing websocket tunnels");
     }
+    // Accept loops have ended; a worker thread may still be dropping the
+    // last one's state for a moment.
+    let mut graceful = graceful;
+    for _ in 0..100 {
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                graceful = Arc::new(g);
+                break;
+            }
+            Err(arc) => graceful = arc,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|arc| {
-        // Accept loops have ended, so no other owner remains; fall back to a
-        // fresh handle rather than panic if that ever changes.
+        // No other owner should remain; fall back to a fresh handle rather
+        // than panic if that ever changes.
         drop(arc);
         GracefulShutdown::new()
     });
@@ -181,6 +233,54 @@ pub async fn run(
     while gateway.tunnels.count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    finished.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
+}
+
+/// How many threads serve connections: `TOKIO_WORKER_THREADS` when set (the
+/// variable tokio's multi-threaded runtime reads, so existing deployments
+/// keep their setting), else one per available core.
+fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// Starts a thread with its own single-threaded runtime that runs `loops`
+/// and every connection they accept, until `finished` is cancelled.
+///
+/// Why not one multi-threaded runtime: its work stealing moves a
+/// connection's task and the task of its pooled upstream connection between
+/// threads, so each forwarded request paid for cross-thread wake-ups (half
+/// of all CPU time in the profile of issue 6). Here a connection, its HTTP/2
+/// streams, its WebSocket tunnel and its upstream connections (a pool per
+/// thread, `proxy::upstream`) all stay on the thread that accepted it.
+fn spawn_worker(
+    index: usize,
+    loops: Vec<impl Future<Output = ()> + Send + 'static>,
+    finished: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("nbgate-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                for l in loops {
+                    tokio::spawn(l);
+                }
+                finished.cancelled().await;
+            });
+        })
 }
 
 fn log_listening(listener: &TcpListener, scheme: &str) {
@@ -209,6 +309,21 @@ impl ConnCtx {
     /// to HTTPS (where the allowlist applies), never Jupyter.
     fn exempt_from_allowlist(&self) -> bool {
         self.acceptor.is_none() && self.acme_challenges.is_some()
+    }
+}
+
+/// `accept_loop` on a socket taken out of (or duplicated from) another
+/// runtime, registered with the runtime this runs on.
+async fn accept_on(
+    listener: std::net::TcpListener,
+    ctx: ConnCtx,
+    limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => accept_loop(l, ctx, limit, graceful, stop).await,
+        Err(e) => tracing::error!(error = %e, "cannot register a listening socket"),
     }
 }
 

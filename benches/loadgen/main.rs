@@ -300,8 +300,8 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                 .collect()
         } else {
             // The pre-fix build only where the fixes touch the path
-            // (tunnels, logins), to keep a full run near 15 minutes.
-            let before_here = matches!(measure, "ws_rtt" | "ws_throughput" | "idle");
+            // (request forwarding, tunnels, logins), to keep a full run short.
+            let before_here = matches!(measure, "h1" | "h2" | "ws_rtt" | "ws_throughput" | "idle");
             opts.contenders
                 .iter()
                 .copied()

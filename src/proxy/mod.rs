@@ -394,7 +394,7 @@ impl Gateway {
         let up_req = Request::from_parts(parts, body.boxed_unsync());
         let resp = self
             .upstream
-            .client
+            .client()
             .request(up_req)
             .await
             .map_err(ProxyError::UpstreamUnreachable)?;

@@ -3,6 +3,15 @@
 //!
 //! Owns how bytes reach the upstream; it does not decide what is sent
 //! (that is `headers` and the router).
+//!
+//! Each thread that forwards requests gets its own pool. The server runs one
+//! single-threaded runtime per core (`server::run`), and hyper's pooled client
+//! drives every upstream connection as a task fed through channels: with one
+//! shared pool a request on one thread would often check out a connection
+//! whose task lives on the other, and every request then costs cross-thread
+//! wake-ups (the largest item in the profile of issue 6). With a pool per
+//! thread, a request and its upstream connection stay on one thread, as in
+//! an nginx worker.
 
 use std::future::Future;
 use std::io;
@@ -18,6 +27,7 @@ use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -155,10 +165,19 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 }
 
-/// The pooled client and what requests need to know about the upstream.
+/// The pooled HTTP/1.1 client to Jupyter.
+pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
+
+/// The pooled clients (one per thread) and what requests need to know about
+/// the upstream.
 #[derive(Clone)]
 pub struct Upstream {
-    pub client: Client<UpstreamConnector, UpstreamBody>,
+    /// One pool per thread (see the module doc); `pool_max_idle` and
+    /// `pool_idle_timeout` apply to each. Dropped with the `Upstream`, so a
+    /// pool never outlives the gateway that made it.
+    clients: Arc<ThreadLocal<UpstreamClient>>,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
     pub connector: UpstreamConnector,
     /// `Host` value Jupyter expects: its own `host:port`, or `localhost`
     /// for a Unix socket (Jupyter's `check_host` accepts it).
@@ -171,14 +190,6 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Self {
         let connector = UpstreamConnector::new(&cfg.url, cfg.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // Jupyter speaks HTTP/1.1; keep its header case as sent.
-            .http1_preserve_header_case(false)
-            .build(connector.clone());
         let (authority, self_origins) = match &cfg.url {
             UpstreamAddr::Tcp { authority } => {
                 let port = authority.rsplit(':').next().unwrap_or("80");
@@ -196,12 +207,30 @@ impl Upstream {
             }
         };
         Upstream {
-            client,
+            clients: Arc::new(ThreadLocal::new()),
+            pool_idle_timeout: cfg.pool_idle_timeout,
+            pool_max_idle: cfg.pool_max_idle,
             connector,
             authority,
             self_origins,
             connect_timeout: cfg.connect_timeout,
         }
+    }
+
+    /// This thread's pooled client, created on first use. Its connection
+    /// tasks are spawned on the runtime of the request that opened them,
+    /// which on a per-core runtime is this thread's.
+    pub fn client(&self) -> &UpstreamClient {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(self.pool_idle_timeout)
+                .pool_max_idle_per_host(self.pool_max_idle)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                // Jupyter speaks HTTP/1.1; keep its header case as sent.
+                .http1_preserve_header_case(false)
+                .build(self.connector.clone())
+        })
     }
 
     /// The absolute URI the pooled client needs for a request path.
