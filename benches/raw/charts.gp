@@ -6,11 +6,11 @@ set key top right
 set grid ytics
 set yrange [0:*]
 set datafile separator whitespace
-set output "throughput.png"
+set output "benches/throughput.png"
 set title "Requests per second, 1 KiB response (higher is better)"
 set ylabel "req/s"
-plot "raw/throughput.dat" using 2:xtic(1) title "HTTP/1.1 (wrk, 50 conns)", "" using 3 title "HTTP/2 (4 conns x 16 streams)"
-set output "latency.png"
+plot "benches/raw/throughput.dat" using 2:xtic(1) title "HTTP/1.1 (wrk, 50 conns)", "" using 3 title "HTTP/2 (4 conns x 16 streams)"
+set output "benches/latency.png"
 set title "Latency, 1 KiB response (lower is better)"
 set ylabel "ms"
-plot "raw/latency.dat" using 2:xtic(1) title "HTTP/1.1 p50", "" using 3 title "HTTP/1.1 p99", "" using 4 title "HTTP/2 p50", "" using 5 title "HTTP/2 p99"
+plot "benches/raw/latency.dat" using 2:xtic(1) title "HTTP/1.1 p50", "" using 3 title "HTTP/1.1 p99", "" using 4 title "HTTP/2 p50", "" using 5 title "HTTP/2 p99"
