@@ -385,6 +385,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, watcher: Watcher) {
     let _ = tcp.set_nodelay(true);
     let handshake_timeout = ctx.config.server.tls_handshake_timeout;
+    // One budget for PROXY header, sniffing and TLS handshake together: a
+    // slow peer cannot hold a connection for a multiple of the timeout.
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
     let guard = Arc::clone(&ctx.gateway.guard);
     let peer_ip = client_ip(peer);
     let client = if guard.proxy_protocol {
@@ -425,7 +428,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         return;
     };
     let mut first = [0u8; 1];
-    let sniff = tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await;
+    let sniff = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
     match sniff {
         Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
             // Someone typed http://host:port: answer with a redirect rather
@@ -436,7 +439,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         Ok(Ok(1)) => {}
         _ => return,
     }
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "tls handshake failed");

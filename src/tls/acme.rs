@@ -30,7 +30,6 @@ use instant_acme::{
     Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType,
     ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::challenge::Challenges;
@@ -306,15 +305,7 @@ fn temporary_certificate(domains: &[String]) -> Result<Arc<CertifiedKey>, TlsErr
         rcgen::DnType::CommonName,
         "nbgate temporary (ACME order pending)",
     );
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .expect("rcgen generates ECDSA P-256 keys that ring signs with");
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        signer,
-    )))
+    Ok(super::self_signed_key(params)?)
 }
 
 /// Seconds from now until renewal is due for a certificate valid from

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 /// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737 §6.2).
@@ -138,15 +137,7 @@ fn validation_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKe
     params
         .custom_extensions
         .push(rcgen::CustomExtension::new_acme_identifier(digest));
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .expect("rcgen generates ECDSA P-256 keys that ring signs with");
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        signer,
-    )))
+    super::self_signed_key(params)
 }
 
 #[cfg(test)]

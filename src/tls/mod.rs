@@ -236,6 +236,23 @@ async fn ignore_hangup(mut hup: tokio::signal::unix::Signal, mode: TlsMode) {
     }
 }
 
+/// Signs `params` with a fresh ECDSA P-256 key into a certificate the
+/// resolver can serve (the ACME temporary and validation certificates).
+pub(crate) fn self_signed_key(
+    params: rcgen::CertificateParams,
+) -> Result<Arc<CertifiedKey>, rcgen::Error> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .expect("rcgen generates ECDSA P-256 keys that ring signs with");
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        signer,
+    )))
+}
+
 /// The leaf certificate's serial number as lowercase hex, for logs: it is
 /// what a user compares against a browser's certificate viewer.
 pub fn serial_hex(key: &CertifiedKey) -> String {
