@@ -97,6 +97,7 @@ struct RawLockout {
     duration: Option<String>,
     address_max: Option<String>,
     user_max: Option<String>,
+    refusal_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +257,10 @@ pub struct LockoutConfig {
     /// elsewhere can keep the owner out.
     #[serde(serialize_with = "ser_duration")]
     pub user_max: Duration,
+    /// How long a refused login or token attempt (locked out, or too many
+    /// verifications in flight) waits for its answer. See `Guard::hold_refusal`.
+    #[serde(serialize_with = "ser_duration")]
+    pub refusal_delay: Duration,
 }
 
 /// Where users and passwords come from, and how long a login lasts.
@@ -1089,6 +1094,21 @@ fn policy_config(
             l.user_max,
             Duration::from_secs(300),
         )?,
+        refusal_delay: match l.refusal_delay {
+            Some(t) => match parse_duration(&t) {
+                // 0s switches the delay off; more than 10s only makes
+                // legitimate users wait without slowing a guesser further.
+                Ok(d) if d > Duration::from_secs(10) => {
+                    return Err(invalid(
+                        "policy.lockout.refusal_delay",
+                        "must be at most 10s".into(),
+                    ))
+                }
+                Ok(d) => d,
+                Err(m) => return Err(invalid("policy.lockout.refusal_delay", m)),
+            },
+            None => Duration::from_secs(1),
+        },
     };
     if lockout.duration > lockout.address_max || lockout.duration > lockout.user_max {
         return Err(invalid(
@@ -1436,6 +1456,14 @@ mod tests {
         assert!(load_str("[policy.lockout]\nunknown = 1\n").is_err());
         // Bounded: Instant + duration must never overflow.
         assert!(load_str("[policy.lockout]\naddress_max = \"1000000000years\"\n").is_err());
+        assert_eq!(c.policy.lockout.refusal_delay, Duration::from_secs(1));
+        let off = load_str("[policy.lockout]\nrefusal_delay = \"0s\"\n").expect("0s");
+        assert!(off.policy.lockout.refusal_delay.is_zero());
+        let e = load_str("[policy.lockout]\nrefusal_delay = \"1m\"\n").expect_err("too long");
+        assert!(
+            e.to_string().contains("policy.lockout.refusal_delay"),
+            "{e}"
+        );
         let e = load_str("[policy]\nforwarded_header = \"x-real-ip\"\n").expect_err("header");
         assert!(e.to_string().contains("policy.forwarded_header"), "{e}");
         assert_eq!(

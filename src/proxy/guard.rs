@@ -42,6 +42,7 @@ pub struct Guard {
     conns: Arc<ConnCounts>,
     refusal_lines: DefaultDirectRateLimiter,
     refusals_suppressed: AtomicU64,
+    refusal_delay: Duration,
 }
 
 fn ip_set(nets: &[IpNet]) -> IpSet {
@@ -98,6 +99,24 @@ impl Guard {
                     .allow_burst(non_zero(REFUSAL_LINES_PER_SECOND * 4)),
             ),
             refusals_suppressed: AtomicU64::new(0),
+            refusal_delay: l.refusal_delay,
+        }
+    }
+
+    /// Holds a refused login or token attempt (locked out, or every
+    /// verification slot taken) before it is answered.
+    ///
+    /// Why: a refusal costs no hashing, so a guesser that sends its next
+    /// attempt as soon as the last is answered would otherwise get tens of
+    /// thousands of answers per second per core, each a page, an audit line
+    /// and CPU taken from logged-in users. Held on a timer, a connection
+    /// gets at most one refused answer per `refusal_delay`; waiting costs
+    /// the server a timer entry, and the number of waiting connections is
+    /// bounded by the per-client and overall connection caps. The delay is
+    /// at most `Retry-After`, so a legitimate client loses nothing.
+    pub async fn hold_refusal(&self) {
+        if !self.refusal_delay.is_zero() {
+            tokio::time::sleep(self.refusal_delay).await;
         }
     }
 

@@ -260,6 +260,7 @@ impl Gateway {
             if let Err(locked) = self.guard.lockout.check(client, None, now) {
                 let secs = guard::locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
+                self.guard.hold_refusal().await;
                 return Err(error_response(
                     req.headers(),
                     StatusCode::TOO_MANY_REQUESTS,
@@ -292,13 +293,17 @@ impl Gateway {
                         None,
                     ))
                 }
-                Check::Busy => Err(error_response(
-                    req.headers(),
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "busy",
-                    "Too many authentication attempts; retry shortly.",
-                    Some(1),
-                )),
+                Check::Busy => {
+                    tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
+                    self.guard.hold_refusal().await;
+                    Err(error_response(
+                        req.headers(),
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "busy",
+                        "Too many authentication attempts; retry shortly.",
+                        Some(1),
+                    ))
+                }
             };
         }
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)

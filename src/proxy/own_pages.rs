@@ -208,6 +208,7 @@ impl Pages<'_> {
         if let Err(locked) = self.guard.lockout.check(client, Some(user), Instant::now()) {
             let secs = locked_secs(&locked);
             tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
+            self.guard.hold_refusal().await;
             return self.locked_page(&headers, &next, user_shown, secs);
         }
         match self.auth.check_password(user, field("password")).await {
@@ -247,6 +248,7 @@ impl Pages<'_> {
             }
             Check::Busy => {
                 tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
+                self.guard.hold_refusal().await;
                 let mut r = self.login_page(
                     &headers,
                     &next,
