@@ -11,6 +11,13 @@ use clap::Parser;
 use nbgate::cli::{Cli, Command};
 use nbgate::config::{Config, LogFormat, Overrides};
 
+/// mimalloc instead of glibc malloc: a proxied request allocates and frees
+/// dozens of small buffers across threads' lifetimes, and glibc's
+/// `_int_malloc`/`malloc_consolidate` were ~8% of nbgate's CPU per request
+/// in the issue-6 profile (benches/REPORT.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 
@@ -515,7 +515,19 @@ where
     let target = target_for(&c, env, backend, tls).await?;
     // Held here too: a job that does not use its handle drops it at once.
     let keep = Arc::clone(&c);
-    let r = job(target, c).await;
+    let cpu_before = keep.proc.as_ref().map(|p| p.cpu_secs());
+    let started = Instant::now();
+    let mut r = job(target, c).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // CPU per request: the proxy's own cost, steadier than req/s when the
+    // load generator and the servers share two cores.
+    if let (Ok(figs), Some(before), Some(p)) = (&mut r, cpu_before, keep.proc.as_ref()) {
+        let rps = figs.iter().find(|(k, _)| *k == "rps").map(|(_, v)| *v);
+        if let Some(rps) = rps.filter(|r| *r > 0.0) {
+            let cpu = p.cpu_secs() - before;
+            figs.push(("cpu_us_per_req", cpu * 1e6 / (rps * elapsed)));
+        }
+    }
     drop(keep);
     r
 }

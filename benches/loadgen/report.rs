@@ -30,6 +30,7 @@ const SPECS: &[Spec] = &[
             ("p50_ms", "p50 ms", false, false),
             ("p99_ms", "p99 ms", false, true),
             ("p999_ms", "p99.9 ms", false, false),
+            ("cpu_us_per_req", "CPU µs/req", false, true),
         ],
     },
     Spec {
@@ -41,6 +42,7 @@ const SPECS: &[Spec] = &[
             ("p50_ms", "p50 ms", false, false),
             ("p99_ms", "p99 ms", false, true),
             ("p999_ms", "p99.9 ms", false, false),
+            ("cpu_us_per_req", "CPU µs/req", false, true),
         ],
     },
     Spec {

@@ -32,7 +32,8 @@ pub fn empty() -> ProxyBody {
 pub struct AccessRecord {
     pub client: IpAddr,
     pub method: http::Method,
-    pub path: String,
+    /// The request target; only its path is logged.
+    pub uri: http::Uri,
     pub status: u16,
     pub version: http::Version,
     pub start: Instant,
@@ -76,7 +77,7 @@ fn emit(r: &AccessRecord, bytes: u64, failed: bool) {
         target: "nbgate::access",
         client = %r.client,
         method = %r.method,
-        path = %r.path,
+        path = r.uri.path(),
         status = r.status,
         bytes,
         duration_ms = r.start.elapsed().as_millis() as u64,

@@ -12,33 +12,52 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and
 /// `Proxy-Connection`): they describe one connection and must not be
 /// forwarded to the next.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+///
+/// Names are constants, not `&str`: a `&str` name is parsed and validated on
+/// every lookup, which the profile showed at ~3% of a proxied request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Forwarding headers a client may have sent: replaced by nbgate's own.
+const CLIENT_FORWARDING: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names (RFC 9110 §7.6.1: a sender may list any field there to make
 /// it hop-by-hop, e.g. to smuggle a header past the proxy's own rules).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -74,23 +93,18 @@ fn forwarded_node(ip: IpAddr) -> String {
 /// `Forwarded` from what nbgate itself knows. Client-sent copies are
 /// removed first: a client must not be able to claim another address.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, public_host: &str) {
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-real-ip",
-        "forwarded",
-    ] {
+    for name in &CLIENT_FORWARDING {
         headers.remove(name);
     }
     let host_ok = HeaderValue::from_str(public_host).ok();
-    headers.insert("x-forwarded-for", value(&client.to_string()));
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_FOR, value(&client.to_string()));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     let mut fwd = format!("for={};proto=https", forwarded_node(client));
     if let Some(h) = host_ok {
-        headers.insert("x-forwarded-host", h);
-        fwd.push_str(&format!(";host=\"{public_host}\""));
+        headers.insert(X_FORWARDED_HOST, h);
+        fwd.push_str(";host=\"");
+        fwd.push_str(public_host);
+        fwd.push('"');
     }
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(header::FORWARDED, v);
@@ -171,6 +185,9 @@ pub fn present_to_upstream(headers: &mut HeaderMap, upstream_authority: &str, pu
         HeaderValue::from_str(upstream_authority)
             .expect("upstream authority was validated at config load"),
     );
+    if !headers.contains_key(header::ORIGIN) && !headers.contains_key(header::REFERER) {
+        return;
+    }
     let public = public_origin(public_host);
     let upstream = format!("http://{upstream_authority}");
     if headers.contains_key(header::ORIGIN) {

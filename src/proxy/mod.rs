@@ -110,8 +110,9 @@ impl Gateway {
         let client = named.unwrap_or(conn.client);
         let method = req.method().clone();
         let version = req.version();
-        // The query is left out of the log: it may carry tokens.
-        let path = req.uri().path().to_owned();
+        // Only the path is logged (the query may carry tokens). A clone of
+        // the parsed URI shares its bytes: no copy per request.
+        let uri = req.uri().clone();
         let prefs = ErrorPrefs::of(req.headers());
 
         let mut resp = match self.route(req, conn, client, named.is_some()).await {
@@ -121,11 +122,11 @@ impl Gateway {
                     ProxyError::UpstreamUnreachable(_)
                     | ProxyError::UpstreamConnect(_)
                     | ProxyError::UpstreamProtocol(_) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), %path, "upstream failed")
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = uri.path(), "upstream failed")
                     }
-                    _ => tracing::debug!(error = %e, %client, %path, "request refused"),
+                    _ => tracing::debug!(error = %e, %client, path = uri.path(), "request refused"),
                 }
-                e.into_response(&prefs.0)
+                e.into_response(&prefs.headers())
             }
         };
         self.response_filter(&mut resp);
@@ -136,7 +137,7 @@ impl Gateway {
         let record = AccessRecord {
             client,
             method,
-            path,
+            uri,
             status: resp.status().as_u16(),
             version,
             start,
@@ -630,17 +631,30 @@ fn strip_own_cookies(h: &mut HeaderMap) {
 
 /// Request headers kept for rendering an error after the request has been
 /// consumed: only what decides HTML vs JSON and the language.
-struct ErrorPrefs(HeaderMap);
+/// Values, not a map: kept on every request, a map is needed only for an
+/// error (cloning a parsed header value only counts a reference).
+struct ErrorPrefs {
+    accept: Option<HeaderValue>,
+    language: Option<HeaderValue>,
+}
 
 impl ErrorPrefs {
     fn of(h: &HeaderMap) -> Self {
-        let mut m = HeaderMap::new();
-        for name in [header::ACCEPT, header::ACCEPT_LANGUAGE] {
-            if let Some(v) = h.get(&name) {
-                m.insert(name, v.clone());
-            }
+        ErrorPrefs {
+            accept: h.get(header::ACCEPT).cloned(),
+            language: h.get(header::ACCEPT_LANGUAGE).cloned(),
         }
-        ErrorPrefs(m)
+    }
+
+    fn headers(self) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        if let Some(v) = self.accept {
+            m.insert(header::ACCEPT, v);
+        }
+        if let Some(v) = self.language {
+            m.insert(header::ACCEPT_LANGUAGE, v);
+        }
+        m
     }
 }
 
