@@ -391,8 +391,82 @@ async fn renewal_swaps_the_certificate_while_an_open_connection_keeps_working() 
     let new = served_serial(gate.https_addr(), DOMAIN, &roots).await;
     assert_ne!(new, old, "a new connection sees the renewed certificate");
     assert!(gate.log_contains(&new), "the log names the new serial");
+    // Pebble 2.4 offers no renewal window (ARI): the lifetime rule decided.
+    assert!(
+        gate.log_text()
+            .lines()
+            .any(|l| l.contains("acme: renewal scheduled") && l.contains("basis=\"lifetime\"")),
+        "{}",
+        gate.log_text()
+    );
     // The old connection is untouched.
     assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
+}
+
+/// ARI (RFC 9773): where the directory offers renewal windows, the window decides, not the
+/// lifetime. Pebble 2.4 has no ARI endpoint, so `AriMock` (tests/common/ari.rs, a mock of that
+/// one endpoint) serves Pebble's real directory with `renewalInfo` added; accounts, orders,
+/// validation and certificates are the real Pebble's.
+#[tokio::test]
+async fn a_started_ari_window_renews_a_certificate_years_before_a_third_of_its_lifetime() {
+    // Pebble's default validity is about five years: the lifetime rule would wait ~3 years.
+    let pebble = Pebble::start(PebbleOptions {
+        validity_secs: None,
+    })
+    .await;
+    let ari = common::ari::AriMock::start(&pebble).await;
+    let upstream = TestUpstream::start().await;
+    let gate = acme_gate(&pebble, &upstream, false)
+        .set("tls.acme.directory", ari.directory_url())
+        .start()
+        .await;
+    // The first certificate's window has started: a second order follows at once.
+    common::poll_until(
+        ISSUE_TIMEOUT * 2,
+        "a renewal the CA's window asked for",
+        || async {
+            (gate.log_text().matches("acme: certificate issued").count() >= 2).then_some(())
+        },
+    )
+    .await;
+    // The renewed certificate is asked about too; its window is 30 days ahead, so the
+    // next renewal is scheduled inside it.
+    let scheduled = tokio::time::timeout(ISSUE_TIMEOUT, async {
+        loop {
+            let found = gate.log_text().lines().any(|l| {
+                l.contains("acme: renewal scheduled")
+                    && l.contains("basis=\"ari\"")
+                    // 30 to 31 days; humantime calls 30.44 days a month.
+                    && (l.contains("renew_in=30days") || l.contains("renew_in=1month"))
+            });
+            if found {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        scheduled.is_ok(),
+        "the next renewal must be scheduled by ARI, 30 days ahead; asked {:?}\n{}",
+        ari.asked(),
+        gate.log_text()
+    );
+    let asked = ari.asked();
+    assert!(asked.len() >= 2, "{asked:?}");
+    assert_ne!(
+        asked.first(),
+        asked.last(),
+        "each certificate is asked about by its own identifier: {asked:?}"
+    );
+    let root = pebble.issuing_root().await;
+    let (status, _) = get(&gate, &[root], "/api/echo").await;
+    assert_eq!(status, 200, "the renewed certificate is served and trusted");
+    assert_eq!(
+        gate.log_text().matches("acme: certificate issued").count(),
+        2,
+        "no renewal beyond what the windows asked for"
+    );
 }
 
 #[tokio::test]

@@ -18,17 +18,25 @@
 //! before the chain: a crash in between leaves a pair that fails to load,
 //! which only means a new order on the next start.
 //!
+//! When renewal is due: inside the window the CA suggests through ACME
+//! Renewal Information (ARI, RFC 9773) where its directory offers it (Let's
+//! Encrypt does; it moves the window earlier for certificates it will
+//! revoke), otherwise when a third of the lifetime remains; `renew_before`
+//! overrides both.
+//!
 //! Not here: OCSP stapling (Let's Encrypt ended OCSP in 2025, and short-lived
-//! certificates replace it), DNS-01 (needs a DNS provider API), ARI (the
-//! renewal window is a third of the lifetime instead).
+//! certificates replace it), DNS-01 (needs a DNS provider API), and the
+//! order's `replaces` field of ARI (optional; a CA that rejects it would
+//! turn every renewal into a failure).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType,
-    ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, CertificateIdentifier,
+    ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus,
+    RetryPolicy,
 };
 use rustls::sign::CertifiedKey;
 
@@ -327,6 +335,24 @@ pub fn seconds_until_renewal(
     not_after.saturating_sub(before).saturating_sub(spread) - now
 }
 
+/// When to renew inside an ARI window `[start, end]` (Unix seconds): a
+/// uniformly random moment of what is left of it (RFC 9773 §4.2), so that
+/// a CA's many clients spread out; `now` when the window has passed.
+pub fn ari_renewal_time(now: i64, start: i64, end: i64, random: f64) -> i64 {
+    let from = start.max(now);
+    if end <= from {
+        return now;
+    }
+    from + ((end - from) as f64 * random.clamp(0.0, 1.0)) as i64
+}
+
+/// How long to wait before asking the CA for the renewal window again:
+/// its `Retry-After`, kept between a minute and six hours (RFC 9773 §4.3
+/// asks clients to check at least daily and to honour `Retry-After`).
+fn ari_recheck(retry_after: Duration) -> Duration {
+    retry_after.clamp(Duration::from_secs(60), Duration::from_secs(6 * 3600))
+}
+
 /// The wait after the `failures`-th consecutive failure: `base` doubled per
 /// failure, capped at [`MAX_BACKOFF`], then scaled by `jitter` (0.8..1.2).
 pub fn backoff(failures: u32, base: Duration, jitter: f64) -> Duration {
@@ -368,24 +394,51 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
         acme,
         challenges,
         account: None,
+        ari_choice: None,
     };
     let mut issued: Option<Arc<CertifiedKey>> = client.store.load_valid(&client.acme.domains).ok();
     let mut failures: u32 = 0;
     loop {
-        if let Some((not_before, not_after)) = issued.as_deref().and_then(validity) {
-            let wait = seconds_until_renewal(
-                now_unix(),
-                not_before,
-                not_after,
-                client.acme.renew_before,
-                rand::random::<f64>(),
-            );
-            if wait > 0 && failures == 0 {
+        // A certificate whose validity cannot be read is renewed at once.
+        let current = issued
+            .clone()
+            .and_then(|c| validity(&c).map(|v| (c, v)))
+            .filter(|_| failures == 0);
+        if let Some((cert, (not_before, not_after))) = current {
+            let ari = match client.acme.renew_before {
+                None => client.renewal_window(&cert).await,
+                Some(_) => None,
+            };
+            let (wait, basis, recheck) = match ari {
+                Some((at, recheck)) => (at - now_unix(), "ari", Some(recheck)),
+                None => (
+                    seconds_until_renewal(
+                        now_unix(),
+                        not_before,
+                        not_after,
+                        client.acme.renew_before,
+                        rand::random::<f64>(),
+                    ),
+                    "lifetime",
+                    None,
+                ),
+            };
+            if wait > 0 {
+                let wait = Duration::from_secs(wait.unsigned_abs());
                 tracing::info!(
-                    renew_in = %humantime::format_duration(Duration::from_secs(wait.unsigned_abs())),
+                    renew_in = %humantime::format_duration(wait),
+                    basis,
                     "acme: renewal scheduled"
                 );
-                tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+                match recheck {
+                    // The CA may move its window (a revocation ahead): ask
+                    // again when it said to, then decide anew.
+                    Some(recheck) if recheck < wait => {
+                        tokio::time::sleep(recheck).await;
+                        continue;
+                    }
+                    _ => tokio::time::sleep(wait).await,
+                }
             }
         }
         let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, client.obtain()).await;
@@ -434,9 +487,51 @@ struct Client {
     challenges: Arc<Challenges>,
     /// The account of earlier attempts; cheap to clone.
     account: Option<Account>,
+    /// The last ARI window (start, end) and the renewal time drawn in it.
+    ari_choice: Option<(i64, i64, i64)>,
 }
 
 impl Client {
+    /// Where the CA offers ARI: when to renew `cert` (Unix seconds) and when
+    /// to ask again. `None` when it does not, or cannot be reached: the
+    /// lifetime rule then applies (a CA outage never stops renewals).
+    async fn renewal_window(&mut self, cert: &CertifiedKey) -> Option<(i64, Duration)> {
+        let leaf = cert.cert.first()?;
+        let id = match CertificateIdentifier::try_from(leaf) {
+            Ok(id) => id.into_owned(),
+            Err(e) => {
+                tracing::debug!(error = %e, "acme: no ARI identifier for this certificate");
+                return None;
+            }
+        };
+        let account = match self.account().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "acme: cannot reach the CA for its renewal window");
+                return None;
+            }
+        };
+        let (info, retry_after) = match account.renewal_info(&id).await {
+            Ok(r) => r,
+            Err(instant_acme::Error::Unsupported(_)) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "acme: renewal information (ARI) request failed");
+                return None;
+            }
+        };
+        let window = &info.suggested_window;
+        let (start, end) = (window.start.unix_timestamp(), window.end.unix_timestamp());
+        // The same window keeps the moment chosen in it: asking again must
+        // not draw a new, on average earlier, time.
+        let at = match self.ari_choice {
+            Some((s, e, at)) if (s, e) == (start, end) => at,
+            _ => ari_renewal_time(now_unix(), start, end, rand::random::<f64>()),
+        };
+        self.ari_choice = Some((start, end, at));
+        tracing::debug!(%id, start, end, at, "acme: renewal window from the CA (ARI)");
+        Some((at, ari_recheck(retry_after)))
+    }
+
     /// One attempt: each configured challenge type in turn, each with its
     /// own order (a failed validation invalidates the whole order).
     async fn obtain(&mut self) -> Result<Arc<CertifiedKey>, AcmeError> {
@@ -667,6 +762,33 @@ fn read_hmac_key(path: &Path) -> Result<Vec<u8>, AcmeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ari_time_is_drawn_from_what_is_left_of_the_window() {
+        // A window ahead: anywhere inside it, by the random draw.
+        assert_eq!(ari_renewal_time(100, 1000, 2000, 0.0), 1000);
+        assert_eq!(ari_renewal_time(100, 1000, 2000, 0.5), 1500);
+        assert_eq!(ari_renewal_time(100, 1000, 2000, 1.0), 2000);
+        // Inside the window: from now to its end, never in the past.
+        assert_eq!(ari_renewal_time(1500, 1000, 2000, 0.0), 1500);
+        assert_eq!(ari_renewal_time(1500, 1000, 2000, 0.5), 1750);
+        // A window that has passed (or is empty) means now.
+        assert_eq!(ari_renewal_time(3000, 1000, 2000, 0.7), 3000);
+        assert_eq!(ari_renewal_time(100, 2000, 1000, 0.7), 100);
+    }
+
+    #[test]
+    fn ari_recheck_honours_retry_after_within_bounds() {
+        assert_eq!(
+            ari_recheck(Duration::from_secs(3600)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(ari_recheck(Duration::ZERO), Duration::from_secs(60));
+        assert_eq!(
+            ari_recheck(Duration::from_secs(7 * 24 * 3600)),
+            Duration::from_secs(6 * 3600)
+        );
+    }
 
     #[test]
     fn renewal_is_due_when_a_third_of_the_lifetime_remains_minus_jitter() {

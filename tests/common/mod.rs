@@ -18,6 +18,7 @@
 // Each tests/*.rs file is its own crate and uses a different subset of this harness.
 #![allow(dead_code)]
 
+pub mod ari;
 pub mod certs;
 pub mod jupyter;
 pub mod kernel;

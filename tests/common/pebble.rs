@@ -177,6 +177,14 @@ impl Pebble {
         format!("https://127.0.0.1:{}/dir", self.listen_port)
     }
 
+    /// The directory's TLS certificate and key (PEM files; 127.0.0.1 and localhost).
+    pub fn directory_tls_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("cert.pem"),
+            self.dir.path().join("key.pem"),
+        )
+    }
+
     /// The PEM CA that signed the directory's TLS certificate, for `tls.acme.ca_bundle`.
     pub fn directory_ca_path(&self) -> PathBuf {
         self.dir.path().join("directory-ca.pem")
