@@ -326,7 +326,7 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         r,
         "### 7. Isolation: a logged-in user during a wrong-password login flood (nbgate)\n"
     )?;
-    writeln!(r, "10 keep-alive connections, each sending `GET /1k` with the session cookie every 20 ms (500 req/s), alone and while 16 connections send wrong-password logins back to back (PBKDF2-SHA256, 600,000 iterations each; at most `max_concurrent_verifications` run at once, the rest get 429).\n")?;
+    writeln!(r, "10 keep-alive connections, each sending `GET /1k` with the session cookie every 20 ms (500 req/s), alone and while 16 connections send wrong-password logins back to back (PBKDF2-SHA256, 600,000 iterations each; at most `max_concurrent_verifications` run at once, the rest get 429, answered after `policy.lockout.refusal_delay` since fix 4 of `benches/README.md`).\n")?;
     writeln!(r, "| build | run | p50 ms | p99 ms | p99.9 ms | login attempts/s | % refused 429 |\n|---|---|---:|---:|---:|---:|---:|")?;
     for c in ["nbgate-before", "nbgate"] {
         for (label, id) in [
