@@ -77,7 +77,7 @@ fn emit(r: &AccessRecord, bytes: u64, failed: bool) {
         target: "nbgate::access",
         client = %r.client,
         method = %r.method,
-        path = r.uri.path(),
+        path = %r.uri.path(),
         status = r.status,
         bytes,
         duration_ms = r.start.elapsed().as_millis() as u64,

@@ -122,9 +122,11 @@ impl Gateway {
                     ProxyError::UpstreamUnreachable(_)
                     | ProxyError::UpstreamConnect(_)
                     | ProxyError::UpstreamProtocol(_) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = uri.path(), "upstream failed")
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed")
                     }
-                    _ => tracing::debug!(error = %e, %client, path = uri.path(), "request refused"),
+                    _ => {
+                        tracing::debug!(error = %e, %client, path = %uri.path(), "request refused")
+                    }
                 }
                 e.into_response(&prefs.headers())
             }
