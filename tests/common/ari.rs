@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -55,17 +54,7 @@ impl AriMock {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let asked = Arc::new(Mutex::new(Vec::new()));
-        let ca = reqwest::Certificate::from_pem(
-            &std::fs::read(pebble.directory_ca_path()).expect("read directory CA"),
-        )
-        .expect("CA PEM");
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
+        let client = pebble.directory_client();
         let state = Arc::new(State {
             pebble_directory: pebble.directory_url(),
             own: format!("https://127.0.0.1:{port}"),

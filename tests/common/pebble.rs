@@ -190,20 +190,25 @@ impl Pebble {
         self.dir.path().join("directory-ca.pem")
     }
 
-    /// The current issuing root (it changes on every CA start), from the management API.
-    pub async fn issuing_root(&self) -> CertificateDer<'static> {
+    /// An HTTPS client that trusts only the directory's CA (directory and management API).
+    pub fn directory_client(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(
             &std::fs::read(self.directory_ca_path()).expect("read directory CA"),
         )
         .expect("directory CA PEM");
-        let client = reqwest::Client::builder()
+        reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
             .timeout(Duration::from_secs(10))
             .build()
-            .expect("client");
-        let pem = client
+            .expect("client")
+    }
+
+    /// The current issuing root (it changes on every CA start), from the management API.
+    pub async fn issuing_root(&self) -> CertificateDer<'static> {
+        let pem = self
+            .directory_client()
             .get(format!("https://127.0.0.1:{}/roots/0", self.mgmt_port))
             .send()
             .await
