@@ -145,15 +145,6 @@ async fn request(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn file_mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
-
 /// `<state_dir>/certs/acme/<directory>/`.
 fn acme_store(state_dir: &Path) -> std::path::PathBuf {
     let base = state_dir.join("certs/acme");
@@ -219,8 +210,8 @@ async fn http01_gets_a_certificate_that_a_client_trusting_only_pebble_accepts() 
     assert_eq!(r.status(), 404);
 
     let store = acme_store(gate.state_dir());
-    assert_eq!(file_mode(&store.join("key.pem")), 0o600);
-    assert_eq!(file_mode(&store.join("account.json")), 0o600);
+    assert_eq!(common::file_mode(&store.join("key.pem")), 0o600);
+    assert_eq!(common::file_mode(&store.join("account.json")), 0o600);
     assert!(store.join("cert.pem").exists());
 }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,14 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::extensions::GeneralName;
 
 const T: Duration = Duration::from_secs(30);
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
 
 /// DNS names and IP addresses in the certificate's subjectAltName.
 fn subject_alt_names(pem: &[u8]) -> Vec<String> {
@@ -63,8 +54,12 @@ async fn self_signed_certificate_is_reused_and_its_key_is_private() {
         .await;
     let cert1 = std::fs::read(&cert_path).expect("certificate written");
     let key1 = std::fs::read(&key_path).expect("key written");
-    assert_eq!(mode(&key_path), 0o600, "key file mode");
-    assert_eq!(mode(&state_dir.join("tls")), 0o700, "tls dir mode");
+    assert_eq!(common::file_mode(&key_path), 0o600, "key file mode");
+    assert_eq!(
+        common::file_mode(&state_dir.join("tls")),
+        0o700,
+        "tls dir mode"
+    );
     // The client trusting exactly this file gets through: it is what nbgate serves.
     let response = within(T, "GET over TLS", first.client().get(first.url("/")).send())
         .await

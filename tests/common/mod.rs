@@ -99,3 +99,13 @@ impl PatternBytes {
         }
     }
 }
+
+/// The permission bits of a file or directory (keys must be 0600, their directories 0700).
+pub fn file_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
