@@ -142,7 +142,12 @@ fn header_rewrite(c: &mut Criterion) {
                 |h| {
                     headers::remove_hop_by_hop(h);
                     headers::set_forwarded(h, client, public_host);
-                    headers::present_to_upstream(h, "127.0.0.1:8888", public_host);
+                    headers::present_to_upstream(
+                        h,
+                        "127.0.0.1:8888",
+                        &HeaderValue::from_static("127.0.0.1:8888"),
+                        public_host,
+                    );
                 },
                 BatchSize::SmallInput,
             )

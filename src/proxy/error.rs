@@ -16,8 +16,8 @@ pub enum ProxyError {
     BadHost,
     #[error("cross-origin request refused")]
     CrossOrigin,
-    #[error("upstream unreachable: {0}")]
-    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Upstream(#[from] super::upstream::UpstreamError),
     #[error("upstream connect failed: {0}")]
     UpstreamConnect(#[source] std::io::Error),
     #[error("upstream protocol error: {0}")]
@@ -48,7 +48,7 @@ impl ProxyError {
                 "cross_origin",
                 "Cross-origin request refused.",
             ),
-            ProxyError::UpstreamUnreachable(_)
+            ProxyError::Upstream(_)
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::UpstreamBody => (

@@ -179,12 +179,13 @@ pub fn check_origin(headers: &HeaderMap, public_host: &str) -> OriginCheck {
 /// to `http://<upstream authority>`. Jupyter's `check_host` and
 /// `check_origin` then pass without `allow_remote_access` or `allow_origin`,
 /// because nbgate has already done the real check against the public origin.
-pub fn present_to_upstream(headers: &mut HeaderMap, upstream_authority: &str, public_host: &str) {
-    headers.insert(
-        header::HOST,
-        HeaderValue::from_str(upstream_authority)
-            .expect("upstream authority was validated at config load"),
-    );
+pub fn present_to_upstream(
+    headers: &mut HeaderMap,
+    upstream_authority: &str,
+    upstream_host: &HeaderValue,
+    public_host: &str,
+) {
+    headers.insert(header::HOST, upstream_host.clone());
     if !headers.contains_key(header::ORIGIN) && !headers.contains_key(header::REFERER) {
         return;
     }
@@ -349,7 +350,12 @@ mod tests {
             ("origin", "https://localhost:8443"),
             ("referer", "https://localhost:8443/lab?x"),
         ]);
-        present_to_upstream(&mut h, "127.0.0.1:8888", "localhost:8443");
+        present_to_upstream(
+            &mut h,
+            "127.0.0.1:8888",
+            &HeaderValue::from_static("127.0.0.1:8888"),
+            "localhost:8443",
+        );
         assert_eq!(h["host"], "127.0.0.1:8888");
         assert_eq!(h["origin"], "http://127.0.0.1:8888");
         assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?x");

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -119,7 +119,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 match &e {
-                    ProxyError::UpstreamUnreachable(_)
+                    ProxyError::Upstream(_)
                     | ProxyError::UpstreamConnect(_)
                     | ProxyError::UpstreamProtocol(_) => {
                         tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed")
@@ -159,7 +159,9 @@ impl Gateway {
         if let Some(rest) = req.uri().path().strip_prefix(self.prefix.as_str()) {
             self.check_rate(client, false)?;
             let rest = rest.to_owned();
-            return Ok(self.serve_own_pages(req, &rest, client).await);
+            // Boxed: the login handler's state must not enlarge every
+            // forwarded request's future (it is moved on each poll setup).
+            return Ok(Box::pin(self.serve_own_pages(req, &rest, client)).await);
         }
         let identity = match self.require_session(&req, client).await {
             Ok(id) => id,
@@ -173,8 +175,7 @@ impl Gateway {
         check_origin(&req, &host, identity.via)?;
         let mut resp =
             if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
-                self.forward_websocket(req, client, &host, &identity)
-                    .await?
+                Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
             } else {
                 self.forward(req, client, &host, &identity).await?
             };
@@ -243,7 +244,6 @@ impl Gateway {
         client: IpAddr,
     ) -> Result<Identity, Response<ProxyBody>> {
         if let Some(token) = api_token(req) {
-            let now = std::time::Instant::now();
             // A token verified moments ago costs nothing to accept again, so
             // it is let through even from a locked-out address (a shared
             // NAT address must not lock out working API clients).
@@ -255,59 +255,9 @@ impl Gateway {
                     refresh_cookie: None,
                 });
             }
-            // Unverified tokens cost PBKDF2: they spend the anonymous budget
-            // first, like any other request without a session.
-            if let Err(secs) = self.guard.check_rate(client, false) {
-                return Err(ProxyError::RateLimited(secs).into_response(req.headers()));
-            }
-            if let Err(locked) = self.guard.lockout.check(client, None, now) {
-                let secs = guard::locked_secs(&locked);
-                tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
-                self.guard.hold_refusal().await;
-                return Err(error_response(
-                    req.headers(),
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "locked_out",
-                    "Too many invalid tokens from this address; retry later.",
-                    Some(secs),
-                ));
-            }
-            return match self.auth.check_token(&token).await {
-                Check::Valid(user) => {
-                    self.guard.lockout.record_success(client, &user, now);
-                    tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
-                    Ok(Identity {
-                        user,
-                        via: Via::Token,
-                        session: None,
-                        refresh_cookie: None,
-                    })
-                }
-                Check::Invalid { .. } => {
-                    tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
-                    if let Some(locked) = self.guard.lockout.record_failure(client, None, now) {
-                        tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
-                    }
-                    Err(error_response(
-                        req.headers(),
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_token",
-                        "The API token is not valid.",
-                        None,
-                    ))
-                }
-                Check::Busy => {
-                    tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
-                    self.guard.hold_refusal().await;
-                    Err(error_response(
-                        req.headers(),
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "busy",
-                        "Too many authentication attempts; retry shortly.",
-                        Some(1),
-                    ))
-                }
-            };
+            // Verifying a new token (PBKDF2, refusal timers) is rare: boxed,
+            // so that its state does not enlarge the future of every request.
+            return Box::pin(self.verify_token(req.headers(), client, token)).await;
         }
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
             .and_then(|v| self.auth.check_session(v));
@@ -349,6 +299,70 @@ impl Gateway {
         Err(r)
     }
 
+    /// A token not verified recently: checked against the users' tokens,
+    /// subject to the anonymous rate budget and the lockout.
+    async fn verify_token(
+        &self,
+        req_headers: &HeaderMap,
+        client: IpAddr,
+        token: String,
+    ) -> Result<Identity, Response<ProxyBody>> {
+        let now = std::time::Instant::now();
+        // Unverified tokens cost PBKDF2: they spend the anonymous budget
+        // first, like any other request without a session.
+        if let Err(secs) = self.guard.check_rate(client, false) {
+            return Err(ProxyError::RateLimited(secs).into_response(req_headers));
+        }
+        if let Err(locked) = self.guard.lockout.check(client, None, now) {
+            let secs = guard::locked_secs(&locked);
+            tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
+            self.guard.hold_refusal().await;
+            return Err(error_response(
+                req_headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked_out",
+                "Too many invalid tokens from this address; retry later.",
+                Some(secs),
+            ));
+        }
+        match self.auth.check_token(&token).await {
+            Check::Valid(user) => {
+                self.guard.lockout.record_success(client, &user, now);
+                tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
+                Ok(Identity {
+                    user,
+                    via: Via::Token,
+                    session: None,
+                    refresh_cookie: None,
+                })
+            }
+            Check::Invalid { .. } => {
+                tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
+                if let Some(locked) = self.guard.lockout.record_failure(client, None, now) {
+                    tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
+                }
+                Err(error_response(
+                    req_headers,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "The API token is not valid.",
+                    None,
+                ))
+            }
+            Check::Busy => {
+                tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
+                self.guard.hold_refusal().await;
+                Err(error_response(
+                    req_headers,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "Too many authentication attempts; retry shortly.",
+                    Some(1),
+                ))
+            }
+        }
+    }
+
     /// Rewrites a client request into the request Jupyter receives.
     fn upstream_request_filter(
         &self,
@@ -357,28 +371,32 @@ impl Gateway {
         host: &str,
         identity: &Identity,
     ) -> Result<(), ProxyError> {
-        let mut pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         if identity.via == Via::Token {
             // nbgate's API token is for nbgate only: Jupyter gets its own.
             parts.headers.remove(header::AUTHORIZATION);
-            pq = strip_token_param(&pq);
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = strip_token_param(pq)
+                .parse()
+                .map_err(|_| ProxyError::BadRequestTarget)?;
         }
         strip_own_cookies(&mut parts.headers);
-        if !pq.starts_with('/') {
-            return Err(ProxyError::BadRequestTarget);
-        }
-        parts.uri = self
-            .upstream
-            .uri_for(&pq)
-            .map_err(|_| ProxyError::BadRequestTarget)?;
+        // Jupyter gets the origin-form target (`/path?query`); an HTTP/2
+        // request's scheme and authority go (its `Host` is set below).
+        // Sharing the parsed path's bytes costs no copy.
+        let pq = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+            _ => return Err(ProxyError::BadRequestTarget),
+        };
+        parts.uri = Uri::from(pq);
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::set_forwarded(&mut parts.headers, client, host);
-        headers::present_to_upstream(&mut parts.headers, &self.upstream.authority, host);
+        headers::present_to_upstream(
+            &mut parts.headers,
+            &self.upstream.authority,
+            &self.upstream.host_header,
+            host,
+        );
         if let Some(auth) = &self.upstream_auth {
             parts.headers.insert(header::AUTHORIZATION, auth.clone());
         }
@@ -402,15 +420,14 @@ impl Gateway {
         let up_req = Request::from_parts(parts, body.boxed_unsync());
         let resp = self
             .upstream
-            .client()
-            .request(up_req)
+            .send(up_req)
             .await
-            .map_err(ProxyError::UpstreamUnreachable)?;
+            .map_err(ProxyError::Upstream)?;
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
         headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
         if let Some(token) = self.scrub_target(&rparts.headers) {
-            return scrub_token(rparts, rbody, token).await;
+            return Box::pin(scrub_token(rparts, rbody, token)).await;
         }
         Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
     }
@@ -453,14 +470,6 @@ impl Gateway {
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_static("websocket"));
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        // A direct connection (not the pooled client) sends the target as
-        // given: it must be origin-form (`/path?q`), or Jupyter answers 404.
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|_| ProxyError::BadRequestTarget)?;
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -525,7 +534,7 @@ const MAX_SCRUB_BYTES: usize = 4 << 20;
 
 async fn scrub_token(
     mut parts: http::response::Parts,
-    body: Incoming,
+    body: upstream::PooledBody,
     token: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let bytes = http_body_util::Limited::new(body, MAX_SCRUB_BYTES)

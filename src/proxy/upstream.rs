@@ -1,32 +1,33 @@
-//! The connection to Jupyter: a TCP or Unix-socket connector and the pooled
-//! keep-alive HTTP/1.1 client built on it.
+//! The connection to Jupyter: a TCP or Unix-socket connector and a pool of
+//! keep-alive HTTP/1.1 connections on it.
 //!
 //! Owns how bytes reach the upstream; it does not decide what is sent
 //! (that is `headers` and the router).
 //!
 //! Each thread that forwards requests gets its own pool. The server runs one
-//! single-threaded runtime per core (`server::run`), and hyper's pooled client
-//! drives every upstream connection as a task fed through channels: with one
-//! shared pool a request on one thread would often check out a connection
-//! whose task lives on the other, and every request then costs cross-thread
-//! wake-ups (the largest item in the profile of issue 6). With a pool per
-//! thread, a request and its upstream connection stay on one thread, as in
-//! an nginx worker.
+//! single-threaded runtime per core (`server::run`), so a request and the
+//! upstream connection it borrows stay on one thread, as in an nginx worker.
+//! The pool is nbgate's own rather than hyper-util's pooled client: that
+//! client boxes each request's future, looks the connection up in a shared
+//! map keyed by scheme and authority, and spawns a task per request to wait
+//! until the connection is idle again (issue 6's profile). Here a connection
+//! goes back to its pool when the response body it carried has ended —
+//! nothing per request but the exchange itself.
 
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::HeaderValue;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self as client_h1, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -96,12 +97,6 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
 /// Connects to the configured upstream whatever the request URI says: the
 /// URI only carries the path, so a request can never steer nbgate to
 /// another host (no open proxy).
@@ -150,38 +145,31 @@ impl UpstreamConnector {
     }
 }
 
-impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
-    }
+/// Why a request did not reach Jupyter, or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("upstream protocol error: {0}")]
+    Protocol(#[source] hyper::Error),
 }
 
-/// The pooled HTTP/1.1 client to Jupyter.
-pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
-
-/// The pooled clients (one per thread) and what requests need to know about
-/// the upstream.
+/// The pools (one per thread) and what requests need to know about the
+/// upstream.
 #[derive(Clone)]
 pub struct Upstream {
     /// One pool per thread (see the module doc); `pool_max_idle` and
     /// `pool_idle_timeout` apply to each. Dropped with the `Upstream`, so a
     /// pool never outlives the gateway that made it.
-    clients: Arc<ThreadLocal<UpstreamClient>>,
+    pools: Arc<ThreadLocal<Arc<Pool>>>,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
     pub connector: UpstreamConnector,
     /// `Host` value Jupyter expects: its own `host:port`, or `localhost`
     /// for a Unix socket (Jupyter's `check_host` accepts it).
     pub authority: String,
+    /// The same, ready to send (cloning it shares its bytes).
+    pub host_header: HeaderValue,
     /// Absolute origins under which Jupyter may name itself in `Location`.
     pub self_origins: Vec<String>,
     pub connect_timeout: Duration,
@@ -206,39 +194,226 @@ impl Upstream {
                 ("localhost".to_owned(), vec!["http://localhost".to_owned()])
             }
         };
+        let host_header = HeaderValue::from_maybe_shared(Bytes::from(authority.clone()))
+            .expect("upstream authority was validated at config load");
         Upstream {
-            clients: Arc::new(ThreadLocal::new()),
+            pools: Arc::new(ThreadLocal::new()),
             pool_idle_timeout: cfg.pool_idle_timeout,
             pool_max_idle: cfg.pool_max_idle,
             connector,
             authority,
+            host_header,
             self_origins,
             connect_timeout: cfg.connect_timeout,
         }
     }
 
-    /// This thread's pooled client, created on first use. Its connection
-    /// tasks are spawned on the runtime of the request that opened them,
-    /// which on a per-core runtime is this thread's.
-    pub fn client(&self) -> &UpstreamClient {
-        self.clients.get_or(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(self.pool_idle_timeout)
-                .pool_max_idle_per_host(self.pool_max_idle)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                // Jupyter speaks HTTP/1.1; keep its header case as sent.
-                .http1_preserve_header_case(false)
-                .build(self.connector.clone())
+    /// This thread's pool, created on first use (with its reaper task on
+    /// this thread's runtime).
+    fn pool(&self) -> &Arc<Pool> {
+        self.pools.get_or(|| {
+            let pool = Arc::new(Pool {
+                idle: Mutex::new(Vec::new()),
+                max_idle: self.pool_max_idle,
+                idle_timeout: self.pool_idle_timeout,
+            });
+            Pool::spawn_reaper(Arc::downgrade(&pool), self.pool_idle_timeout);
+            pool
         })
     }
 
-    /// The absolute URI the pooled client needs for a request path.
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
+    /// Sends a request (origin-form target, `Host` set) on an idle pooled
+    /// connection, or on a new one. The connection returns to the pool when
+    /// the response body has been read to its end; a body dropped early
+    /// takes its connection with it (HTTP/1.1 cannot skip the rest).
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let pool = self.pool();
+        if let Some(mut sender) = pool.checkout() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(lease(resp, sender, pool)),
+                Err(mut e) => match e.take_message() {
+                    // Jupyter closed the idle connection before the request
+                    // was written (keep-alive race): nothing of it reached
+                    // Jupyter, so it is safe to send on a new connection.
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Protocol(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.open().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Protocol)?;
+        Ok(lease(resp, sender, pool))
+    }
+
+    /// A new keep-alive connection, its I/O driven by a task of its own on
+    /// this thread's runtime.
+    async fn open(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = self
+            .connector
+            .connect()
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, conn) = client_h1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Protocol)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn lease(
+    resp: Response<Incoming>,
+    sender: SendRequest<UpstreamBody>,
+    pool: &Arc<Pool>,
+) -> Response<PooledBody> {
+    let lease = Lease {
+        sender,
+        pool: Arc::clone(pool),
+    };
+    resp.map(|inner| {
+        let mut body = PooledBody {
+            inner,
+            lease: Some(lease),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    })
+}
+
+/// One thread's idle connections to Jupyter, the most recently used last
+/// (it is the likeliest to be warm and still open).
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl Pool {
+    /// An idle connection ready for a request. Closed and expired ones are
+    /// dropped on the way; one still finishing its last exchange (its
+    /// request body still streaming after Jupyter answered) is left for later.
+    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        let now = Instant::now();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if now.duration_since(idle[i].since) >= self.idle_timeout {
+                idle.remove(i);
+                continue;
+            }
+            match idle[i].sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => return Some(idle.remove(i).sender),
+                Poll::Ready(Err(_)) => {
+                    idle.remove(i);
+                }
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+
+    /// Back to the pool after a complete exchange; past `max_idle`, the
+    /// longest idle connection is closed instead.
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle for longer than the timeout (dropping the
+    /// sender ends the connection's task), so that a burst does not leave
+    /// sockets open on Jupyter for good.
+    fn evict_expired(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| now.duration_since(c.since) < self.idle_timeout && !c.sender.is_closed());
+    }
+
+    fn spawn_reaper(pool: Weak<Pool>, idle_timeout: Duration) {
+        let period = (idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match pool.upgrade() {
+                    Some(p) => p.evict_expired(),
+                    None => break,
+                }
+            }
+        });
+    }
+}
+
+/// A connection on loan to one exchange.
+struct Lease {
+    sender: SendRequest<UpstreamBody>,
+    pool: Arc<Pool>,
+}
+
+/// Jupyter's response body; returns its connection to the pool at its end.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.pool.checkin(l.sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            Some(Ok(_)) | None => this.release(),
+            // A failed exchange leaves the connection in an unknown state.
+            Some(Err(_)) => this.lease = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

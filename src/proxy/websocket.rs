@@ -381,7 +381,7 @@ mod tests {
         assert!(t.at_boundary());
         // 16-bit length frame of 300 bytes, fed in pieces.
         let mut frame = vec![0x82, 126, 0x01, 0x2C];
-        frame.extend(std::iter::repeat(7u8).take(300));
+        frame.extend(std::iter::repeat_n(7u8, 300));
         for chunk in frame.chunks(7) {
             t.feed(chunk);
         }

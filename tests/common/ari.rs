@@ -120,7 +120,7 @@ impl State {
         if let Some(id) = path.strip_prefix("/renewal-info/") {
             let first = {
                 let mut asked = self.asked.lock().expect("lock");
-                let first = asked.first().map_or(true, |f| f == id);
+                let first = asked.first().is_none_or(|f| f == id);
                 asked.push(id.to_owned());
                 first
             };

@@ -11,7 +11,8 @@
 //! - anything else: JSON `{"method", "uri", "version", "headers": [[name, value], ...],
 //!   "body_bytes"}` describing the request as received.
 //!
-//! Every accepted connection is counted, so tests can see whether nbgate reached upstream.
+//! Every accepted connection is counted, and so is every one still open, so tests can see
+//! whether nbgate reached upstream and how it keeps its connections.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,36 +39,59 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct TestUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
 impl TestUpstream {
     /// Binds `127.0.0.1:0` and serves the routes above on the current tokio runtime.
     pub async fn start() -> TestUpstream {
+        Self::start_with(None).await
+    }
+
+    /// Like [`TestUpstream::start`], but closes a keep-alive connection that stays idle
+    /// for `idle_close` (as Jupyter's Tornado does after its idle timeout).
+    pub async fn start_closing_idle(idle_close: Duration) -> TestUpstream {
+        Self::start_with(Some(idle_close)).await
+    }
+
+    async fn start_with(idle_close: Option<Duration>) -> TestUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test upstream");
         let addr = listener.local_addr().expect("local addr");
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
+        let open_counter = open.clone();
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
+                open_counter.fetch_add(1, Ordering::SeqCst);
+                let open_counter = open_counter.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| route(req, addr));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    if let Some(idle) = idle_close {
+                        builder
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(idle);
+                    }
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
+                    open_counter.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         TestUpstream {
             addr,
             connections,
+            open,
             accept_loop,
         }
     }
@@ -84,6 +108,11 @@ impl TestUpstream {
     /// How many TCP connections nbgate opened to this upstream.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many of them are still open (served until the peer closes).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
