@@ -58,6 +58,13 @@ fn session_cookie(c: &mut Criterion) {
     g.bench_function("check_session (decrypt + lifetime + revocation)", |b| {
         b.iter(|| auth.check_session(black_box(&value)))
     });
+    // What a keep-alive or HTTP/2 connection pays from its second request
+    // on: the value matches the connection's last one.
+    let cache = nbgate::auth::SessionCache::default();
+    g.bench_function(
+        "check_session_cached (same value as the connection's last)",
+        |b| b.iter(|| auth.check_session_cached(black_box(&value), &cache)),
+    );
     let keys = SessionKeys::ephemeral();
     let (claims, _) = auth.start_session("alice");
     let sealed = cookie_value(&keys.seal(&claims, LIFE.max));

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::SessionCache;
 use crate::config::Config;
 use crate::policy::{self, ProxyHeader};
 use crate::proxy::guard::SWEEP_EVERY;
@@ -463,9 +464,11 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     }
     let builder = http_builder(&ctx.config);
     let gateway = Arc::clone(&ctx.gateway);
+    let sessions = Arc::new(SessionCache::default());
     let service = service_fn(move |req| {
         let gw = Arc::clone(&gateway);
-        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, conn).await) }
+        let sessions = Arc::clone(&sessions);
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, conn, sessions).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {

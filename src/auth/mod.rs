@@ -51,13 +51,53 @@ pub enum Via {
 /// A successfully authenticated request.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub user: String,
     pub via: Via,
-    /// Session id (cookie logins only): tunnels are tagged with it so
-    /// logout can close them.
-    pub session: Option<String>,
+    principal: Principal,
     /// A refreshed `Set-Cookie` to send (sliding idle timeout).
     pub refresh_cookie: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Principal {
+    /// The claims of the session cookie, shared with the connection's
+    /// cache (no copy per request).
+    Session(Arc<Claims>),
+    /// The user an API token belongs to.
+    Token(String),
+}
+
+impl Identity {
+    pub fn session(claims: Arc<Claims>, refresh_cookie: Option<String>) -> Self {
+        Identity {
+            via: Via::Cookie,
+            principal: Principal::Session(claims),
+            refresh_cookie,
+        }
+    }
+
+    pub fn token(user: String) -> Self {
+        Identity {
+            via: Via::Token,
+            principal: Principal::Token(user),
+            refresh_cookie: None,
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        match &self.principal {
+            Principal::Session(c) => &c.u,
+            Principal::Token(u) => u,
+        }
+    }
+
+    /// Session id (cookie logins only): tunnels are tagged with it so
+    /// logout can close them.
+    pub fn session_id(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Session(c) => Some(&c.sid),
+            Principal::Token(_) => None,
+        }
+    }
 }
 
 /// Verified API tokens are remembered by their SHA-256 so that a client
@@ -75,6 +115,15 @@ pub struct Authenticator {
     verify_slots: Arc<Semaphore>,
     /// std Mutex: short critical sections, never held across `.await`.
     token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+/// The last session cookie value one client connection carried and what
+/// it decrypted to: browsers send the same cookie on every request of a
+/// keep-alive or HTTP/2 connection, and decrypting it (AES-GCM, base64,
+/// JSON) was the largest cost of a logged-in request that nbgate adds.
+#[derive(Default)]
+pub struct SessionCache {
+    last: Mutex<Option<(Box<str>, Arc<Claims>)>>,
 }
 
 impl Authenticator {
@@ -245,17 +294,39 @@ impl Authenticator {
     /// Checks a session cookie value.
     pub fn check_session(&self, value: &str) -> Option<Verdict> {
         let claims = self.keys.open(value)?;
-        let fp = self
-            .users
-            .get(&claims.u)
-            .map(|u| u.fingerprint().to_owned());
-        Some(session::check(
+        Some(self.check_claims(Arc::new(claims)))
+    }
+
+    /// Checks a session cookie value, skipping its decryption when it is
+    /// the value this connection's last request carried. Only the pure part
+    /// is remembered — the claims a value decrypts to under this process's
+    /// keys, which never change while it runs — and every check that can
+    /// change (expiry, logout, logout everywhere, password change) runs on
+    /// every request. A different value, tampered or not, is decrypted.
+    pub fn check_session_cached(&self, value: &str, cache: &SessionCache) -> Option<Verdict> {
+        let claims = {
+            let mut last = cache.last.lock().unwrap_or_else(|e| e.into_inner());
+            match &*last {
+                Some((v, claims)) if **v == *value => Arc::clone(claims),
+                _ => {
+                    let claims = Arc::new(self.keys.open(value)?);
+                    *last = Some((value.into(), Arc::clone(&claims)));
+                    claims
+                }
+            }
+        };
+        Some(self.check_claims(claims))
+    }
+
+    fn check_claims(&self, claims: Arc<Claims>) -> Verdict {
+        let fp = self.users.get(&claims.u).map(|u| u.fingerprint());
+        session::check(
             claims,
             session::unix_now(),
             self.life,
             &self.revocations,
-            fp.as_deref(),
-        ))
+            fp,
+        )
     }
 
     /// A refreshed cookie for an active session (sliding idle timeout).
@@ -354,6 +425,78 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alice() -> Authenticator {
+        let hash = password::hash_password_with_iterations("password-1", password::MIN_ITERATIONS)
+            .expect("hash");
+        let mut users = UserStore::default();
+        users.add("test", "alice", Some(&hash), &[]).expect("user");
+        Authenticator::for_tests(
+            users,
+            Lifetime {
+                idle: Duration::from_secs(3600),
+                max: Duration::from_secs(86400),
+            },
+        )
+    }
+
+    fn value_of(set_cookie: &str) -> String {
+        let (_, rest) = set_cookie.split_once('=').expect("name=value");
+        rest.split(';').next().expect("value").to_owned()
+    }
+
+    fn is_valid(v: Option<Verdict>) -> bool {
+        matches!(v, Some(Verdict::Valid { .. }))
+    }
+
+    #[test]
+    fn a_cached_session_cookie_is_still_checked_for_logout() {
+        let auth = alice();
+        let cache = SessionCache::default();
+        let (claims, set) = auth.start_session("alice");
+        let value = value_of(&set);
+        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        // Served from the cache now; a logout must still end it.
+        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        auth.end_session(&claims);
+        assert_eq!(
+            auth.check_session_cached(&value, &cache),
+            Some(Verdict::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_cached_session_cookie_is_still_checked_for_logout_everywhere() {
+        let auth = alice();
+        let cache = SessionCache::default();
+        let value = value_of(&auth.start_session("alice").1);
+        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        auth.end_all_sessions("alice");
+        assert_eq!(
+            auth.check_session_cached(&value, &cache),
+            Some(Verdict::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_tampered_value_is_not_taken_from_the_cache() {
+        let auth = alice();
+        let cache = SessionCache::default();
+        let value = value_of(&auth.start_session("alice").1);
+        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        let mut tampered = value.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(auth.check_session_cached(&tampered, &cache), None);
+        // A value that only extends the cached one is no match either.
+        assert_eq!(
+            auth.check_session_cached(&format!("{value}x"), &cache),
+            None
+        );
+        // The genuine value still works (decrypted again after the misses).
+        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+    }
 
     #[tokio::test]
     async fn verification_runs_on_a_thread_in_the_idle_scheduling_class() {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -194,7 +195,7 @@ fn write_key(path: &Path, key: &Key) -> Result<(), SessionError> {
 pub enum Verdict {
     /// Valid. `refresh` asks the caller to send an updated cookie (sliding
     /// idle timeout).
-    Valid { claims: Claims, refresh: bool },
+    Valid { claims: Arc<Claims>, refresh: bool },
     /// Was valid once; idle too long or past its absolute lifetime.
     Expired,
     /// Logged out, logged out everywhere, or the password changed.
@@ -299,12 +300,13 @@ impl Revocations {
 /// Checks claims against lifetime and revocation. `pw_fingerprint` is the
 /// user's current password-hash fingerprint (`None`: user no longer exists).
 pub fn check(
-    claims: Claims,
+    claims: impl Into<Arc<Claims>>,
     now: u64,
     life: Lifetime,
     revocations: &Revocations,
     pw_fingerprint: Option<&str>,
 ) -> Verdict {
+    let claims = claims.into();
     if now >= claims.iat.saturating_add(life.max.as_secs())
         || now >= claims.lst.saturating_add(life.idle.as_secs())
     {

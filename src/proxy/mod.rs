@@ -29,10 +29,10 @@ use hyper_util::rt::TokioIo;
 use self::body::{empty, AccessRecord, LoggedBody, ProxyBody};
 use self::error::{error_response, ProxyError};
 use self::headers::OriginCheck;
-use self::upstream::Upstream;
+use self::upstream::{PooledBody, Upstream, UpstreamBody};
 use self::websocket::Tunnels;
-use crate::auth::session::{Verdict, SESSION_COOKIE};
-use crate::auth::{csrf, Authenticator, Check, Identity, Via};
+use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
+use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, Via};
 use crate::config::Config;
 
 /// What the server knows about the connection a request came on.
@@ -102,6 +102,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
+        sessions: Arc<SessionCache>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         // Behind a trusted proxy, the client its forwarding headers name;
@@ -115,7 +116,10 @@ impl Gateway {
         let uri = req.uri().clone();
         let prefs = ErrorPrefs::of(req.headers());
 
-        let mut resp = match self.route(req, conn, client, named.is_some()).await {
+        let mut resp = match self
+            .route(req, conn, client, named.is_some(), &sessions)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 match &e {
@@ -153,6 +157,7 @@ impl Gateway {
         conn: ConnInfo,
         client: IpAddr,
         known: bool,
+        sessions: &SessionCache,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.check_policy(conn, client, known)?;
         let host = check_host(&req)?;
@@ -163,7 +168,7 @@ impl Gateway {
             // forwarded request's future (it is moved on each poll setup).
             return Ok(Box::pin(self.serve_own_pages(req, &rest, client)).await);
         }
-        let identity = match self.require_session(&req, client).await {
+        let identity = match self.require_session(&req, client, sessions).await {
             Ok(id) => id,
             Err(resp) => {
                 // Refused requests spend the small anonymous budget.
@@ -177,7 +182,12 @@ impl Gateway {
             if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
                 Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
             } else {
-                self.forward(req, client, &host, &identity).await?
+                // Kept flat (no `forward` future holding the request and
+                // the exchange): this future is moved whole whenever hyper
+                // spawns or stores it, so its size is a cost per request.
+                let up_req = self.upstream_request(req, client, &host, &identity)?;
+                let resp = self.upstream.send(up_req).await?;
+                self.client_response(resp, &host).await?
             };
         if let Some(c) = identity
             .refresh_cookie
@@ -242,33 +252,24 @@ impl Gateway {
         &self,
         req: &Request<B>,
         client: IpAddr,
+        sessions: &SessionCache,
     ) -> Result<Identity, Response<ProxyBody>> {
         if let Some(token) = api_token(req) {
             // A token verified moments ago costs nothing to accept again, so
             // it is let through even from a locked-out address (a shared
             // NAT address must not lock out working API clients).
             if let Some(user) = self.auth.recently_verified_token(&token) {
-                return Ok(Identity {
-                    user,
-                    via: Via::Token,
-                    session: None,
-                    refresh_cookie: None,
-                });
+                return Ok(Identity::token(user));
             }
             // Verifying a new token (PBKDF2, refusal timers) is rare: boxed,
             // so that its state does not enlarge the future of every request.
             return Box::pin(self.verify_token(req.headers(), client, token)).await;
         }
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
-            .and_then(|v| self.auth.check_session(v));
+            .and_then(|v| self.auth.check_session_cached(v, sessions));
         if let Some(Verdict::Valid { claims, refresh }) = verdict {
-            let refresh_cookie = refresh.then(|| self.auth.refresh(claims.clone()));
-            return Ok(Identity {
-                user: claims.u,
-                via: Via::Cookie,
-                session: Some(claims.sid),
-                refresh_cookie,
-            });
+            let refresh_cookie = refresh.then(|| self.auth.refresh(Claims::clone(&claims)));
+            return Ok(Identity::session(claims, refresh_cookie));
         }
         let navigation = matches!(*req.method(), Method::GET | Method::HEAD)
             && error::wants_html(req.headers())
@@ -329,12 +330,7 @@ impl Gateway {
             Check::Valid(user) => {
                 self.guard.lockout.record_success(client, &user, now);
                 tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
-                Ok(Identity {
-                    user,
-                    via: Via::Token,
-                    session: None,
-                    refresh_cookie: None,
-                })
+                Ok(Identity::token(user))
             }
             Check::Invalid { .. } => {
                 tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
@@ -403,13 +399,14 @@ impl Gateway {
         Ok(())
     }
 
-    async fn forward(
+    /// The request Jupyter receives for a client's request.
+    fn upstream_request(
         &self,
         req: Request<Incoming>,
         client: IpAddr,
         host: &str,
         identity: &Identity,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
         if self.upstream_auth.is_some() && error::wants_html(&parts.headers) {
@@ -417,12 +414,15 @@ impl Gateway {
             // uncompressed.
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
-        let up_req = Request::from_parts(parts, body.boxed_unsync());
-        let resp = self
-            .upstream
-            .send(up_req)
-            .await
-            .map_err(ProxyError::Upstream)?;
+        Ok(Request::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// Jupyter's response as the client gets it (before security headers).
+    async fn client_response(
+        &self,
+        resp: Response<PooledBody>,
+        host: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
         headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
@@ -504,7 +504,7 @@ impl Gateway {
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
         let guard = self
             .tunnels
-            .register(identity.session.clone(), &identity.user);
+            .register(identity.session_id().map(str::to_owned), identity.user());
         let idle = self.config.upstream.websocket_idle_timeout;
         tokio::spawn(run_tunnel(
             client_upgrade,
@@ -534,7 +534,7 @@ const MAX_SCRUB_BYTES: usize = 4 << 20;
 
 async fn scrub_token(
     mut parts: http::response::Parts,
-    body: upstream::PooledBody,
+    body: PooledBody,
     token: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let bytes = http_body_util::Limited::new(body, MAX_SCRUB_BYTES)

@@ -3,6 +3,7 @@
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -289,7 +290,7 @@ impl Pages<'_> {
 
     fn session_of(&self, headers: &HeaderMap) -> Option<session::Claims> {
         match self.auth.check_session(cookie(headers, SESSION_COOKIE)?)? {
-            Verdict::Valid { claims, .. } => Some(claims),
+            Verdict::Valid { claims, .. } => Some(Arc::unwrap_or_clone(claims)),
             _ => None,
         }
     }

@@ -243,7 +243,9 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.open().await?;
+        // A new connection is the rare case: boxed, so that connecting and
+        // the handshake do not enlarge every request's future.
+        let mut sender = Box::pin(self.open()).await?;
         let resp = sender
             .send_request(req)
             .await
