@@ -94,8 +94,10 @@ async fn a_response_abandoned_midway_does_not_return_its_connection() {
     assert!(first.is_some_and(|c| !c.is_empty()));
     drop(r);
 
-    // The upstream connection still has most of the body unread on it: it must be
-    // closed, not handed to the next request (which would read the rest as its answer).
+    // The upstream connection still has most of the body unread on it: it is closed,
+    // and the next request gets its own answer on a new connection. (That the pool never
+    // takes such a connection back is checked exactly by the unit tests in
+    // src/proxy/upstream.rs, against an upstream that holds back half a body.)
     poll_until(T, "the abandoned upstream connection to close", || async {
         (upstream.open_connections() == 0).then_some(())
     })
@@ -132,6 +134,9 @@ async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
     assert_eq!(upstream.connections(), 2);
 }
 
+/// The close is seen before the next request here; a close that crosses the request
+/// (replayed for safe methods) is the unit test
+/// `a_request_on_a_connection_closed_unnoticed_is_sent_on_a_new_one`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     let upstream = TestUpstream::start_closing_idle(Duration::from_millis(300)).await;

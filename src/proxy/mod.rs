@@ -609,9 +609,17 @@ fn strip_token_param(pq: &str) -> String {
     let Some((path, query)) = pq.split_once('?') else {
         return pq.to_owned();
     };
+    // Names are compared decoded, as `api_token` reads them: `tok%65n=`
+    // authenticates just like `token=`, so it must not reach Jupyter (and
+    // its logs) either.
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|kv| kv.split('=').next() != Some("token"))
+        .filter(|kv| {
+            let name = kv.split('=').next().unwrap_or_default();
+            form_urlencoded::parse(name.as_bytes())
+                .next()
+                .is_none_or(|(k, _)| k != "token")
+        })
         .collect();
     if kept.is_empty() {
         path.to_owned()
@@ -779,6 +787,10 @@ mod tests {
         assert_eq!(strip_token_param("/api/kernels?token=abc"), "/api/kernels");
         assert_eq!(strip_token_param("/x?a=1&token=abc&b=2"), "/x?a=1&b=2");
         assert_eq!(strip_token_param("/x?tokens=1"), "/x?tokens=1");
+        // Encoded names are what `api_token` decodes: stripped too.
+        assert_eq!(strip_token_param("/x?tok%65n=abc&a=1"), "/x?a=1");
+        assert_eq!(strip_token_param("/x?%74oken=abc"), "/x");
+        assert_eq!(strip_token_param("/x?a=%74oken"), "/x?a=%74oken");
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,

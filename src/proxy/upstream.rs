@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self as client_h1, SendRequest};
 use hyper::{Request, Response};
@@ -231,15 +232,29 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let pool = self.pool();
-        if let Some(mut sender) = pool.checkout() {
+        if let Some((mut sender, idle_for)) = pool.checkout() {
+            let replay = if idle_for >= REPLAY_AFTER_IDLE {
+                replayable(&req)
+            } else {
+                None
+            };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(lease(resp, sender, pool)),
                 Err(mut e) => match e.take_message() {
-                    // Jupyter closed the idle connection before the request
-                    // was written (keep-alive race): nothing of it reached
-                    // Jupyter, so it is safe to send on a new connection.
+                    // The connection was found closed before the request
+                    // was written: nothing of it reached Jupyter.
                     Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Protocol(e.into_error())),
+                    None => {
+                        let err = e.into_error();
+                        match replay {
+                            // Jupyter closed the idle connection as the
+                            // request went out (its keep-alive timeout):
+                            // no answer came, and a request without side
+                            // effects is sent again, as nginx does.
+                            Some(again) if err.is_incomplete_message() => req = again,
+                            _ => return Err(UpstreamError::Protocol(err)),
+                        }
+                    }
                 },
             }
         }
@@ -271,6 +286,34 @@ impl Upstream {
         });
         Ok(sender)
     }
+}
+
+/// A pooled connection idle for this long may have been closed by Jupyter
+/// just as it is reused; a connection reused sooner (the common case under
+/// load) is not worth the copy of the request that a replay needs.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// A copy to send again if the first attempt dies unanswered: only for
+/// bodiless requests of safe methods (RFC 9110 §9.2.1), which Jupyter may
+/// see twice without harm.
+fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let safe = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 fn lease(
@@ -311,7 +354,7 @@ impl Pool {
     /// An idle connection ready for a request. Closed and expired ones are
     /// dropped on the way; one still finishing its last exchange (its
     /// request body still streaming after Jupyter answered) is left for later.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&self) -> Option<(SendRequest<UpstreamBody>, Duration)> {
         let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -323,7 +366,10 @@ impl Pool {
                 continue;
             }
             match idle[i].sender.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => return Some(idle.remove(i).sender),
+                Poll::Ready(Ok(())) => {
+                    let c = idle.remove(i);
+                    return Some((c.sender, now.duration_since(c.since)));
+                }
                 Poll::Ready(Err(_)) => {
                     idle.remove(i);
                 }
@@ -403,7 +449,9 @@ impl Body for PooledBody {
         let this = self.get_mut();
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            // Trailers end a body even when `is_end_stream` cannot tell
+            // (chunked encoding).
+            Some(Ok(f)) if !f.is_trailers() && !this.inner.is_end_stream() => {}
             Some(Ok(_)) | None => this.release(),
             // A failed exchange leaves the connection in an unknown state.
             Some(Err(_)) => this.lease = None,
@@ -417,5 +465,137 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pool against a hand-written upstream on a std thread, so that
+    //! what the upstream sends, and when, is exact.
+
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::sync::mpsc;
+
+    use http_body_util::Empty;
+
+    use super::*;
+
+    fn upstream_at(listener: &TcpListener) -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            url: UpstreamAddr::Tcp {
+                authority: listener.local_addr().expect("addr").to_string(),
+            },
+            token_file: None,
+            token_env: None,
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            websocket_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 8,
+        })
+    }
+
+    fn get(up: &Upstream) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, up.host_header.clone())
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .expect("request")
+    }
+
+    /// Reads one request head (these requests have no body).
+    fn read_head(s: &mut StdStream) {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut b).expect("read request"),
+                1,
+                "request cut short"
+            );
+            head.push(b[0]);
+        }
+    }
+
+    fn idle(up: &Upstream) -> usize {
+        up.pool().idle.lock().expect("pool lock").len()
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_returns_its_connection_and_an_abandoned_one_does_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let up = upstream_at(&listener);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            read_head(&mut s);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .expect("write");
+            read_head(&mut s);
+            // Half of the body, then the rest only when the test says so.
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+                .expect("write");
+            let _ = release_rx.recv();
+            let _ = s.write_all(b"world");
+        });
+
+        let resp = up.send(get(&up)).await.expect("first exchange");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(idle(&up), 1, "a finished exchange returns its connection");
+
+        let resp = up.send(get(&up)).await.expect("second exchange");
+        assert_eq!(idle(&up), 0, "the connection is on loan");
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"hello"[..]));
+        drop(body);
+        // Half of a body is still unread on that connection: handing it to
+        // the next request would make it read "world" as its answer.
+        assert_eq!(idle(&up), 0, "an abandoned exchange keeps its connection");
+        release_tx.send(()).expect("server waits");
+        server.join().expect("server thread");
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_unnoticed_is_sent_on_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let up = upstream_at(&listener);
+        let (close_tx, close_rx) = mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            read_head(&mut s);
+            // A keep-alive answer (no `Connection: close`), then the
+            // upstream closes the idle connection, as on its idle timeout.
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .expect("write");
+            close_rx.recv().expect("test says when");
+            // Idle long enough for a replay to be allowed.
+            std::thread::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100));
+            drop(s);
+            closed_tx.send(()).expect("test waits");
+            let (mut s, _) = listener.accept().expect("accept the second connection");
+            read_head(&mut s);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew")
+                .expect("write");
+        });
+
+        let resp = up.send(get(&up)).await.expect("first exchange");
+        resp.into_body().collect().await.expect("body");
+        assert_eq!(idle(&up), 1);
+        close_tx.send(()).expect("server waits");
+        // Blocks this single-threaded runtime: the connection's task cannot
+        // see the close before the next request is handed to it, so the
+        // request is queued on a connection that is already closed.
+        closed_rx.recv().expect("server closed");
+        let resp = up
+            .send(get(&up))
+            .await
+            .expect("sent again on a new connection");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"new");
+        server.join().expect("server thread");
     }
 }
