@@ -214,6 +214,45 @@ async fn form_login_cookie_drives_a_kernel_and_cross_site_use_is_refused() {
     assert_eq!(after.status(), 401, "a logged-out cookie is revoked");
 }
 
+/// Jupyter prints links like `…/lab?token=abc`; bookmarked and opened through nbgate by a
+/// logged-in browser, the stale token must neither override the session nor reach Jupyter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_in_a_link_does_not_override_a_valid_session_cookie() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let client = bare_client(&gate);
+    let ok = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    assert_eq!(ok.status(), 303);
+    let cookie = session_cookie(&ok);
+
+    for (path, forwarded) in [
+        ("/lab/tree?token=stale-jupyter-token", "/lab/tree"),
+        (
+            "/api/contents?tok%65n=stale&type=file",
+            "/api/contents?type=file",
+        ),
+    ] {
+        let r = within(
+            T,
+            "GET with cookie and a stale token",
+            client.get(gate.url(path)).header("cookie", &cookie).send(),
+        )
+        .await
+        .expect("GET");
+        assert_eq!(r.status(), 200, "{path}");
+        let echoed: serde_json::Value = r.json().await.expect("echo JSON");
+        assert_eq!(echoed["uri"], forwarded, "what Jupyter was sent for {path}");
+    }
+
+    // Without a session the parameter is still a token, and a wrong one is refused.
+    let r = client
+        .get(gate.url("/api/contents?token=stale"))
+        .send()
+        .await
+        .expect("GET without cookie");
+    assert_eq!(r.status(), 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_cookie_is_refused() {
     let jupyter = Jupyter::start().await;

@@ -254,22 +254,23 @@ impl Gateway {
         client: IpAddr,
         sessions: &SessionCache,
     ) -> Result<Identity, Response<ProxyBody>> {
-        if let Some(token) = api_token(req) {
-            // A token verified moments ago costs nothing to accept again, so
-            // it is let through even from a locked-out address (a shared
-            // NAT address must not lock out working API clients).
-            if let Some(user) = self.auth.recently_verified_token(&token) {
-                return Ok(Identity::token(user));
-            }
-            // Verifying a new token (PBKDF2, refusal timers) is rare: boxed,
-            // so that its state does not enlarge the future of every request.
-            return Box::pin(self.verify_token(req.headers(), client, token)).await;
+        // An `Authorization` header is an API client's explicit choice.
+        let (header_token, query_token) = api_token(req);
+        if let Some(token) = header_token {
+            return self.token_identity(req.headers(), client, token).await;
         }
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
             .and_then(|v| self.auth.check_session_cached(v, sessions));
         if let Some(Verdict::Valid { claims, refresh }) = verdict {
             let refresh_cookie = refresh.then(|| self.auth.refresh(Claims::clone(&claims)));
             return Ok(Identity::session(claims, refresh_cookie));
+        }
+        // A `?token=` counts only without a valid session: links and
+        // bookmarks from Jupyter's own `…/lab?token=…` must not turn a
+        // logged-in browser's request into a refused token check. (The
+        // parameter never reaches Jupyter either way.)
+        if let Some(token) = query_token {
+            return self.token_identity(req.headers(), client, token).await;
         }
         let navigation = matches!(*req.method(), Method::GET | Method::HEAD)
             && error::wants_html(req.headers())
@@ -298,6 +299,23 @@ impl Gateway {
             HeaderValue::from_static("Bearer realm=\"nbgate\""),
         );
         Err(r)
+    }
+
+    async fn token_identity(
+        &self,
+        req_headers: &HeaderMap,
+        client: IpAddr,
+        token: String,
+    ) -> Result<Identity, Response<ProxyBody>> {
+        // A token verified moments ago costs nothing to accept again, so
+        // it is let through even from a locked-out address (a shared
+        // NAT address must not lock out working API clients).
+        if let Some(user) = self.auth.recently_verified_token(&token) {
+            return Ok(Identity::token(user));
+        }
+        // Verifying a new token (PBKDF2, refusal timers) is rare: boxed,
+        // so that its state does not enlarge the future of every request.
+        Box::pin(self.verify_token(req_headers, client, token)).await
     }
 
     /// A token not verified recently: checked against the users' tokens,
@@ -370,6 +388,16 @@ impl Gateway {
         if identity.via == Via::Token {
             // nbgate's API token is for nbgate only: Jupyter gets its own.
             parts.headers.remove(header::AUTHORIZATION);
+        }
+        // Nor does a `token` parameter reach Jupyter, whoever sent it: it is
+        // nbgate's token, or a stale one of Jupyter's that would make Jupyter
+        // refuse the request it authenticates itself (nbgate injects the
+        // right one). Only a query that may hold one is rewritten.
+        if parts
+            .uri
+            .query()
+            .is_some_and(|q| q.contains("oken") || q.contains('%'))
+        {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = strip_token_param(pq)
                 .parse()
@@ -587,24 +615,26 @@ async fn run_tunnel(
 
 /// The API token of a request: `Authorization: token …` / `Bearer …`, or
 /// `?token=` (what jupyter_client and WebSocket URLs use).
-fn api_token<B>(req: &Request<B>) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
-            return Some(rest.trim().to_owned());
-        }
-        return None;
+/// The API token of a request: from `Authorization: token|Bearer …`, or
+/// else from a `token` query parameter (WebSocket clients cannot set
+/// headers). Any other `Authorization` scheme means no token at all.
+fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let token = v.to_str().ok().and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+                .then(|| rest.trim().to_owned())
+        });
+        return (token, None);
     }
-    form_urlencoded::parse(req.uri().query()?.as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
+    let query = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    (None, query)
 }
 
-/// Removes `token=` from a path-and-query.
 fn strip_token_param(pq: &str) -> String {
     let Some((path, query)) = pq.split_once('?') else {
         return pq.to_owned();
