@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self as client_h1, SendRequest};
 use hyper::{Request, Response};
@@ -304,11 +303,7 @@ fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     if !safe || !req.body().is_end_stream() {
         return None;
     }
-    let mut copy = Request::new(
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut copy = Request::new(super::body::empty());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -477,7 +472,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::sync::mpsc;
 
-    use http_body_util::Empty;
+    use http_body_util::BodyExt;
 
     use super::*;
 
@@ -500,7 +495,7 @@ mod tests {
         Request::builder()
             .uri("/")
             .header(http::header::HOST, up.host_header.clone())
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .body(super::super::body::empty())
             .expect("request")
     }
 
