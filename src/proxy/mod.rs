@@ -660,19 +660,51 @@ fn strip_token_param(pq: &str) -> String {
 
 /// Removes nbgate's own cookies before a request goes to Jupyter.
 fn strip_own_cookies(h: &mut HeaderMap) {
-    let own = [SESSION_COOKIE, csrf::CSRF_COOKIE];
-    let values: Vec<String> = h
+    let is_own = |kv: &str| {
+        let name = kv.split_once('=').map_or(kv, |(k, _)| k);
+        name == SESSION_COOKIE || name == csrf::CSRF_COOKIE
+    };
+    let mut cookies = h.get_all(header::COOKIE).iter();
+    let (Some(only), None) = (cookies.next(), cookies.next()) else {
+        if h.contains_key(header::COOKIE) {
+            rewrite_cookies(h, is_own);
+        }
+        return;
+    };
+    // One header with none of nbgate's cookies (or with nothing else) is
+    // decided without building a new value.
+    match only.to_str() {
+        Ok(v) if !v.split(';').any(|kv| is_own(kv.trim())) => {}
+        Ok(v)
+            if v.split(';')
+                .all(|kv| kv.trim().is_empty() || is_own(kv.trim())) =>
+        {
+            h.remove(header::COOKIE);
+        }
+        _ => rewrite_cookies(h, is_own),
+    }
+}
+
+/// Merges the `Cookie` headers into one without the pairs `is_own` names
+/// (and without any header that is not text).
+fn rewrite_cookies(h: &mut HeaderMap, is_own: impl Fn(&str) -> bool) {
+    let mut kept = String::new();
+    for kv in h
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|kv| !kv.is_empty() && !own.iter().any(|o| kv.split('=').next() == Some(*o)))
-        .map(str::to_owned)
-        .collect();
+        .filter(|kv| !kv.is_empty() && !is_own(kv))
+    {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(kv);
+    }
     h.remove(header::COOKIE);
-    if !values.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&values.join("; ")) {
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             h.insert(header::COOKIE, v);
         }
     }
@@ -710,16 +742,23 @@ impl ErrorPrefs {
 /// The host the client addressed (`:authority` in HTTP/2, `Host` in 1.1),
 /// validated as an authority. It defines the public origin for this request.
 fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ProxyError::BadHost)?
-            .to_owned(),
+    let parsed;
+    // An HTTP/2 `:authority` (or an absolute-form target) was parsed with
+    // the request; only a `Host` header still needs parsing.
+    let auth = match req.uri().authority() {
+        Some(a) => a,
+        None => {
+            let raw = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(ProxyError::BadHost)?;
+            parsed = raw
+                .parse::<http::uri::Authority>()
+                .map_err(|_| ProxyError::BadHost)?;
+            &parsed
+        }
     };
-    let auth: http::uri::Authority = raw.parse().map_err(|_| ProxyError::BadHost)?;
     if auth.as_str().contains('@') || auth.host().is_empty() {
         return Err(ProxyError::BadHost);
     }
@@ -830,6 +869,32 @@ mod tests {
         );
         strip_own_cookies(&mut h);
         assert_eq!(h[header::COOKIE], "_xsrf=1; u=2");
+        // Only nbgate's cookie: the header goes.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-nbgate-session=abc"),
+        );
+        strip_own_cookies(&mut h);
+        assert!(h.get(header::COOKIE).is_none(), "{h:?}");
+        // None of nbgate's: left as sent.
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("_xsrf=1;u=2"));
+        strip_own_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "_xsrf=1;u=2");
+        // Several headers are merged, nbgate's pairs dropped from each.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-nbgate-csrf=z"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-nbgate-session=abc; b=2"),
+        );
+        strip_own_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
     }
 
     #[test]
