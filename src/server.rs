@@ -466,15 +466,12 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     let gateway = Arc::clone(&ctx.gateway);
     let sessions = Arc::new(SessionCache::default());
     let service = service_fn(move |req| {
-        let gw = Arc::clone(&gateway);
-        let sessions = Arc::clone(&sessions);
         // Boxed once here: hyper moves the service future whole when it
         // spawns an HTTP/2 stream task and again inside tokio's task cell;
         // moving a pointer instead of the ~2.4 KB request state saves 4%
-        // of the instructions of a proxied HTTP/2 request (callgrind).
-        Box::pin(
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, conn, sessions).await) },
-        )
+        // of the instructions of a proxied HTTP/2 request (callgrind). No
+        // wrapping `async` block: it would copy the state once more.
+        Box::pin(Arc::clone(&gateway).handle(req, conn, Arc::clone(&sessions)))
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {

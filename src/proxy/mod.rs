@@ -97,13 +97,14 @@ impl Gateway {
         }
     }
 
-    /// Handles one request from a TLS connection.
+    /// Handles one request from a TLS connection. Never fails: every error
+    /// becomes a response; the `Result` is hyper's service contract.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
         sessions: Arc<SessionCache>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let start = Instant::now();
         // Behind a trusted proxy, the client its forwarding headers name;
         // everyone else's such headers are ignored (and replaced upstream).
@@ -138,7 +139,7 @@ impl Gateway {
         self.response_filter(&mut resp);
 
         if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return resp;
+            return Ok(resp);
         }
         let record = AccessRecord {
             client,
@@ -148,7 +149,7 @@ impl Gateway {
             version,
             start,
         };
-        resp.map(|b| LoggedBody::new(b, Some(record)).boxed_unsync())
+        Ok(resp.map(|b| LoggedBody::new(b, Some(record)).boxed_unsync()))
     }
 
     async fn route(
@@ -672,16 +673,24 @@ fn strip_own_cookies(h: &mut HeaderMap) {
         return;
     };
     // One header with none of nbgate's cookies (or with nothing else) is
-    // decided without building a new value.
-    match only.to_str() {
-        Ok(v) if !v.split(';').any(|kv| is_own(kv.trim())) => {}
-        Ok(v)
-            if v.split(';')
-                .all(|kv| kv.trim().is_empty() || is_own(kv.trim())) =>
-        {
+    // decided in one pass, without building a new value.
+    let Ok(v) = only.to_str() else {
+        return rewrite_cookies(h, is_own);
+    };
+    let (mut own, mut other) = (false, false);
+    for kv in v.split(';').map(str::trim).filter(|kv| !kv.is_empty()) {
+        if is_own(kv) {
+            own = true;
+        } else {
+            other = true;
+        }
+    }
+    match (own, other) {
+        (false, _) => {}
+        (true, false) => {
             h.remove(header::COOKIE);
         }
-        _ => rewrite_cookies(h, is_own),
+        (true, true) => rewrite_cookies(h, is_own),
     }
 }
 
