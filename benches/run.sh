@@ -13,8 +13,10 @@
 #                         (default: <repo>/.venv; `bash tests/run.sh` creates it).
 #   NBGATE_BENCH_POLICY   TOML for nbgate's [policy] section (default: benches/policy.toml if present).
 #   SKIP_MICRO=1          skip the criterion micro benches.
+#   SKIP_INSTRUCTIONS=1   skip the callgrind instruction counts (benches/instructions.sh).
 #
-# Installs (Debian, when missing): nginx, caddy, wrk, gnuplot-nox. Every process it starts is
+# Installs (Debian, when missing): nginx, caddy, wrk, gnuplot-nox (and, for the instruction
+# counts, valgrind and nghttp2-client). Every process it starts is
 # stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -78,4 +80,24 @@ setsid cargo bench --quiet --bench loadgen -- run "$@" --venv "$NBGATE_TEST_VENV
 pgid=$!
 wait "$pgid"
 pgid=""
+
+# Instructions per request: a figure that repeats to ±0.3% where CPU time drifts ±15%.
+if [[ "${SKIP_INSTRUCTIONS:-0}" != 1 && "$quick" == 0 && -f "$out/REPORT.md" ]]; then
+    log "instructions per request (callgrind): benches/instructions.sh"
+    if table="$(bash benches/instructions.sh)"; then
+        {
+            echo
+            echo "## Instructions per request (callgrind)"
+            echo
+            echo "\`bash benches/instructions.sh\` (run by \`benches/run.sh\`): user-space instructions per proxied"
+            echo "1 KiB request, one worker under valgrind, h2load load (HTTP/2: 4 connections × 16 streams;"
+            echo "HTTP/1.1: 16 connections), session cookie on every request. Repeats to ±0.3% between runs;"
+            echo "kernel time and cache misses are not in it."
+            echo
+            sed -n '/^| /p' <<<"$table"
+        } >>"$out/REPORT.md"
+    else
+        log "benches/instructions.sh failed; REPORT.md has no instruction counts"
+    fi
+fi
 log "done: $out/REPORT.md"
