@@ -2,11 +2,19 @@
 //! exponential lockout per client address and per user name.
 //!
 //! Owns the decisions "may this address / user name try a password now" and
-//! "does this failure start a lockout". The caller asks [`Lockout::check`]
+//! "does this failure start a lockout". The caller calls [`Lockout::begin`]
 //! *before* verifying a password (so a locked attacker never costs a hash),
-//! reports the outcome with [`Lockout::record_failure`] or
-//! [`Lockout::record_success`], and turns [`Locked`] into a 429 with
-//! `Retry-After` and an audit event. Addresses are keyed like the rate limiter
+//! reports the outcome on the returned [`Attempt`] ([`Attempt::failed`] or
+//! [`Attempt::succeeded`]), and turns [`Refused`] into a 429 with
+//! `Retry-After` and an audit event.
+//!
+//! An attempt being verified counts against the threshold until its outcome
+//! is known: with only "is it locked?" checked first, attempts sent at the
+//! same moment all passed the check while the count was below the threshold,
+//! so a guesser got `threshold + concurrent verifications - 1` guesses per
+//! lock (73 instead of 10 on a 64-core machine). Now an attempt that would
+//! make failures plus attempts in flight exceed the threshold is refused as
+//! [`Refused::InFlight`] (retry shortly). Addresses are keyed like the rate limiter
 //! (IPv4 address, IPv6 /64), so one IPv6 host cannot rotate around its count.
 //!
 //! # The trade-off between the two scopes
@@ -95,6 +103,59 @@ pub struct Locked {
     pub retry_after: Duration,
 }
 
+/// Why an attempt may not be verified now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The address or user name is locked.
+    Locked(Locked),
+    /// Failures so far plus attempts being verified reach the threshold:
+    /// once those are decided, this one may be tried (or a lock applies).
+    InFlight,
+}
+
+/// An attempt admitted by [`Lockout::begin`], counted as in flight until its
+/// outcome is reported (or it is dropped: a cancelled verification counts as
+/// nothing).
+#[must_use = "report the outcome with failed() or succeeded()"]
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    ip: IpAddr,
+    /// The attempted user name's key, when it was reserved against the name.
+    user: Option<u64>,
+    released: bool,
+}
+
+impl Attempt<'_> {
+    /// A wrong password or token: see [`Lockout::record_failure`].
+    pub fn failed(mut self, user: Option<&str>, now: Instant) -> Option<Locked> {
+        self.release();
+        self.lockout.record_failure(self.ip, user, now)
+    }
+
+    /// A valid password or token for `user`: see [`Lockout::record_success`].
+    pub fn succeeded(mut self, user: &str, now: Instant) {
+        self.release();
+        self.lockout.record_success(self.ip, user, now);
+    }
+
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        lock(&self.lockout.addresses).release(&ClientKey::of(self.ip));
+        if let Some(key) = self.user {
+            lock(&self.lockout.users).release(&key);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Failure counts and locks per address and per user name. `Send + Sync`.
 ///
 /// Each scope is one std `Mutex` around a `HashMap`: it is held for a few
@@ -166,6 +227,45 @@ impl Lockout {
             Some(locked) => Err(locked),
             None => Ok(()),
         }
+    }
+
+    /// Before verifying a password or token: admits the attempt unless the
+    /// address or user name is locked ([`Lockout::check`]) or the attempts
+    /// already being verified could reach the threshold together with this
+    /// one. `user` is `None` for token attempts; an address the name logged
+    /// in from recently is not held to the name's count (as in `check`).
+    ///
+    /// # Errors
+    /// [`Refused::Locked`] with the scope and time left, or
+    /// [`Refused::InFlight`].
+    pub fn begin(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Refused> {
+        self.check(ip, user, now).map_err(Refused::Locked)?;
+        let addr = ClientKey::of(ip);
+        if !lock(&self.addresses).reserve(addr, now) {
+            return Err(Refused::InFlight);
+        }
+        let mut attempt = Attempt {
+            lockout: self,
+            ip,
+            user: None,
+            released: false,
+        };
+        if let Some(name) = user {
+            let key = self.user_key(name);
+            if !self.is_known(key, addr, now) {
+                if !lock(&self.users).reserve(key, now) {
+                    // Dropping `attempt` releases the address again.
+                    return Err(Refused::InFlight);
+                }
+                attempt.user = Some(key);
+            }
+        }
+        Ok(attempt)
     }
 
     /// After a wrong password or token: counts it against the address and the
@@ -275,6 +375,8 @@ struct Record {
     lockouts: u32,
     last_failure: Instant,
     locked_until: Option<Instant>,
+    /// Attempts admitted by `begin` whose outcome is not known yet.
+    in_flight: u32,
 }
 
 impl Record {
@@ -293,7 +395,8 @@ impl Record {
     }
 
     fn expired(&self, now: Instant, window: Duration) -> bool {
-        self.locked_for(now).is_none()
+        self.in_flight == 0
+            && self.locked_for(now).is_none()
             && now.saturating_duration_since(self.active_until()) >= window
     }
 }
@@ -325,18 +428,48 @@ impl<K: Hash + Eq + Copy> Table<K> {
         self.map.get(key).and_then(|r| r.locked_for(now))
     }
 
-    /// Counts a failure; returns the lock in force afterwards, if any.
-    fn fail(&mut self, key: K, now: Instant) -> Option<Duration> {
+    /// The key's record, made (room permitting) when it has none.
+    fn record(&mut self, key: K, now: Instant) -> &mut Record {
         if !self.map.contains_key(&key) && self.map.len() >= self.max_keys {
             self.make_room(now);
         }
-        let window = self.window;
-        let record = self.map.entry(key).or_insert(Record {
+        self.map.entry(key).or_insert(Record {
             failures: 0,
             lockouts: 0,
             last_failure: now,
             locked_until: None,
-        });
+            in_flight: 0,
+        })
+    }
+
+    /// Admits one more attempt in flight unless failures so far plus those
+    /// in flight could reach the threshold with it.
+    fn reserve(&mut self, key: K, now: Instant) -> bool {
+        let (threshold, window) = (self.threshold, self.window);
+        let record = self.record(key, now);
+        let failures = if record.expired(now, window) {
+            0
+        } else {
+            record.failures
+        };
+        if failures.saturating_add(record.in_flight) >= threshold {
+            return false;
+        }
+        record.in_flight += 1;
+        true
+    }
+
+    fn release(&mut self, key: &K) {
+        if let Some(record) = self.map.get_mut(key) {
+            record.in_flight = record.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Counts a failure; returns the lock in force afterwards, if any.
+    fn fail(&mut self, key: K, now: Instant) -> Option<Duration> {
+        let (window, threshold, base, max_lock) =
+            (self.window, self.threshold, self.base, self.max_lock);
+        let record = self.record(key, now);
         if let Some(left) = record.locked_for(now) {
             return Some(left);
         }
@@ -347,10 +480,10 @@ impl<K: Hash + Eq + Copy> Table<K> {
         }
         record.failures = record.failures.saturating_add(1);
         record.last_failure = now;
-        if record.failures < self.threshold {
+        if record.failures < threshold {
             return None;
         }
-        let duration = lock_duration(self.base, record.lockouts, self.max_lock);
+        let duration = lock_duration(base, record.lockouts, max_lock);
         record.failures = 0;
         record.lockouts = record.lockouts.saturating_add(1);
         record.locked_until = Some(now + duration);
@@ -358,8 +491,15 @@ impl<K: Hash + Eq + Copy> Table<K> {
     }
 
     fn forget_unless_locked(&mut self, key: &K, now: Instant) {
-        if let Some(record) = self.map.get(key) {
-            if record.locked_for(now).is_none() {
+        if let Some(record) = self.map.get_mut(key) {
+            if record.locked_for(now).is_some() {
+                return;
+            }
+            if record.in_flight > 0 {
+                // Other attempts from here are still being verified.
+                record.failures = 0;
+                record.lockouts = 0;
+            } else {
                 self.map.remove(key);
             }
         }
@@ -426,6 +566,79 @@ mod tests {
             last = l.record_failure(ip, user, now);
         }
         last
+    }
+
+    #[test]
+    fn attempts_in_flight_count_toward_the_threshold() {
+        let l = Lockout::new(cfg());
+        let (a, now) = (ip("203.0.113.7"), Instant::now());
+        // Ten guesses sent at once: ten are admitted, the eleventh waits.
+        let flight: Vec<Attempt<'_>> = (0..10)
+            .map(|_| l.begin(a, Some("alice"), now).expect("admitted"))
+            .collect();
+        assert_eq!(
+            l.begin(a, Some("alice"), now).unwrap_err(),
+            Refused::InFlight
+        );
+        // All ten fail: the address is locked, and nothing more got through.
+        let locks: Vec<_> = flight
+            .into_iter()
+            .map(|t| t.failed(Some("alice"), now))
+            .collect();
+        assert!(locks[..9].iter().all(Option::is_none), "{locks:?}");
+        assert_eq!(locks[9].map(|l| l.scope), Some(Scope::Address));
+        assert!(matches!(
+            l.begin(a, Some("alice"), now),
+            Err(Refused::Locked(Locked {
+                scope: Scope::Address,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn nine_failures_leave_room_for_exactly_one_attempt_at_a_time() {
+        let l = Lockout::new(cfg());
+        let (a, now) = (ip("203.0.113.8"), Instant::now());
+        assert!(fail_n(&l, a, None, now, 9).is_none());
+        let last = l.begin(a, None, now).expect("the tenth attempt");
+        assert_eq!(l.begin(a, None, now).unwrap_err(), Refused::InFlight);
+        // Right after all: the count is forgotten and attempts are admitted.
+        last.succeeded("alice", now);
+        let again: Vec<_> = (0..10).map(|_| l.begin(a, None, now)).collect();
+        assert!(again.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn a_dropped_attempt_counts_nothing_and_frees_its_place() {
+        let l = Lockout::new(cfg());
+        let (a, now) = (ip("203.0.113.9"), Instant::now());
+        assert!(fail_n(&l, a, None, now, 9).is_none());
+        // A verification cancelled (client gone) neither counts as a failure
+        // nor keeps its place.
+        drop(l.begin(a, None, now).expect("admitted"));
+        let t = l.begin(a, None, now).expect("admitted again");
+        assert_eq!(t.failed(None, now).map(|l| l.scope), Some(Scope::Address));
+    }
+
+    #[test]
+    fn attempts_in_flight_for_a_name_count_across_addresses() {
+        let l = Lockout::new(cfg());
+        let now = Instant::now();
+        let flight: Vec<_> = (0..50)
+            .map(|i| {
+                l.begin(ip(&format!("198.51.100.{i}")), Some("bob"), now)
+                    .expect("admitted")
+            })
+            .collect();
+        assert_eq!(
+            l.begin(ip("198.51.100.200"), Some("bob"), now).unwrap_err(),
+            Refused::InFlight
+        );
+        // Another name is not held up.
+        assert!(l.begin(ip("198.51.100.200"), Some("carol"), now).is_ok());
+        drop(flight);
+        assert!(l.begin(ip("198.51.100.200"), Some("bob"), now).is_ok());
     }
 
     #[test]

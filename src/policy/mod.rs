@@ -19,7 +19,7 @@ pub mod rate_limit;
 
 pub use cidr::{normalize, AccessList, Cidr, CidrError, IpSet};
 pub use client_addr::{client_addr, ForwardedHeader};
-pub use lockout::{Locked, Lockout, LockoutConfig, Scope};
+pub use lockout::{Attempt, Locked, Lockout, LockoutConfig, Refused, Scope};
 pub use proxy_protocol::{read_header, ProxyHeader, ProxyProtocolError};
 pub use rate_limit::{Class, RateLimiter, RateQuota};
 

@@ -34,6 +34,7 @@ use self::websocket::Tunnels;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, Via};
 use crate::config::Config;
+use crate::policy::Refused;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -333,27 +334,35 @@ impl Gateway {
         if let Err(secs) = self.guard.check_rate(client, false) {
             return Err(ProxyError::RateLimited(secs).into_response(req_headers));
         }
-        if let Err(locked) = self.guard.lockout.check(client, None, now) {
-            let secs = guard::locked_secs(&locked);
-            tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
-            self.guard.hold_refusal().await;
-            return Err(error_response(
-                req_headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                "locked_out",
-                "Too many invalid tokens from this address; retry later.",
-                Some(secs),
-            ));
-        }
+        let attempt = match self.guard.lockout.begin(client, None, now) {
+            Ok(attempt) => attempt,
+            Err(Refused::Locked(locked)) => {
+                let secs = guard::locked_secs(&locked);
+                tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
+                self.guard.hold_refusal().await;
+                return Err(error_response(
+                    req_headers,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "locked_out",
+                    "Too many invalid tokens from this address; retry later.",
+                    Some(secs),
+                ));
+            }
+            Err(Refused::InFlight) => {
+                tracing::info!(target: "nbgate::audit", event = "token_busy", %client, reason = "in_flight", "api token refused: attempts from this address are still being verified");
+                self.guard.hold_refusal().await;
+                return Err(busy_response(req_headers));
+            }
+        };
         match self.auth.check_token(&token).await {
             Check::Valid(user) => {
-                self.guard.lockout.record_success(client, &user, now);
+                attempt.succeeded(&user, now);
                 tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
                 Ok(Identity::token(user))
             }
             Check::Invalid { .. } => {
                 tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
-                if let Some(locked) = self.guard.lockout.record_failure(client, None, now) {
+                if let Some(locked) = attempt.failed(None, now) {
                     tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
                 }
                 Err(error_response(
@@ -365,15 +374,10 @@ impl Gateway {
                 ))
             }
             Check::Busy => {
+                drop(attempt);
                 tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
                 self.guard.hold_refusal().await;
-                Err(error_response(
-                    req_headers,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "busy",
-                    "Too many authentication attempts; retry shortly.",
-                    Some(1),
-                ))
+                Err(busy_response(req_headers))
             }
         }
     }
@@ -657,6 +661,17 @@ fn strip_token_param(pq: &str) -> String {
     } else {
         format!("{path}?{}", kept.join("&"))
     }
+}
+
+/// 429 for an authentication attempt that must wait for others to finish.
+fn busy_response(req_headers: &HeaderMap) -> Response<ProxyBody> {
+    error_response(
+        req_headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        "busy",
+        "Too many authentication attempts; retry shortly.",
+        Some(1),
+    )
 }
 
 /// Removes nbgate's own cookies before a request goes to Jupyter.

@@ -18,6 +18,7 @@ use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check};
 use crate::pages::{self, LoginView, Notice};
+use crate::policy::Refused;
 
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -206,17 +207,23 @@ impl Pages<'_> {
         }
         let user_shown = if user.len() <= 64 { user } else { "" };
         // Checked before hashing: a locked-out guesser costs no PBKDF2.
-        if let Err(locked) = self.guard.lockout.check(client, Some(user), Instant::now()) {
-            let secs = locked_secs(&locked);
-            tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
-            self.guard.hold_refusal().await;
-            return self.locked_page(&headers, &next, user_shown, secs);
-        }
+        let attempt = match self.guard.lockout.begin(client, Some(user), Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(Refused::Locked(locked)) => {
+                let secs = locked_secs(&locked);
+                tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
+                self.guard.hold_refusal().await;
+                return self.locked_page(&headers, &next, user_shown, secs);
+            }
+            Err(Refused::InFlight) => {
+                tracing::info!(target: "nbgate::audit", event = "login_busy", user = %user_shown, %client, reason = "in_flight", "login refused: attempts from this address or for this name are still being verified");
+                self.guard.hold_refusal().await;
+                return self.busy_page(&headers, &next, user_shown);
+            }
+        };
         match self.auth.check_password(user, field("password")).await {
             Check::Valid(name) => {
-                self.guard
-                    .lockout
-                    .record_success(client, &name, Instant::now());
+                attempt.succeeded(&name, Instant::now());
                 let (claims, set) = self.auth.start_session(&name);
                 tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
                 let mut r = see_other(&next);
@@ -230,11 +237,7 @@ impl Pages<'_> {
                     "wrong_password"
                 };
                 tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
-                if let Some(locked) =
-                    self.guard
-                        .lockout
-                        .record_failure(client, Some(user), Instant::now())
-                {
+                if let Some(locked) = attempt.failed(Some(user), Instant::now()) {
                     let secs = locked_secs(&locked);
                     tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
                     return self.locked_page(&headers, &next, user_shown, secs);
@@ -248,22 +251,28 @@ impl Pages<'_> {
                 )
             }
             Check::Busy => {
+                drop(attempt);
                 tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
                 self.guard.hold_refusal().await;
-                let mut r = self.login_page(
-                    &headers,
-                    &next,
-                    user_shown,
-                    Some(Notice::RateLimited {
-                        retry_after_secs: 1,
-                    }),
-                    StatusCode::TOO_MANY_REQUESTS,
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-                r
+                self.busy_page(&headers, &next, user_shown)
             }
         }
+    }
+
+    /// 429 with the login page asking to retry in a second.
+    fn busy_page(&self, headers: &HeaderMap, next: &str, user: &str) -> Response<ProxyBody> {
+        let mut r = self.login_page(
+            headers,
+            next,
+            user,
+            Some(Notice::RateLimited {
+                retry_after_secs: 1,
+            }),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        r
     }
 
     /// 429 with the login page saying when to retry.
