@@ -94,7 +94,7 @@ if [[ "${SKIP_INSTRUCTIONS:-0}" != 1 && "$quick" == 0 && -f "$out/REPORT.md" ]];
             echo "HTTP/1.1: 16 connections), session cookie on every request. Repeats to ±0.3% between runs;"
             echo "kernel time and cache misses are not in it."
             echo
-            sed -n '/^| /p' <<<"$table"
+            sed -n '/^|/p' <<<"$table"
         } >>"$out/REPORT.md"
     else
         log "benches/instructions.sh failed; REPORT.md has no instruction counts"
