@@ -13,8 +13,10 @@
 # Load (h2load, nghttp2): HTTP/2 4 connections × 16 streams; HTTP/1.1 16 keep-alive connections.
 # Every request carries a session cookie (a valid one for nbgate, the same length for nginx).
 # Each server runs one worker under valgrind; instrumentation is switched on after the login
-# and a 200-request warm-up, and off before the dump, so start-up is not counted.
-# Installs (Debian, when missing): valgrind, nghttp2-client, nginx, curl. Every process it
+# and a 200-request warm-up, and off before the dump, so start-up is not counted; a load of
+# 1,000 requests is subtracted from one of 1,000 + N, so neither are the TLS handshakes.
+# Installs (Debian, when missing): valgrind, nghttp2-client, nginx, curl, openssl (python3 picks
+# free ports). Every process it
 # starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -49,7 +51,8 @@ cleanup() {
     wait 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up_port="$(free_port)"
@@ -143,6 +146,32 @@ EOF
         nginx -p "$2" -c "$2/nginx.conf" >"$2/log.txt" 2>&1 &
 }
 
+# Instructions spent on one load of n requests: prints the total.
+count() { # name proto pid dir n cookie port h2load-args...
+    local name="$1" proto="$2" pid="$3" dir="$4" n="$5" cookie="$6" port="$7" f="" ir=""
+    shift 7
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    callgrind_control -i on "$pid" >/dev/null 2>&1
+    h2load -n "$n" "$@" -H "cookie: __Host-nbgate-session=$cookie" \
+        "https://127.0.0.1:$port/1k" >"$dir/h2load.$proto" 2>&1
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    grep -q "status codes: $n 2xx" "$dir/h2load.$proto" ||
+        { log "$name $proto: not every request succeeded"; cat "$dir/h2load.$proto" >&2; return 1; }
+    rm -f "$dir"/callgrind.out.*
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    # The dump is written by the traced process itself: wait until it is complete.
+    for _ in $(seq 1 100); do
+        f="$(ls "$dir"/callgrind.out.* 2>/dev/null | head -1)"
+        if [[ -n "$f" ]]; then
+            ir="$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
+            [[ "$ir" =~ ^[0-9]+$ ]] && break
+        fi
+        sleep 0.2
+    done
+    [[ "$ir" =~ ^[0-9]+$ ]] || { log "$name $proto: no callgrind dump"; return 1; }
+    echo "$ir"
+}
+
 # Counts one contender: prints "name h1 h2" (instructions per request).
 measure() { # name kind [bin]
     local name="$1" kind="$2" port dir pid cookie line=() proto
@@ -164,24 +193,13 @@ measure() { # name kind [bin]
         [[ "$proto" == h1 ]] && args=(--h1 -c 16 -m 1)
         h2load -n 200 "${args[@]}" -H "cookie: __Host-nbgate-session=$cookie" \
             "https://127.0.0.1:$port/1k" >/dev/null 2>&1
-        callgrind_control -z "$pid" >/dev/null 2>&1
-        callgrind_control -i on "$pid" >/dev/null 2>&1
-        h2load -n "$N" "${args[@]}" -H "cookie: __Host-nbgate-session=$cookie" \
-            "https://127.0.0.1:$port/1k" >"$dir/h2load.$proto" 2>&1
-        callgrind_control -i off "$pid" >/dev/null 2>&1
-        grep -q "status codes: $N 2xx" "$dir/h2load.$proto" ||
-            { log "$name $proto: not every request succeeded"; cat "$dir/h2load.$proto" >&2; return 1; }
-        rm -f "$dir"/callgrind.out.*
-        callgrind_control -d "$pid" >/dev/null 2>&1
-        local f="" ir
-        for _ in $(seq 1 100); do
-            f="$(ls "$dir"/callgrind.out.* 2>/dev/null | head -1)"
-            [[ -n "$f" ]] && break
-            sleep 0.1
+        # Each load opens its connections anew (full TLS handshakes): a short and a long load
+        # are counted, and the difference divided by the extra requests cancels them out.
+        local small=1000 counts=() n
+        for n in "$small" "$((small + N))"; do
+            counts+=("$(count "$name" "$proto" "$pid" "$dir" "$n" "$cookie" "$port" "${args[@]}")")
         done
-        sleep 0.5 # the dump is written by the traced process itself
-        ir="$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
-        line+=("$((ir / N))")
+        line+=("$(((counts[1] - counts[0]) / N))")
     done
     kill "$pid" 2>/dev/null || true
     echo "$name ${line[*]}"

@@ -91,8 +91,8 @@ if [[ "${SKIP_INSTRUCTIONS:-0}" != 1 && "$quick" == 0 && -f "$out/REPORT.md" ]];
             echo
             echo "\`bash benches/instructions.sh\` (run by \`benches/run.sh\`): user-space instructions per proxied"
             echo "1 KiB request, one worker under valgrind, h2load load (HTTP/2: 4 connections × 16 streams;"
-            echo "HTTP/1.1: 16 connections), session cookie on every request. Repeats to ±0.3% between runs;"
-            echo "kernel time and cache misses are not in it."
+            echo "HTTP/1.1: 16 connections), session cookie on every request; the loads' TLS handshakes are"
+            echo "subtracted out. Repeats to ±0.3% between runs; kernel time and cache misses are not in it."
             echo
             sed -n '/^|/p' <<<"$table"
         } >>"$out/REPORT.md"

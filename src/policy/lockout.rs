@@ -113,6 +113,22 @@ pub enum Refused {
     InFlight,
 }
 
+/// A table's refusal to admit an attempt.
+#[derive(Debug, Clone, Copy)]
+enum Reserve {
+    Locked(Duration),
+    InFlight,
+}
+
+impl Reserve {
+    fn into_refused(self, scope: Scope) -> Refused {
+        match self {
+            Reserve::Locked(retry_after) => Refused::Locked(Locked { scope, retry_after }),
+            Reserve::InFlight => Refused::InFlight,
+        }
+    }
+}
+
 /// An attempt admitted by [`Lockout::begin`], counted as in flight until its
 /// outcome is reported (or it is dropped: a cancelled verification counts as
 /// nothing).
@@ -127,10 +143,39 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// A wrong password or token: see [`Lockout::record_failure`].
+    /// A wrong password or token: counts it as [`Lockout::record_failure`]
+    /// does. The attempt leaves the in-flight count and its failure enters
+    /// the failure count under one lock, so no other attempt is admitted
+    /// in between on the strength of neither.
     pub fn failed(mut self, user: Option<&str>, now: Instant) -> Option<Locked> {
-        self.release();
-        self.lockout.record_failure(self.ip, user, now)
+        self.released = true;
+        let l = self.lockout;
+        let address = {
+            let mut table = lock(&l.addresses);
+            let key = ClientKey::of(self.ip);
+            table.release(&key);
+            table.fail(key, now)
+        }
+        .map(|d| Locked {
+            scope: Scope::Address,
+            retry_after: d,
+        });
+        let user = user.and_then(|name| {
+            let key = l.user_key(name);
+            let mut table = lock(&l.users);
+            if self.user == Some(key) {
+                table.release(&key);
+            }
+            table.fail(key, now).map(|d| Locked {
+                scope: Scope::User,
+                retry_after: d,
+            })
+        });
+        if let (Some(key), None) = (self.user, user) {
+            // Reserved against a name but failed without one: release it.
+            lock(&l.users).release(&key);
+        }
+        longer(address, user)
     }
 
     /// A valid password or token for `user`: see [`Lockout::record_success`].
@@ -230,10 +275,11 @@ impl Lockout {
     }
 
     /// Before verifying a password or token: admits the attempt unless the
-    /// address or user name is locked ([`Lockout::check`]) or the attempts
-    /// already being verified could reach the threshold together with this
-    /// one. `user` is `None` for token attempts; an address the name logged
-    /// in from recently is not held to the name's count (as in `check`).
+    /// address or user name is locked ([`Lockout::check`]) or the failures so
+    /// far plus the attempts already being verified reach the threshold (so
+    /// that all of them failing could not go past it). `user` is `None` for
+    /// token attempts; an address the name logged in from recently is not
+    /// held to the name's count (as in `check`).
     ///
     /// # Errors
     /// [`Refused::Locked`] with the scope and time left, or
@@ -246,9 +292,11 @@ impl Lockout {
     ) -> Result<Attempt<'_>, Refused> {
         self.check(ip, user, now).map_err(Refused::Locked)?;
         let addr = ClientKey::of(ip);
-        if !lock(&self.addresses).reserve(addr, now) {
-            return Err(Refused::InFlight);
-        }
+        // `reserve` looks at the lock again under its own lock: another
+        // attempt's failure may have set one since `check`.
+        lock(&self.addresses)
+            .reserve(addr, now)
+            .map_err(|r| r.into_refused(Scope::Address))?;
         let mut attempt = Attempt {
             lockout: self,
             ip,
@@ -258,10 +306,10 @@ impl Lockout {
         if let Some(name) = user {
             let key = self.user_key(name);
             if !self.is_known(key, addr, now) {
-                if !lock(&self.users).reserve(key, now) {
-                    // Dropping `attempt` releases the address again.
-                    return Err(Refused::InFlight);
-                }
+                // On refusal, dropping `attempt` releases the address again.
+                lock(&self.users)
+                    .reserve(key, now)
+                    .map_err(|r| r.into_refused(Scope::User))?;
                 attempt.user = Some(key);
             }
         }
@@ -394,10 +442,16 @@ impl Record {
         }
     }
 
-    fn expired(&self, now: Instant, window: Duration) -> bool {
-        self.in_flight == 0
-            && self.locked_for(now).is_none()
+    /// Not locked and quiet for `window`: its count and level no longer
+    /// apply (they start again from zero).
+    fn stale(&self, now: Instant, window: Duration) -> bool {
+        self.locked_for(now).is_none()
             && now.saturating_duration_since(self.active_until()) >= window
+    }
+
+    /// Stale with no attempt in flight: the record can be dropped.
+    fn expired(&self, now: Instant, window: Duration) -> bool {
+        self.in_flight == 0 && self.stale(now, window)
     }
 }
 
@@ -442,26 +496,39 @@ impl<K: Hash + Eq + Copy> Table<K> {
         })
     }
 
-    /// Admits one more attempt in flight unless failures so far plus those
-    /// in flight could reach the threshold with it.
-    fn reserve(&mut self, key: K, now: Instant) -> bool {
+    /// Admits one more attempt in flight unless the key is locked or its
+    /// failures so far plus those in flight reach the threshold.
+    fn reserve(&mut self, key: K, now: Instant) -> Result<(), Reserve> {
         let (threshold, window) = (self.threshold, self.window);
         let record = self.record(key, now);
-        let failures = if record.expired(now, window) {
+        if let Some(left) = record.locked_for(now) {
+            return Err(Reserve::Locked(left));
+        }
+        let failures = if record.stale(now, window) {
             0
         } else {
             record.failures
         };
         if failures.saturating_add(record.in_flight) >= threshold {
-            return false;
+            return Err(Reserve::InFlight);
         }
         record.in_flight += 1;
-        true
+        Ok(())
     }
 
+    /// An attempt's outcome is known. A record left with nothing in it (an
+    /// attempt that was cancelled or refused as busy) is dropped, so that
+    /// attempts which never failed do not take room from real counts.
     fn release(&mut self, key: &K) {
         if let Some(record) = self.map.get_mut(key) {
             record.in_flight = record.in_flight.saturating_sub(1);
+            let empty = record.failures == 0
+                && record.lockouts == 0
+                && record.in_flight == 0
+                && record.locked_until.is_none();
+            if empty {
+                self.map.remove(key);
+            }
         }
     }
 
@@ -473,7 +540,7 @@ impl<K: Hash + Eq + Copy> Table<K> {
         if let Some(left) = record.locked_for(now) {
             return Some(left);
         }
-        if record.expired(now, window) {
+        if record.stale(now, window) {
             record.failures = 0;
             record.lockouts = 0;
             record.locked_until = None;
@@ -511,7 +578,8 @@ impl<K: Hash + Eq + Copy> Table<K> {
     }
 
     /// Frees at least an eighth of `max_keys`: expired records first, then
-    /// the least recently active, unlocked before locked. Batching keeps the
+    /// the least recently active, unlocked (and with nothing in flight)
+    /// before locked. Batching keeps the
     /// amortised cost per new key constant under a flood.
     fn make_room(&mut self, now: Instant) {
         self.evict_expired(now);
@@ -524,7 +592,10 @@ impl<K: Hash + Eq + Copy> Table<K> {
         let mut order: Vec<(bool, Instant, K)> = self
             .map
             .iter()
-            .map(|(k, r)| (r.locked_for(now).is_some(), r.active_until(), *k))
+            .map(|(k, r)| {
+                let keep = r.locked_for(now).is_some() || r.in_flight > 0;
+                (keep, r.active_until(), *k)
+            })
             .collect();
         order.select_nth_unstable_by_key(excess - 1, |&(locked, at, _)| (locked, at));
         for (_, _, key) in &order[..excess] {
@@ -619,6 +690,59 @@ mod tests {
         drop(l.begin(a, None, now).expect("admitted"));
         let t = l.begin(a, None, now).expect("admitted again");
         assert_eq!(t.failed(None, now).map(|l| l.scope), Some(Scope::Address));
+    }
+
+    #[test]
+    fn concurrent_guessers_get_exactly_threshold_attempts_before_the_lock() {
+        // Any interleaving: each admitted attempt fails; once ten have, the
+        // address is locked and nothing more is admitted.
+        let l = Lockout::new(cfg());
+        let (a, now) = (ip("203.0.113.10"), Instant::now());
+        let admitted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| loop {
+                    match l.begin(a, Some("alice"), now) {
+                        Ok(t) => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            std::thread::yield_now();
+                            let _ = t.failed(Some("alice"), now);
+                        }
+                        Err(Refused::InFlight) => std::thread::yield_now(),
+                        Err(Refused::Locked(_)) => break,
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 10);
+    }
+
+    #[test]
+    fn an_old_count_does_not_hold_up_attempts_in_flight() {
+        let l = Lockout::new(cfg());
+        let (a, t0) = (ip("203.0.113.11"), Instant::now());
+        assert!(fail_n(&l, a, None, t0, 9).is_none());
+        // Quiet for the window: the count starts again from zero, also for
+        // a second attempt while the first is in flight.
+        let later = t0 + Duration::from_secs(3601);
+        let first = l.begin(a, None, later).expect("admitted");
+        let second = l.begin(a, None, later).expect("admitted too");
+        assert!(first.failed(None, later).is_none());
+        assert!(second.failed(None, later).is_none());
+    }
+
+    #[test]
+    fn attempts_that_never_failed_leave_no_records() {
+        let l = Lockout::new(cfg());
+        let now = Instant::now();
+        drop(
+            l.begin(ip("203.0.113.12"), Some("dave"), now)
+                .expect("admitted"),
+        );
+        l.begin(ip("203.0.113.13"), None, now)
+            .expect("admitted")
+            .succeeded("dave", now);
+        assert_eq!(l.tracked_keys(), (0, 0));
     }
 
     #[test]

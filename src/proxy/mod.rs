@@ -677,7 +677,8 @@ fn busy_response(req_headers: &HeaderMap) -> Response<ProxyBody> {
 /// Removes nbgate's own cookies before a request goes to Jupyter.
 fn strip_own_cookies(h: &mut HeaderMap) {
     let is_own = |kv: &str| {
-        let name = kv.split_once('=').map_or(kv, |(k, _)| k);
+        // Trimmed as Jupyter (Tornado) trims names: `name =v` is `name`.
+        let name = kv.split_once('=').map_or(kv, |(k, _)| k).trim_end();
         name == SESSION_COOKIE || name == csrf::CSRF_COOKIE
     };
     let mut cookies = h.get_all(header::COOKIE).iter();
@@ -901,6 +902,14 @@ mod tests {
         );
         strip_own_cookies(&mut h);
         assert!(h.get(header::COOKIE).is_none(), "{h:?}");
+        // A space before `=` does not hide nbgate's cookie.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-nbgate-session =abc; a=1"),
+        );
+        strip_own_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
         // None of nbgate's: left as sent.
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("_xsrf=1;u=2"));
