@@ -390,6 +390,42 @@ async fn burst_then_429_with_retry_after_and_recovery_after_the_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_wrong_passwords_get_no_more_guesses_than_the_threshold() {
+    let up = TestUpstream::start().await;
+    let gate = Nbgate::builder()
+        .upstream(&up.url())
+        .set("policy.lockout.address_threshold", 3)
+        // Room for all eight to be verified at once, as on a big machine.
+        .set("auth.max_concurrent_verifications", 8)
+        .start()
+        .await;
+    let attacker = bare_client_from(&gate, Some(ip("127.0.0.2")));
+    let guesses = (0..8).map(|_| login_as(&gate, &attacker, "/", TEST_USER, "not-the-password"));
+    let answers = within(
+        T,
+        "eight simultaneous logins",
+        futures_util::future::join_all(guesses),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    // Three were verified (two wrong-password pages, then the lock); the
+    // other five waited for them and were refused, none verified.
+    assert_eq!(statuses, [401, 401, 429, 429, 429, 429, 429, 429]);
+    gate.wait_for_line(
+        &["nbgate::audit", "event=\"lockout\"", "client=127.0.0.2"],
+        T,
+    )
+    .await;
+    let verified = gate
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("event=\"login_failure\"") && l.contains("client=127.0.0.2"))
+        .count();
+    assert_eq!(verified, 3, "{}", gate.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_wrong_passwords_lock_the_address_not_the_owner_elsewhere_and_fail2ban_matches() {
     let up = TestUpstream::start().await;
     let gate = Nbgate::builder()
