@@ -51,6 +51,9 @@ struct Opts {
     only: Vec<String>,
     contenders: Vec<Kind>,
     rounds: usize,
+    /// Rounds of the HTTP/1.1 and HTTP/2 throughput measures: their medians
+    /// drift most on a shared machine, and each round is short.
+    throughput_rounds: usize,
     secs: u64,
 }
 
@@ -147,6 +150,9 @@ fn parse_opts(args: &[String]) -> Opts {
         rounds: arg_value(args, "--rounds")
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 1 } else { 3 }),
+        throughput_rounds: arg_value(args, "--rounds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 1 } else { 5 }),
         secs: arg_value(args, "--secs")
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 2 } else { 5 }),
@@ -310,6 +316,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
         };
         let rounds = match measure {
             "idle" | "large_body" => opts.rounds.min(if opts.quick { 1 } else { 2 }),
+            "h1" | "h2" => opts.throughput_rounds,
             _ => opts.rounds,
         };
         println!("== {measure}");

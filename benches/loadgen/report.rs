@@ -217,9 +217,10 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
     writeln!(r, "# nbgate benchmark report\n")?;
     writeln!(
         r,
-        "Written by `benches/run.sh` (`benches/loadgen`) on {date}. {} mode: {} round(s) per measure, {} s per run; figures are medians over rounds, and contenders were run alternately (direct, nbgate, nginx, Caddy, direct, …) so drift on the shared machine hits all alike. Compare ratios, not absolute numbers: the load generator shares the CPU with the servers.\n",
+        "Written by `benches/run.sh` (`benches/loadgen`) on {date}. {} mode: {} round(s) per measure ({} for HTTP/1.1 and HTTP/2 throughput), {} s per run; figures are medians over rounds, and contenders were run alternately (direct, nbgate, nginx, Caddy, direct, …) so drift on the shared machine hits all alike. Compare ratios, not absolute numbers: the load generator shares the CPU with the servers.\n",
         if opts.quick { "Quick" } else { "Full" },
         opts.rounds,
+        opts.throughput_rounds,
         opts.secs
     )?;
     writeln!(r, "## Machine and versions\n")?;
