@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark of issue 6: nbgate against nginx, Caddy and a direct connection, side by side.
 #
-#   bash benches/run.sh            full run (about 15 minutes on 2 cores), writes benches/REPORT.md
+#   bash benches/run.sh            full run (about 25 minutes on 2 cores), writes benches/REPORT.md
 #   bash benches/run.sh --quick    smoke run (1 round, 2 s per measure, 256 MiB bodies, 1000 tunnels)
 #
 # Other options are passed to the harness (benches/loadgen/main.rs):
