@@ -23,18 +23,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 log() { printf '[benches/run.sh] %s\n' "$*" >&2; }
-
-as_root() { if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-for pkg in nginx caddy wrk gnuplot-nox; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    log "apt: installing ${missing[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
+install_missing nginx caddy wrk gnuplot-nox
 
 # 10,000 idle tunnels need 2 descriptors each in the proxy: raise the soft limit as far as allowed.
 hard="$(ulimit -Hn)"
