@@ -10,10 +10,15 @@
 //!
 //! Connections are served by one single-threaded runtime per core, each
 //! accepting on the same sockets, so a connection and its upstream
-//! connections never change threads (`spawn_worker` says why).
+//! connections never change threads (`spawn_worker` says why). A worker
+//! hands what it accepts to the worker with the fewest open connections
+//! (`balance`).
+
+mod balance;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +39,7 @@ use crate::proxy::guard::SWEEP_EVERY;
 use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
 use crate::tls::challenge::{self, Challenges};
 use crate::tls::{self, CertResolver};
+use balance::{Balancer, Open};
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -148,38 +154,60 @@ pub async fn run(
         }
     }
     // One accept loop per socket per worker: the extra workers accept on
-    // duplicates of the same sockets (`try_clone`), so the kernel hands each
-    // new connection to whichever worker is free to accept it.
-    let extra = worker_count().saturating_sub(1);
+    // duplicates of the same sockets (`try_clone`), and each worker takes
+    // connections handed over by the others from its inbox. Worker 0 is the
+    // calling runtime.
+    let (balancer, inboxes) = Balancer::new(worker_count());
+    let mut inboxes = inboxes.into_iter();
+    let own_inbox = inboxes.next();
     let mut workers = Vec::new();
-    for i in 0..extra {
-        let mut loops = Vec::new();
+    for (i, inbox) in inboxes.enumerate() {
+        let index = i + 1;
+        let accept = Accept {
+            worker: index,
+            balancer: Arc::clone(&balancer),
+            limit: Arc::clone(&limit),
+            graceful: Arc::clone(&graceful),
+            stop: stop.clone(),
+        };
+        let mut loops: Vec<WorkerLoop> = Vec::new();
         for (std, ctx) in &sockets {
             match std.try_clone() {
-                Ok(dup) => loops.push(tracker.track_future(accept_on(
+                Ok(dup) => loops.push(Box::pin(tracker.track_future(accept_on(
                     dup,
                     ctx.clone(),
-                    Arc::clone(&limit),
-                    Arc::clone(&graceful),
-                    stop.clone(),
-                ))),
+                    accept.clone(),
+                )))),
                 Err(e) => tracing::warn!(error = %e, "cannot share a listening socket"),
             }
         }
-        match spawn_worker(i + 1, loops, finished.clone()) {
+        loops.push(Box::pin(
+            tracker.track_future(take_handovers(inbox, stop.clone())),
+        ));
+        match spawn_worker(index, loops, finished.clone()) {
             Ok(handle) => workers.push(handle),
             // Fewer workers, still serving: the calling runtime accepts too.
-            Err(e) => tracing::warn!(error = %e, "cannot start a worker thread"),
+            Err(e) => {
+                balancer.retire(index);
+                tracing::warn!(error = %e, "cannot start a worker thread");
+            }
         }
     }
-    for (std, ctx) in sockets {
-        tracker.spawn(accept_on(
-            std,
-            ctx,
-            Arc::clone(&limit),
-            Arc::clone(&graceful),
-            stop.clone(),
-        ));
+    {
+        // Scoped: the drain below needs `graceful` back from every holder.
+        let accept = Accept {
+            worker: 0,
+            balancer,
+            limit: Arc::clone(&limit),
+            graceful: Arc::clone(&graceful),
+            stop: stop.clone(),
+        };
+        for (std, ctx) in sockets {
+            tracker.spawn(accept_on(std, ctx, accept.clone()));
+        }
+    }
+    if let Some(inbox) = own_inbox {
+        tracker.spawn(take_handovers(inbox, stop.clone()));
     }
     // Forget rate-limit and lockout state that no longer decides anything.
     let sweeper = {
@@ -221,7 +249,9 @@ pub async fn run(
     }
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|arc| {
         // No other owner should remain; fall back to a fresh handle rather
-        // than panic if that ever changes.
+        // than panic if that ever changes (in-flight requests are then cut
+        // off at once, so say so).
+        tracing::warn!("shutdown cannot wait for in-flight requests: closing them now");
         drop(arc);
         GracefulShutdown::new()
     });
@@ -266,7 +296,7 @@ fn worker_count() -> usize {
 /// thread, `proxy::upstream`) all stay on the thread that accepted it.
 fn spawn_worker(
     index: usize,
-    loops: Vec<impl Future<Output = ()> + Send + 'static>,
+    loops: Vec<WorkerLoop>,
     finished: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -313,28 +343,83 @@ impl ConnCtx {
     }
 }
 
-/// `accept_loop` on a socket taken out of (or duplicated from) another
-/// runtime, registered with the runtime this runs on.
-async fn accept_on(
-    listener: std::net::TcpListener,
-    ctx: ConnCtx,
+/// A future a worker thread runs: an accept loop or its inbox.
+type WorkerLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What every accept loop of one worker shares.
+#[derive(Clone)]
+struct Accept {
+    /// This worker's index in `balancer`.
+    worker: usize,
+    balancer: Arc<Balancer<Handover>>,
+    /// `server.max_connections`, over all workers.
     limit: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     stop: CancellationToken,
-) {
+}
+
+/// An accepted connection on its way to the worker that serves it.
+struct Handover {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    ctx: ConnCtx,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+    open: Open<Handover>,
+}
+
+/// `accept_loop` on a socket taken out of (or duplicated from) another
+/// runtime, registered with the runtime this runs on.
+async fn accept_on(listener: std::net::TcpListener, ctx: ConnCtx, accept: Accept) {
     match TcpListener::from_std(listener) {
-        Ok(l) => accept_loop(l, ctx, limit, graceful, stop).await,
+        Ok(l) => accept_loop(l, ctx, accept).await,
         Err(e) => tracing::error!(error = %e, "cannot register a listening socket"),
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Serves the connections other workers hand to this one, until `stop`.
+/// Any still queued then are closed, as unaccepted ones are.
+async fn take_handovers(mut inbox: mpsc::UnboundedReceiver<Handover>, stop: CancellationToken) {
+    loop {
+        let h = tokio::select! {
+            h = inbox.recv() => match h {
+                Some(h) => h,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        match TcpStream::from_std(h.tcp) {
+            Ok(tcp) => spawn_connection(tcp, h.peer, h.ctx, h.permit, h.watcher, h.open),
+            Err(e) => tracing::warn!(error = %e, "cannot register a handed-over connection"),
+        }
+    }
+}
+
+/// Serves one connection in a task of the current worker; the permit and
+/// the open-count are released when it ends.
+fn spawn_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
     ctx: ConnCtx,
-    limit: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+    open: Open<Handover>,
 ) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _open = open;
+        serve_connection(tcp, peer, ctx, watcher).await;
+    });
+}
+
+async fn accept_loop(listener: TcpListener, ctx: ConnCtx, accept: Accept) {
+    let Accept {
+        worker: me,
+        balancer,
+        limit,
+        graceful,
+        stop,
+    } = accept;
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&limit).acquire_owned() => match p {
@@ -369,14 +454,40 @@ async fn accept_loop(
             guard.audit_refusal(peer_ip, "not_allowed");
             continue;
         }
-        let ctx = ctx.clone();
         // Subscribed here, in the loop, so that no connection accepted
         // before shutdown can miss the shutdown signal.
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(tcp, peer, ctx, watcher).await;
-        });
+        let target = balancer.pick(me);
+        let open = balancer.open(target);
+        tracing::debug!(%peer, accepted_by = me, worker = target, "connection accepted");
+        if target == me {
+            spawn_connection(tcp, peer, ctx.clone(), permit, watcher, open);
+            continue;
+        }
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+                continue;
+            }
+        };
+        let handover = Handover {
+            tcp,
+            peer,
+            ctx: ctx.clone(),
+            permit,
+            watcher,
+            open,
+        };
+        if let Err(h) = balancer.hand_over(target, handover) {
+            // That worker is gone: serve the connection here.
+            match TcpStream::from_std(h.tcp) {
+                Ok(tcp) => {
+                    spawn_connection(tcp, peer, h.ctx, h.permit, h.watcher, balancer.open(me));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot register a connection"),
+            }
+        }
     }
 }
 
