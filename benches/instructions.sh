@@ -9,7 +9,10 @@
 #   N=20000 bash benches/instructions.sh      more requests
 #
 # Environment: NBGATE_BIN (default: target/release/nbgate, built), NBGATE_BEFORE_BIN (optional,
-# an earlier build shown as nbgate-before), N (requests, default 5000).
+# an earlier build shown as nbgate-before), N (requests, default 5000), CALLGRIND_KEEP (a
+# directory: the dumps are copied there as <contender>.<h1|h2>.<requests>.out, for
+# `callgrind_annotate --inclusive=yes`; build with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+# for function names and lines).
 # Load (h2load, nghttp2): HTTP/2 4 connections × 16 streams; HTTP/1.1 16 keep-alive connections.
 # Every request carries a session cookie (a valid one for nbgate, the same length for nginx).
 # Each server runs one worker under valgrind; instrumentation is switched on after the login
@@ -161,6 +164,10 @@ count() { # name proto pid dir n cookie port h2load-args...
         sleep 0.2
     done
     [[ "$ir" =~ ^[0-9]+$ ]] || { log "$name $proto: no callgrind dump"; return 1; }
+    if [[ -n "${CALLGRIND_KEEP:-}" ]]; then
+        mkdir -p "$CALLGRIND_KEEP"
+        cp "$f" "$CALLGRIND_KEEP/$name.$proto.$n.out"
+    fi
     echo "$ir"
 }
 

@@ -9,7 +9,8 @@
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels.
 //! - `pages`: HTML pages and JSON error bodies a client sees.
-//! - `server`: listeners, accept loops, TLS handshakes under timeouts, graceful shutdown.
+//! - `server`: listeners, accept loops (each connection served by the least-loaded worker
+//!   thread), TLS handshakes under timeouts, graceful shutdown.
 //! - `telemetry`: logging setup; access and audit targets.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,

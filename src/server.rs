@@ -293,7 +293,8 @@ fn worker_count() -> usize {
 /// threads, so each forwarded request paid for cross-thread wake-ups (half
 /// of all CPU time in the profile of issue 6). Here a connection, its HTTP/2
 /// streams, its WebSocket tunnel and its upstream connections (a pool per
-/// thread, `proxy::upstream`) all stay on the thread that accepted it.
+/// thread, `proxy::upstream`) all stay on the one thread that serves it
+/// (the accepting worker first hands it to the least-loaded one, `balance`).
 fn spawn_worker(
     index: usize,
     loops: Vec<WorkerLoop>,
