@@ -181,9 +181,11 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "cannot share a listening socket"),
             }
         }
-        loops.push(Box::pin(
-            tracker.track_future(take_handovers(inbox, stop.clone())),
-        ));
+        loops.push(Box::pin(tracker.track_future(take_handovers(
+            inbox,
+            stop.clone(),
+            serve_handover,
+        ))));
         match spawn_worker(index, loops, finished.clone()) {
             Ok(handle) => workers.push(handle),
             // Fewer workers, still serving: the calling runtime accepts too.
@@ -207,7 +209,7 @@ pub async fn run(
         }
     }
     if let Some(inbox) = own_inbox {
-        tracker.spawn(take_handovers(inbox, stop.clone()));
+        tracker.spawn(take_handovers(inbox, stop.clone(), serve_handover));
     }
     // Forget rate-limit and lockout state that no longer decides anything.
     let sweeper = {
@@ -286,7 +288,8 @@ fn worker_count() -> usize {
 }
 
 /// Starts a thread with its own single-threaded runtime that runs `loops`
-/// and every connection they accept, until `finished` is cancelled.
+/// and every connection they accept or are handed, until `finished` is
+/// cancelled.
 ///
 /// Why not one multi-threaded runtime: its work stealing moves a
 /// connection's task and the task of its pooled upstream connection between
@@ -378,21 +381,41 @@ async fn accept_on(listener: std::net::TcpListener, ctx: ConnCtx, accept: Accept
     }
 }
 
-/// Serves the connections other workers hand to this one, until `stop`.
-/// Any still queued then are closed, as unaccepted ones are.
-async fn take_handovers(mut inbox: mpsc::UnboundedReceiver<Handover>, stop: CancellationToken) {
+/// Serves the connections other workers hand to this one, until `stop`;
+/// then serves those already handed over, as the accepting worker would
+/// have (under the shutdown already signalled).
+async fn take_handovers<T>(
+    mut inbox: mpsc::UnboundedReceiver<T>,
+    stop: CancellationToken,
+    serve: impl Fn(T),
+) {
     loop {
         let h = tokio::select! {
             h = inbox.recv() => match h {
                 Some(h) => h,
                 None => return,
             },
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
-        match TcpStream::from_std(h.tcp) {
-            Ok(tcp) => spawn_connection(tcp, h.peer, h.ctx, h.permit, h.watcher, h.open),
-            Err(e) => tracing::warn!(error = %e, "cannot register a handed-over connection"),
-        }
+        serve(h);
+    }
+    // A connection queued here was accepted before the stop: dropping it
+    // would reset a client that may already have sent its ClientHello (and
+    // one pushed while the receiver was being dropped would stay in the
+    // channel, holding its permit and watcher, so the drain would wait out
+    // the whole grace). After `close`, a hand-over still on its way fails
+    // and its sender serves the connection itself; `recv` returns `None`
+    // only once no send is in progress.
+    inbox.close();
+    while let Some(h) = inbox.recv().await {
+        serve(h);
+    }
+}
+
+fn serve_handover(h: Handover) {
+    match TcpStream::from_std(h.tcp) {
+        Ok(tcp) => spawn_connection(tcp, h.peer, h.ctx, h.permit, h.watcher, h.open),
+        Err(e) => tracing::warn!(error = %e, "cannot register a handed-over connection"),
     }
 }
 
@@ -409,6 +432,11 @@ fn spawn_connection(
     tokio::spawn(async move {
         let _permit = permit;
         let _open = open;
+        tracing::debug!(
+            %peer,
+            thread = std::thread::current().name().unwrap_or("unnamed"),
+            "connection served"
+        );
         serve_connection(tcp, peer, ctx, watcher).await;
     });
 }
@@ -482,6 +510,7 @@ async fn accept_loop(listener: TcpListener, ctx: ConnCtx, accept: Accept) {
         };
         if let Err(h) = balancer.hand_over(target, handover) {
             // That worker is gone: serve the connection here.
+            tracing::debug!(%peer, worker = target, "worker gone: connection served here");
             match TcpStream::from_std(h.tcp) {
                 Ok(tcp) => {
                     spawn_connection(tcp, peer, h.ctx, h.permit, h.watcher, balancer.open(me));
@@ -658,4 +687,25 @@ fn acme_http01_answer<B>(
         hyper::header::HeaderValue::from_static("application/octet-stream"),
     );
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn connections_handed_over_before_the_stop_are_all_served() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for i in 0..8 {
+            tx.send(i).unwrap();
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let served = Mutex::new(Vec::new());
+        take_handovers(rx, stop, |i| served.lock().unwrap().push(i)).await;
+        assert_eq!(*served.lock().unwrap(), (0..8).collect::<Vec<_>>());
+        // The inbox is closed: a late hand-over fails, and its sender serves it.
+        assert!(tx.send(8).is_err());
+    }
 }

@@ -27,8 +27,9 @@ pub(super) struct Balancer<T> {
 
 struct Worker<T> {
     open: AtomicUsize,
-    /// False once the worker cannot take connections (its thread did not
-    /// start or has stopped): it is never picked again.
+    /// False once the worker is known not to take connections (its thread
+    /// did not start, or a hand-over found its inbox closed): it is never
+    /// picked again. A worker that stopped is noticed at the next hand-over.
     alive: AtomicBool,
     inbox: mpsc::UnboundedSender<T>,
 }
@@ -94,7 +95,8 @@ impl<T> Balancer<T> {
         })
     }
 
-    /// Stops picking `worker` (its thread could not be started).
+    /// Stops picking `worker` (its thread could not be started, or its
+    /// inbox is closed).
     pub(super) fn retire(&self, worker: usize) {
         self.workers[worker].alive.store(false, Ordering::Relaxed);
     }
