@@ -12,8 +12,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 
+/// A body's error, whichever part of the path it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type of every response nbgate returns.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete in-memory body (nbgate's own pages and errors).
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -89,12 +92,12 @@ fn emit(r: &AccessRecord, bytes: u64, failed: bool) {
 
 impl Body for LoggedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {

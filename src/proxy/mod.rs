@@ -3,14 +3,16 @@
 //! `serve_own_pages`, `require_session`, then `check_origin` and `forward`
 //! (plain HTTP or WebSocket), then `response_filter` and the access log.
 //!
-//! Submodules: `headers` (pure header rules), `upstream` (pooled client to
-//! Jupyter), `websocket` (tunnels), `body` (response body + access log),
+//! Submodules: `headers` (pure header rules), `upstream` (connection pool
+//! to Jupyter), `h1` (one HTTP/1.1 exchange on a pooled connection),
+//! `websocket` (tunnels), `body` (response body + access log),
 //! `error` (the single error-to-response mapping). Nothing here accepts
 //! connections or touches TLS: `server` does.
 
 pub mod body;
 pub mod error;
 pub mod guard;
+pub mod h1;
 pub mod headers;
 pub mod own_pages;
 pub mod upstream;
@@ -532,7 +534,10 @@ impl Gateway {
             // Jupyter refused (unknown kernel, 403 ...): pass its answer on.
             let (mut rparts, rbody) = up_resp.into_parts();
             headers::remove_hop_by_hop(&mut rparts.headers);
-            return Ok(Response::from_parts(rparts, rbody.boxed_unsync()));
+            return Ok(Response::from_parts(
+                rparts,
+                rbody.map_err(body::BoxError::from).boxed_unsync(),
+            ));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
         let guard = self

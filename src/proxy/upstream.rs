@@ -1,5 +1,5 @@
 //! The connection to Jupyter: a TCP or Unix-socket connector and a pool of
-//! keep-alive HTTP/1.1 connections on it.
+//! keep-alive HTTP/1.1 connections on it (the exchange itself is `h1`).
 //!
 //! Owns how bytes reach the upstream; it does not decide what is sent
 //! (that is `headers` and the router).
@@ -12,26 +12,28 @@
 //! map keyed by scheme and authority, and spawns a task per request to wait
 //! until the connection is idle again (issue 6's profile). Here a connection
 //! goes back to its pool when the response body it carried has ended —
-//! nothing per request but the exchange itself.
+//! nothing per request but the exchange itself. No task drives an idle
+//! connection: one that Jupyter closed is noticed when it is checked out.
 
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self as client_h1, SendRequest};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::body::BoxError;
+use super::h1::{self, BodyReader, Conn, H1Error};
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
 /// Request body type sent upstream: the client's body, streamed.
@@ -41,6 +43,16 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl UpstreamStream {
+    /// Reads what is there without waiting (`WouldBlock` if nothing is).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            UpstreamStream::Tcp(s) => s.try_read(buf),
+            UpstreamStream::Unix(s) => s.try_read(buf),
+        }
+    }
 }
 
 impl AsyncRead for UpstreamStream {
@@ -150,8 +162,8 @@ impl UpstreamConnector {
 pub enum UpstreamError {
     #[error("upstream connect failed: {0}")]
     Connect(#[source] io::Error),
-    #[error("upstream protocol error: {0}")]
-    Protocol(#[source] hyper::Error),
+    #[error("upstream exchange failed: {0}")]
+    Protocol(#[source] H1Error),
 }
 
 /// The pools (one per thread) and what requests need to know about the
@@ -231,59 +243,41 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let pool = self.pool();
-        if let Some((mut sender, idle_for)) = pool.checkout() {
+        if let Some((mut conn, idle_for)) = pool.checkout() {
             let replay = if idle_for >= REPLAY_AFTER_IDLE {
                 replayable(&req)
             } else {
                 None
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(lease(resp, sender, pool)),
-                Err(mut e) => match e.take_message() {
-                    // The connection was found closed before the request
-                    // was written: nothing of it reached Jupyter.
-                    Some(unsent) => req = unsent,
-                    None => {
-                        let err = e.into_error();
-                        match replay {
-                            // Jupyter closed the idle connection as the
-                            // request went out (its keep-alive timeout):
-                            // no answer came, and a request without side
-                            // effects is sent again, as nginx does.
-                            Some(again) if err.is_incomplete_message() => req = again,
-                            _ => return Err(UpstreamError::Protocol(err)),
-                        }
-                    }
+            match h1::exchange(&mut conn, req).await {
+                Ok(head) => return Ok(lease(head, conn, pool)),
+                Err(e) => match replay {
+                    // Jupyter closed the idle connection as the request
+                    // went out (its keep-alive timeout): no answer came,
+                    // and a request without side effects is sent again, as
+                    // nginx does.
+                    Some(again) if e.is_unanswered() => req = again,
+                    _ => return Err(UpstreamError::Protocol(e)),
                 },
             }
         }
-        // A new connection is the rare case: boxed, so that connecting and
-        // the handshake do not enlarge every request's future.
-        let mut sender = Box::pin(self.open()).await?;
-        let resp = sender
-            .send_request(req)
+        // A new connection is the rare case: boxed, so that connecting does
+        // not enlarge every request's future.
+        let mut conn = Box::pin(self.open()).await?;
+        let head = h1::exchange(&mut conn, req)
             .await
             .map_err(UpstreamError::Protocol)?;
-        Ok(lease(resp, sender, pool))
+        Ok(lease(head, conn, pool))
     }
 
-    /// A new keep-alive connection, its I/O driven by a task of its own on
-    /// this thread's runtime.
-    async fn open(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    /// A new keep-alive connection.
+    async fn open(&self) -> Result<Conn, UpstreamError> {
         let stream = self
             .connector
             .connect()
             .await
             .map_err(UpstreamError::Connect)?;
-        let (sender, conn) = client_h1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Protocol)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
@@ -303,7 +297,7 @@ fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     if !safe || !req.body().is_end_stream() {
         return None;
     }
-    let mut copy = Request::new(super::body::empty());
+    let mut copy = Request::new(no_body());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -311,25 +305,25 @@ fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     Some(copy)
 }
 
-fn lease(
-    resp: Response<Incoming>,
-    sender: SendRequest<UpstreamBody>,
-    pool: &Arc<Pool>,
-) -> Response<PooledBody> {
-    let lease = Lease {
-        sender,
+/// An empty request body.
+pub fn no_body() -> UpstreamBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn lease(head: h1::Head, conn: Conn, pool: &Arc<Pool>) -> Response<PooledBody> {
+    let (response, reader, keep_alive) = head.into_parts();
+    let mut body = PooledBody {
+        reader,
+        conn: Some(conn),
+        keep_alive,
         pool: Arc::clone(pool),
     };
-    resp.map(|inner| {
-        let mut body = PooledBody {
-            inner,
-            lease: Some(lease),
-        };
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        body
-    })
+    if body.reader.is_end_stream() {
+        body.release();
+    }
+    response.map(|()| body)
 }
 
 /// One thread's idle connections to Jupyter, the most recently used last
@@ -341,34 +335,20 @@ struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Pool {
     /// An idle connection ready for a request. Closed and expired ones are
-    /// dropped on the way; one still finishing its last exchange (its
-    /// request body still streaming after Jupyter answered) is left for later.
-    fn checkout(&self) -> Option<(SendRequest<UpstreamBody>, Duration)> {
+    /// dropped on the way.
+    fn checkout(&self) -> Option<(Conn, Duration)> {
         let now = Instant::now();
-        let mut cx = Context::from_waker(Waker::noop());
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if now.duration_since(idle[i].since) >= self.idle_timeout {
-                idle.remove(i);
-                continue;
-            }
-            match idle[i].sender.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => {
-                    let c = idle.remove(i);
-                    return Some((c.sender, now.duration_since(c.since)));
-                }
-                Poll::Ready(Err(_)) => {
-                    idle.remove(i);
-                }
-                Poll::Pending => {}
+        while let Some(c) = idle.pop() {
+            let idle_for = now.duration_since(c.since);
+            if idle_for < self.idle_timeout && c.conn.is_reusable() {
+                return Some((c.conn, idle_for));
             }
         }
         None
@@ -376,8 +356,8 @@ impl Pool {
 
     /// Back to the pool after a complete exchange; past `max_idle`, the
     /// longest idle connection is closed instead.
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    fn checkin(&self, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -385,18 +365,17 @@ impl Pool {
             idle.remove(0);
         }
         idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    /// Closes connections idle for longer than the timeout (dropping the
-    /// sender ends the connection's task), so that a burst does not leave
-    /// sockets open on Jupyter for good.
+    /// Closes connections idle for longer than the timeout, or closed by
+    /// Jupyter, so that a burst does not leave sockets open on either side.
     fn evict_expired(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| now.duration_since(c.since) < self.idle_timeout && !c.sender.is_closed());
+        idle.retain(|c| now.duration_since(c.since) < self.idle_timeout && c.conn.is_reusable());
     }
 
     fn spawn_reaper(pool: Weak<Pool>, idle_timeout: Duration) {
@@ -413,53 +392,57 @@ impl Pool {
     }
 }
 
-/// A connection on loan to one exchange.
-struct Lease {
-    sender: SendRequest<UpstreamBody>,
-    pool: Arc<Pool>,
-}
-
-/// Jupyter's response body; returns its connection to the pool at its end.
+/// Jupyter's response body, read from the connection on loan to it; the
+/// connection returns to the pool at the body's end.
 pub struct PooledBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    reader: BodyReader,
+    /// `None` once returned to the pool, or given up after an error.
+    conn: Option<Conn>,
+    keep_alive: bool,
+    pool: Arc<Pool>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some(l) = self.lease.take() {
-            l.pool.checkin(l.sender);
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.pool.checkin(conn);
+            }
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(this.reader.poll_frame(conn, cx));
         match &frame {
-            // Trailers end a body even when `is_end_stream` cannot tell
-            // (chunked encoding).
-            Some(Ok(f)) if !f.is_trailers() && !this.inner.is_end_stream() => {}
+            Some(Ok(_)) if !this.reader.is_end_stream() => {}
             Some(Ok(_)) | None => this.release(),
             // A failed exchange leaves the connection in an unknown state.
-            Some(Err(_)) => this.lease = None,
+            Some(Err(_)) => this.conn = None,
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.reader.exact_len() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -495,7 +478,7 @@ mod tests {
         Request::builder()
             .uri("/")
             .header(http::header::HOST, up.host_header.clone())
-            .body(super::super::body::empty())
+            .body(no_body())
             .expect("request")
     }
 
@@ -580,10 +563,14 @@ mod tests {
         let resp = up.send(get(&up)).await.expect("first exchange");
         resp.into_body().collect().await.expect("body");
         assert_eq!(idle(&up), 1);
+        // The reaper's look at the idle connection finds it open (and
+        // leaves its readiness cleared).
+        up.pool().evict_expired();
+        assert_eq!(idle(&up), 1);
         close_tx.send(()).expect("server waits");
-        // Blocks this single-threaded runtime: the connection's task cannot
-        // see the close before the next request is handed to it, so the
-        // request is queued on a connection that is already closed.
+        // Blocks this single-threaded runtime: its reactor cannot learn of
+        // the close before the next request, so the checkout finds the
+        // connection open and the request goes out on a closed connection.
         closed_rx.recv().expect("server closed");
         let resp = up
             .send(get(&up))

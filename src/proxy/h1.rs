@@ -1,0 +1,974 @@
+//! HTTP/1.1 to Jupyter: one exchange on a kept-alive connection, written
+//! and read inline by the task of the request it carries.
+//!
+//! nbgate's own client side rather than hyper's `client::conn::http1`:
+//! hyper drives each connection from a task of its own and hands the
+//! request and response across channels, and the request head goes through
+//! its general encoder. That machinery was the largest single part of a
+//! proxied request's instructions after the client-side HTTP/2 connection
+//! (11.8k of 55k per HTTP/2 request, issue 6's profile). Here the request's
+//! own task writes the head and polls the socket, so there is no hand-over
+//! and no second task to wake.
+//!
+//! The parsing is httparse's, the parser hyper uses. What is written is
+//! safe by construction: method, target, header names and values come from
+//! `http` types, which cannot hold CR or LF, so nothing a client sends can
+//! split the request; and the body's framing is always nbgate's own
+//! (`Content-Length` from the body's exact size, otherwise chunked), never
+//! the client's.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use hyper::body::{Body, Frame};
+use tokio::io::AsyncWrite;
+
+use super::upstream::{UpstreamBody, UpstreamStream};
+
+/// Most header fields accepted in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Largest response head (hyper's default read buffer limit): beyond it the
+/// exchange fails rather than buffering without bound.
+const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// Largest chunk-size line (with extensions) and trailer section.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Read sizes: a head and a small body usually arrive in one read; a large
+/// body is read in bigger pieces (fewer system calls per megabyte).
+const HEAD_READ: usize = 8 * 1024;
+const BODY_READ: usize = 64 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The connection closed or reset before any byte of a response: the
+    /// request may never have been read (see `is_unanswered`).
+    #[error("upstream closed the connection before answering")]
+    Closed(#[source] Option<io::Error>),
+    #[error("upstream closed the connection in the middle of a response")]
+    Incomplete,
+    #[error("upstream i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response from upstream: {0}")]
+    Invalid(&'static str),
+    #[error("request body from the client failed: {0}")]
+    RequestBody(#[source] hyper::Error),
+}
+
+impl H1Error {
+    /// Nothing of a response came: a request without side effects can be
+    /// sent again on another connection.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, H1Error::Closed(_))
+    }
+}
+
+/// A connection to Jupyter and what was read from it but not yet used.
+pub struct Conn {
+    io: UpstreamStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: UpstreamStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: Jupyter has not
+    /// closed it and sent nothing unasked. Reads without waiting (a system
+    /// call only when the socket was reported readable).
+    pub fn is_reusable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.io.try_read(&mut probe) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            // End of stream, or bytes no request asked for.
+            Ok(_) => false,
+        }
+    }
+
+    /// Reads more into the buffer (at least `want` bytes of room).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < want / 4 {
+            self.buf.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 204, 304), or a body read to its end.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection closes.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// A response head and how to read its body.
+pub struct Head {
+    response: Response<()>,
+    framing: Framing,
+    /// The connection may carry another exchange once the body is read.
+    keep_alive: bool,
+}
+
+/// Writes `req` and reads the response head. The request body streams
+/// while the answer is awaited; if Jupyter answers before the body is
+/// complete (an early error), the rest is not sent and the connection is
+/// not reused.
+pub async fn exchange(conn: &mut Conn, req: http::Request<UpstreamBody>) -> Result<Head, H1Error> {
+    let (parts, body) = req.into_parts();
+    let mut out = Outgoing::new(&parts, &body);
+    let head_request = parts.method == Method::HEAD;
+    drop(parts);
+    let mut body = (!out.is_finished()).then_some(body);
+    let mut answered = false;
+    std::future::poll_fn(|cx| {
+        // Write what is ready: the head, then body frames as they come.
+        loop {
+            if out.has_pending() {
+                match out.poll_write(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(unanswered(e, answered))),
+                    Poll::Pending => break,
+                }
+            }
+            let Some(b) = body.as_mut() else { break };
+            match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => out.push_frame(frame)?,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H1Error::RequestBody(e))),
+                Poll::Ready(None) => {
+                    out.finish()?;
+                    body = None;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Read until a complete head (informational 1xx heads skipped).
+        loop {
+            if let Some(mut head) = parse_head(&mut conn.buf, head_request)? {
+                if body.is_some() || out.has_pending() {
+                    head.keep_alive = false;
+                }
+                return Poll::Ready(Ok(head));
+            }
+            answered |= !conn.buf.is_empty();
+            match conn.poll_fill(cx, HEAD_READ) {
+                Poll::Ready(Ok(0)) if answered => return Poll::Ready(Err(H1Error::Incomplete)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed(None))),
+                Poll::Ready(Ok(_)) => answered = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(unanswered(e, answered))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// A write or read error: "closed before answering" when the peer reset
+/// or closed the connection and no response byte had come.
+fn unanswered(e: io::Error, answered: bool) -> H1Error {
+    let closed = matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    );
+    if closed && !answered {
+        H1Error::Closed(Some(e))
+    } else {
+        H1Error::Io(e)
+    }
+}
+
+/// The request's bytes on their way out: the head, then the body framed
+/// by nbgate (its exact length, or chunked).
+struct Outgoing {
+    queue: Vec<Bytes>,
+    framing: OutFraming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutFraming {
+    Done,
+    Length(u64),
+    Chunked,
+}
+
+impl Outgoing {
+    fn new(parts: &http::request::Parts, body: &UpstreamBody) -> Self {
+        let framing = if body.is_end_stream() {
+            OutFraming::Done
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => OutFraming::Length(n),
+                None => OutFraming::Chunked,
+            }
+        };
+        let mut head = BytesMut::with_capacity(512);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.extend_from_slice(b" ");
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            // The framing is nbgate's: a client's Content-Length or
+            // Transfer-Encoding never decides where Jupyter's request ends
+            // (request smuggling). A bodiless request keeps its
+            // `Content-Length: 0`, as hyper did.
+            if *name == header::TRANSFER_ENCODING
+                || (*name == header::CONTENT_LENGTH && framing != OutFraming::Done)
+            {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        match framing {
+            OutFraming::Length(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa(n, &mut [0u8; 20]));
+                head.extend_from_slice(b"\r\n");
+            }
+            OutFraming::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            OutFraming::Done => {}
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut queue = Vec::with_capacity(4);
+        queue.push(head.freeze());
+        Outgoing { queue, framing }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.framing == OutFraming::Done
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    fn push_frame(&mut self, frame: Frame<Bytes>) -> Result<(), H1Error> {
+        // Request trailers are not forwarded: `Trailer` is a hop-by-hop
+        // field here, so none were announced to Jupyter.
+        let Ok(data) = frame.into_data() else {
+            return Ok(());
+        };
+        if data.is_empty() {
+            // An empty chunk would end a chunked body.
+            return Ok(());
+        }
+        match &mut self.framing {
+            OutFraming::Length(rest) => {
+                *rest = rest
+                    .checked_sub(data.len() as u64)
+                    .ok_or(H1Error::Invalid("request body longer than its length"))?;
+                self.queue.push(data);
+            }
+            OutFraming::Chunked => {
+                let mut line = BytesMut::with_capacity(18);
+                line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.queue.push(line.freeze());
+                self.queue.push(data);
+                self.queue.push(Bytes::from_static(b"\r\n"));
+            }
+            OutFraming::Done => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), H1Error> {
+        match self.framing {
+            OutFraming::Length(0) | OutFraming::Done => {}
+            OutFraming::Length(_) => {
+                return Err(H1Error::Invalid("request body shorter than its length"));
+            }
+            OutFraming::Chunked => self.queue.push(Bytes::from_static(b"0\r\n\r\n")),
+        }
+        self.framing = OutFraming::Done;
+        Ok(())
+    }
+
+    /// Writes the queue out (vectored: head and body in one system call
+    /// when both are ready).
+    fn poll_write(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let n = if self.queue.len() == 1 {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.queue[0]))?
+            } else {
+                let slices: Vec<io::IoSlice<'_>> =
+                    self.queue.iter().map(|b| io::IoSlice::new(b)).collect();
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let mut done = 0;
+        for b in &mut self.queue {
+            if n >= b.len() {
+                n -= b.len();
+                done += 1;
+            } else {
+                b.advance(n);
+                break;
+            }
+        }
+        self.queue.drain(..done);
+    }
+}
+
+/// Decimal digits of `n` (no allocation, no `fmt`).
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Parses a complete response head from the front of `buf`, consuming it;
+/// `None` while more bytes are needed. Interim (1xx) responses are
+/// consumed and skipped: the client gets the final one.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+    loop {
+        let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        // Where each name and value lies in `buf`, so that the values can
+        // share the buffer's bytes once it is frozen (no copy).
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(H1Error::Invalid("response head too large"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Invalid("too many response header fields"));
+            }
+            Err(_) => return Err(H1Error::Invalid("malformed response head")),
+        };
+        let code = res.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("invalid status code"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::Invalid("unrequested protocol switch"));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let http11 = res.version == Some(1);
+        let reason = res
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
+            .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+        let base = buf.as_ptr() as usize;
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (
+                n as u32,
+                (n + h.name.len()) as u32,
+                v as u32,
+                (v + h.value.len()) as u32,
+            );
+        }
+        let bytes = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&bytes[ns as usize..ne as usize])
+                .map_err(|_| H1Error::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(vs as usize..ve as usize))
+                .map_err(|_| H1Error::Invalid("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, mut keep_alive) = framing(&headers, status, head_request, http11)?;
+        if http11 {
+            keep_alive &= !has_token(&headers, header::CONNECTION, "close");
+        } else {
+            // HTTP/1.0 keeps a connection only if asked to; not worth it.
+            keep_alive = false;
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = if http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        *response.headers_mut() = headers;
+        if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+            response.extensions_mut().insert(r);
+        }
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body's framing (RFC 9112 §6.3) and whether the connection survives it.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+    http11: bool,
+) -> Result<(Framing, bool), H1Error> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Done, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length; a message with both
+        // may be an attempt at smuggling, so its connection is not reused
+        // (RFC 9112 §6.3 point 3).
+        let both = headers.contains_key(header::CONTENT_LENGTH);
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        let chunked = http11 && last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), !both)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part).ok_or(H1Error::Invalid("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+fn parse_length(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+impl Head {
+    /// The response head, its body's reader, and whether the connection
+    /// can carry another exchange once that body is read.
+    pub fn into_parts(self) -> (Response<()>, BodyReader, bool) {
+        let reader = BodyReader {
+            framing: self.framing,
+        };
+        (self.response, reader, self.keep_alive)
+    }
+}
+
+/// Reads a response body's frames from its connection, as asked for.
+pub struct BodyReader {
+    framing: Framing,
+}
+
+impl BodyReader {
+    pub fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// The body's exact remaining length, when known.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Done => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The next frame of the body from `conn`; `None` at its end.
+    pub fn poll_frame(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            match self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(rest) => {
+                    if conn.buf.is_empty() && ready!(self.fill(conn, cx, rest))? == 0 {
+                        return Poll::Ready(Some(Err(H1Error::Incomplete)));
+                    }
+                    let data = take(&mut conn.buf, rest);
+                    let rest = rest - data.len() as u64;
+                    self.framing = if rest == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::Length(rest)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() && ready!(self.fill(conn, cx, u64::MAX))? == 0 {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                            "chunk size line too long",
+                        ))));
+                    }
+                    Ok(httparse::Status::Partial) => ready!(self.need_more(conn, cx))?,
+                    Err(_) => {
+                        return Poll::Ready(Some(Err(H1Error::Invalid("invalid chunk size"))))
+                    }
+                },
+                Framing::Chunked(Chunk::Data(rest)) => {
+                    if conn.buf.is_empty() && ready!(self.fill(conn, cx, rest))? == 0 {
+                        return Poll::Ready(Some(Err(H1Error::Incomplete)));
+                    }
+                    let data = take(&mut conn.buf, rest);
+                    let rest = rest - data.len() as u64;
+                    self.framing = Framing::Chunked(if rest == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(rest)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        ready!(self.need_more(conn, cx))?;
+                        continue;
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                            "chunk not followed by CRLF",
+                        ))));
+                    }
+                    conn.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    let mut fields = [httparse::EMPTY_HEADER; 64];
+                    match httparse::parse_headers(&conn.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for f in fields.iter() {
+                                let name = HeaderName::from_bytes(f.name.as_bytes());
+                                let value = HeaderValue::from_bytes(f.value);
+                                if let (Ok(n), Ok(v)) = (name, value) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            conn.buf.advance(used);
+                            self.framing = Framing::Done;
+                            if trailers.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(httparse::Status::Partial) if conn.buf.len() > MAX_TRAILER_BYTES => {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("trailers too large"))));
+                        }
+                        Ok(httparse::Status::Partial) => ready!(self.need_more(conn, cx))?,
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("malformed trailers"))))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads into the buffer for a body part of `rest` bytes; 0 at the end
+    /// of the stream.
+    fn fill(
+        &self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+        rest: u64,
+    ) -> Poll<Result<usize, H1Error>> {
+        let want = usize::try_from(rest)
+            .unwrap_or(usize::MAX)
+            .clamp(HEAD_READ, BODY_READ);
+        conn.poll_fill(cx, want).map_err(H1Error::Io)
+    }
+
+    /// More bytes for a chunk line or trailers; the end of the stream here
+    /// is a truncated body.
+    fn need_more(&self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        match ready!(conn.poll_fill(cx, HEAD_READ)) {
+            Ok(0) => Poll::Ready(Err(H1Error::Incomplete)),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(H1Error::Io(e))),
+        }
+    }
+}
+
+/// Up to `rest` bytes from the front of `buf`, sharing its memory.
+fn take(buf: &mut BytesMut, rest: u64) -> Bytes {
+    let n = usize::try_from(rest).unwrap_or(usize::MAX).min(buf.len());
+    buf.split_to(n).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exchange against a peer that sends exact bytes, split where the
+    //! test says, over a Unix socket pair.
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    fn request(method: Method, body: UpstreamBody) -> http::Request<UpstreamBody> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = "/api/x?y=1".parse().expect("uri");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("jupyter"));
+        req
+    }
+
+    fn no_body() -> UpstreamBody {
+        super::super::upstream::no_body()
+    }
+
+    /// A body of unknown length (no exact size hint): sent chunked.
+    fn streamed(parts: &[&'static [u8]]) -> UpstreamBody {
+        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    /// Runs one exchange: the peer answers with `pieces` once it has read
+    /// the request head, and the test gets what the peer read, the
+    /// response head and the body's frames (or the first error).
+    async fn run(
+        req: http::Request<UpstreamBody>,
+        pieces: Vec<&'static [u8]>,
+    ) -> (
+        String,
+        Result<(Response<()>, bool, Vec<Frame<Bytes>>), H1Error>,
+    ) {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let peer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut b = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = theirs.read(&mut b).await.expect("read");
+                assert!(n > 0, "request cut short");
+                seen.extend_from_slice(&b[..n]);
+            }
+            for p in pieces {
+                theirs.write_all(p).await.expect("write");
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // Whatever else the request brings (a body), then close.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), async {
+                while let Ok(n) = theirs.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&b[..n]);
+                }
+            })
+            .await;
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        let mut conn = Conn::new(UpstreamStream::Unix(ours));
+        let result = async {
+            let head = exchange(&mut conn, req).await?;
+            let (resp, mut reader, keep_alive) = head.into_parts();
+            let mut frames = Vec::new();
+            while let Some(f) = std::future::poll_fn(|cx| reader.poll_frame(&mut conn, cx)).await {
+                frames.push(f?);
+            }
+            Ok((resp, keep_alive, frames))
+        }
+        .await;
+        drop(conn);
+        (peer.await.expect("peer"), result)
+    }
+
+    fn data(frames: &[Frame<Bytes>]) -> Vec<u8> {
+        frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .flat_map(|d| d.iter().copied())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_get_is_written_as_one_head_and_a_length_body_read_across_reads() {
+        let (seen, r) = run(
+            request(Method::GET, no_body()),
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: 1\r\n\r\nhel",
+                b"lo",
+                b"world",
+            ],
+        )
+        .await;
+        assert_eq!(seen, "GET /api/x?y=1 HTTP/1.1\r\nhost: jupyter\r\n\r\n");
+        let (resp, keep_alive, frames) = r.expect("exchange");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert!(keep_alive);
+        assert_eq!(data(&frames), b"helloworld");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_sent_with_nbgates_length_not_the_clients() {
+        let body = http_body_util::Full::new(Bytes::from_static(b"abc"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut req = request(Method::POST, body);
+        // A client's framing headers must not reach Jupyter (smuggling).
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let (seen, r) = run(req, vec![b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        assert_eq!(
+            seen,
+            "POST /api/x?y=1 HTTP/1.1\r\nhost: jupyter\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        let (resp, keep_alive, frames) = r.expect("exchange");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(keep_alive && frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_sent_chunked_without_empty_chunks() {
+        let req = request(Method::PUT, streamed(&[b"hello", b"", b"world!"]));
+        let (seen, r) = run(
+            req,
+            vec![b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"],
+        )
+        .await;
+        assert_eq!(
+            seen,
+            "PUT /api/x?y=1 HTTP/1.1\r\nhost: jupyter\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n"
+        );
+        assert_eq!(r.expect("exchange").0.status(), StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_across_reads_with_extensions_and_trailers() {
+        let (_, r) = run(
+            request(Method::GET, no_body()),
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWi",
+                b"ki\r\n5;ext=1\r",
+                b"\npedia\r\n0\r\nX-Checksum: abc\r\n",
+                b"\r\n",
+            ],
+        )
+        .await;
+        let (_, keep_alive, frames) = r.expect("exchange");
+        assert!(keep_alive);
+        assert_eq!(data(&frames), b"Wikipedia");
+        let trailers = frames
+            .last()
+            .and_then(|f| f.trailers_ref())
+            .expect("trailers");
+        assert_eq!(trailers["x-checksum"], "abc");
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped_and_a_custom_reason_is_kept() {
+        let (_, r) = run(
+            request(Method::GET, no_body()),
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                b"HTTP/1.1 404 No Such Kernel\r\nContent-Length: 2\r\n\r\nno",
+            ],
+        )
+        .await;
+        let (resp, _, frames) = r.expect("exchange");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(
+            !resp.headers().contains_key("link"),
+            "interim fields are not merged"
+        );
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .expect("reason");
+        assert_eq!(reason.as_bytes(), b"No Such Kernel");
+        assert_eq!(data(&frames), b"no");
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_carry_another_exchange_are_not_kept() {
+        let cases: [(&'static [u8], &[u8]); 4] = [
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na", b"a"),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\na", b"a"),
+            // Both framings: Transfer-Encoding wins, the connection goes.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+                b"a",
+            ),
+            // No length: the body ends when Jupyter closes.
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", b"until the end"),
+        ];
+        for (answer, body) in cases {
+            let (_, r) = run(request(Method::GET, no_body()), vec![answer]).await;
+            let (_, keep_alive, frames) = r.expect("exchange");
+            assert!(!keep_alive, "{}", String::from_utf8_lossy(answer));
+            assert_eq!(data(&frames), body);
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_fail_the_exchange() {
+        let cases: [&'static [u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ];
+        for answer in cases {
+            let (_, r) = run(request(Method::GET, no_body()), vec![answer]).await;
+            assert!(
+                matches!(r, Err(H1Error::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        let (_, r) = run(
+            request(Method::GET, no_body()),
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
+        )
+        .await;
+        assert!(
+            matches!(r, Err(H1Error::Invalid("invalid chunk size"))),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_before_any_answer_is_unanswered_and_one_mid_body_is_not() {
+        let (_, r) = run(request(Method::GET, no_body()), vec![]).await;
+        assert!(r.as_ref().is_err_and(H1Error::is_unanswered), "{r:?}");
+        let (_, r) = run(
+            request(Method::GET, no_body()),
+            vec![b"HTTP/1.1 200 OK\r\nCont"],
+        )
+        .await;
+        assert!(matches!(r, Err(H1Error::Incomplete)), "{r:?}");
+        let (_, r) = run(
+            request(Method::GET, no_body()),
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"],
+        )
+        .await;
+        assert!(matches!(r, Err(H1Error::Incomplete)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length_says() {
+        let (_, r) = run(
+            request(Method::HEAD, no_body()),
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"],
+        )
+        .await;
+        let (resp, keep_alive, frames) = r.expect("exchange");
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "1000");
+        assert!(keep_alive && frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_body_ends_stops_the_body_and_the_connection() {
+        use futures_util::StreamExt;
+        let first: Result<Frame<Bytes>, hyper::Error> =
+            Ok(Frame::data(Bytes::from_static(b"part")));
+        let endless = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+        let body = http_body_util::StreamBody::new(endless).boxed_unsync();
+        let (_, r) = run(
+            request(Method::PUT, body),
+            vec![b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"],
+        )
+        .await;
+        let (resp, keep_alive, _) = r.expect("exchange");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            !keep_alive,
+            "the rest of the body would be read as a request"
+        );
+    }
+}
