@@ -38,6 +38,7 @@ const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// Largest chunk-size line (with extensions) and trailer section.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// Read sizes: a head and a small body usually arrive in one read; a large
 /// body is read in bigger pieces (fewer system calls per megabyte).
 const HEAD_READ: usize = 8 * 1024;
@@ -97,6 +98,18 @@ impl Conn {
         }
     }
 
+    /// Drops a large read buffer (left by a big download) before the
+    /// connection idles in the pool.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > BODY_READ {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    pub fn io_mut(&mut self) -> &mut UpstreamStream {
+        &mut self.io
+    }
+
     /// Reads more into the buffer (at least `want` bytes of room).
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < want / 4 {
@@ -131,74 +144,122 @@ pub struct Head {
     framing: Framing,
     /// The connection may carry another exchange once the body is read.
     keep_alive: bool,
+    /// The rest of a request body Jupyter answered before it had it all.
+    upload: Option<Upload>,
 }
 
 /// Writes `req` and reads the response head. The request body streams
-/// while the answer is awaited; if Jupyter answers before the body is
-/// complete (an early error), the rest is not sent and the connection is
-/// not reused.
+/// while the answer is awaited, and goes on streaming alongside the
+/// response body if Jupyter answers first (full duplex, as hyper did).
+///
+/// The response is read before anything more is written: an early answer
+/// (an error) followed by a close must reach the client as sent, not as a
+/// failed write of the rest of the body.
 pub async fn exchange(conn: &mut Conn, req: http::Request<UpstreamBody>) -> Result<Head, H1Error> {
     let (parts, body) = req.into_parts();
-    let mut out = Outgoing::new(&parts, &body);
+    let mut upload = Upload::new(&parts, body);
     let head_request = parts.method == Method::HEAD;
     drop(parts);
-    let mut body = (!out.is_finished()).then_some(body);
     let mut answered = false;
-    std::future::poll_fn(|cx| {
-        // Write what is ready: the head, then body frames as they come.
-        loop {
-            if out.has_pending() {
-                match out.poll_write(&mut conn.io, cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(unanswered(e, answered))),
-                    Poll::Pending => break,
-                }
+    // A write that failed because Jupyter closed or reset the connection:
+    // an answer may still be waiting in the socket.
+    let mut write_failed: Option<io::Error> = None;
+    std::future::poll_fn(|cx| loop {
+        if let Some(mut head) = parse_head(&mut conn.buf, head_request)? {
+            if write_failed.is_some() {
+                head.keep_alive = false;
+            } else if !upload.is_done() {
+                head.upload = Some(std::mem::replace(&mut upload, Upload::done()));
             }
-            let Some(b) = body.as_mut() else { break };
-            match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => out.push_frame(frame)?,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H1Error::RequestBody(e))),
-                Poll::Ready(None) => {
-                    out.finish()?;
-                    body = None;
+            return Poll::Ready(Ok(head));
+        }
+        answered |= !conn.buf.is_empty();
+        if write_failed.is_none() {
+            match upload.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Err(H1Error::Io(e))) if is_closed(&e) => {
+                    write_failed = Some(e);
+                    upload = Upload::done();
                 }
-                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        // Read until a complete head (informational 1xx heads skipped).
-        loop {
-            if let Some(mut head) = parse_head(&mut conn.buf, head_request)? {
-                if body.is_some() || out.has_pending() {
-                    head.keep_alive = false;
-                }
-                return Poll::Ready(Ok(head));
+        match conn.poll_fill(cx, HEAD_READ) {
+            Poll::Ready(Ok(0)) if answered => return Poll::Ready(Err(H1Error::Incomplete)),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed(write_failed.take()))),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) if is_closed(&e) && !answered => {
+                return Poll::Ready(Err(H1Error::Closed(Some(e))));
             }
-            answered |= !conn.buf.is_empty();
-            match conn.poll_fill(cx, HEAD_READ) {
-                Poll::Ready(Ok(0)) if answered => return Poll::Ready(Err(H1Error::Incomplete)),
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed(None))),
-                Poll::Ready(Ok(_)) => answered = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(unanswered(e, answered))),
-                Poll::Pending => return Poll::Pending,
-            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
+            Poll::Pending => return Poll::Pending,
         }
     })
     .await
 }
 
-/// A write or read error: "closed before answering" when the peer reset
-/// or closed the connection and no response byte had come.
-fn unanswered(e: io::Error, answered: bool) -> H1Error {
-    let closed = matches!(
+/// The peer closed or reset the connection.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
-    );
-    if closed && !answered {
-        H1Error::Closed(Some(e))
-    } else {
-        H1Error::Io(e)
+    )
+}
+
+/// A request's bytes on their way to Jupyter, and the body they come from.
+pub struct Upload {
+    out: Outgoing,
+    body: Option<UpstreamBody>,
+}
+
+impl Upload {
+    fn new(parts: &http::request::Parts, body: UpstreamBody) -> Self {
+        let out = Outgoing::new(parts, &body);
+        let body = (!out.is_finished()).then_some(body);
+        Upload { out, body }
+    }
+
+    fn done() -> Self {
+        Upload {
+            out: Outgoing {
+                queue: Vec::new(),
+                framing: OutFraming::Done,
+            },
+            body: None,
+        }
+    }
+
+    /// Everything was written.
+    pub fn is_done(&self) -> bool {
+        self.body.is_none() && !self.out.has_pending()
+    }
+
+    /// Writes what is ready: the head, then body frames as they come.
+    /// `Ready(Ok)` once all is written; `Pending` while waiting for the
+    /// socket or the client's body (a waker is registered either way).
+    pub fn poll_send(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), H1Error>> {
+        loop {
+            if self.out.has_pending() {
+                ready!(self.out.poll_write(io, cx))?;
+            }
+            let Some(b) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(b).poll_frame(cx)) {
+                Some(Ok(frame)) => self.out.push_frame(frame)?,
+                Some(Err(e)) => return Poll::Ready(Err(H1Error::RequestBody(e))),
+                None => {
+                    self.out.finish()?;
+                    self.body = None;
+                }
+            }
+        }
     }
 }
 
@@ -232,14 +293,13 @@ impl Outgoing {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut had_length = false;
         for (name, value) in &parts.headers {
             // The framing is nbgate's: a client's Content-Length or
             // Transfer-Encoding never decides where Jupyter's request ends
-            // (request smuggling). A bodiless request keeps its
-            // `Content-Length: 0`, as hyper did.
-            if *name == header::TRANSFER_ENCODING
-                || (*name == header::CONTENT_LENGTH && framing != OutFraming::Done)
-            {
+            // (request smuggling).
+            if *name == header::TRANSFER_ENCODING || *name == header::CONTENT_LENGTH {
+                had_length |= *name == header::CONTENT_LENGTH;
                 continue;
             }
             head.extend_from_slice(name.as_str().as_bytes());
@@ -254,6 +314,9 @@ impl Outgoing {
                 head.extend_from_slice(b"\r\n");
             }
             OutFraming::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            // A bodiless request that said so says so again (a POST with
+            // an empty body), as hyper did.
+            OutFraming::Done if had_length => head.extend_from_slice(b"content-length: 0\r\n"),
             OutFraming::Done => {}
         }
         head.extend_from_slice(b"\r\n");
@@ -377,7 +440,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             buf,
             &mut fields,
         ) {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(H1Error::Invalid("response head too large"));
+            }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                 return Err(H1Error::Invalid("response head too large"));
             }
@@ -424,6 +490,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             headers.append(name, value);
         }
         let (framing, mut keep_alive) = framing(&headers, status, head_request, http11)?;
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Its length is not the body's (RFC 9112 §6.3: an intermediary
+            // must remove it), and the client's side reframes the body.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if http11 {
             keep_alive &= !has_token(&headers, header::CONNECTION, "close");
         } else {
@@ -445,6 +516,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             response,
             framing,
             keep_alive,
+            upload: None,
         }));
     }
 }
@@ -471,7 +543,13 @@ fn framing(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(str::trim);
-        let chunked = http11 && last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        if !http11 {
+            // HTTP/1.0 has no transfer codings (as hyper refuses it).
+            return Err(H1Error::Invalid(
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), !both)
         } else {
@@ -511,19 +589,23 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 }
 
 impl Head {
-    /// The response head, its body's reader, and whether the connection
-    /// can carry another exchange once that body is read.
-    pub fn into_parts(self) -> (Response<()>, BodyReader, bool) {
+    /// The response head, its body's reader, whether the connection can
+    /// carry another exchange once that body is read, and the rest of the
+    /// request body still to send.
+    pub fn into_parts(self) -> (Response<()>, BodyReader, bool, Option<Upload>) {
         let reader = BodyReader {
             framing: self.framing,
+            extensions: 0,
         };
-        (self.response, reader, self.keep_alive)
+        (self.response, reader, self.keep_alive, self.upload)
     }
 }
 
 /// Reads a response body's frames from its connection, as asked for.
 pub struct BodyReader {
     framing: Framing,
+    /// Bytes of chunk extensions seen: bounded per body, as in hyper.
+    extensions: usize,
 }
 
 impl BodyReader {
@@ -569,8 +651,14 @@ impl BodyReader {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                Framing::Chunked(Chunk::Size) => match parse_chunk_size(&conn.buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
+                        self.extensions += used;
+                        if self.extensions > MAX_CHUNK_EXTENSIONS {
+                            return Poll::Ready(Some(Err(H1Error::Invalid(
+                                "too many chunk extensions",
+                            ))));
+                        }
                         conn.buf.advance(used);
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers
@@ -615,7 +703,7 @@ impl BodyReader {
                     self.framing = Framing::Chunked(Chunk::Size);
                 }
                 Framing::Chunked(Chunk::Trailers) => {
-                    let mut fields = [httparse::EMPTY_HEADER; 64];
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&conn.buf, &mut fields) {
                         Ok(httparse::Status::Complete((used, fields))) => {
                             let mut trailers = HeaderMap::new();
@@ -669,6 +757,48 @@ impl BodyReader {
             Err(e) => Poll::Ready(Err(H1Error::Io(e))),
         }
     }
+}
+
+/// A chunk-size line (RFC 9112 §7.1): hex digits, optional extensions,
+/// CRLF. Strict where httparse's version is lenient (no digit at all reads
+/// as a last chunk there, which would end a body early and leave the rest
+/// of it to be read as the next response).
+fn parse_chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, ()> {
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == buf.len() {
+        return if digits > 16 {
+            Err(())
+        } else {
+            Ok(httparse::Status::Partial)
+        };
+    }
+    if digits == 0 || digits > 16 {
+        return Err(());
+    }
+    let size = buf[..digits].iter().fold(0u64, |n, &d| {
+        (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
+    });
+    // Extensions (or whitespace before them) run to the CR; a bare LF or
+    // another control byte is refused.
+    let rest = &buf[digits..];
+    if !matches!(rest[0], b'\r' | b';' | b' ' | b'\t') {
+        return Err(());
+    }
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'\r' => {
+                return match rest.get(i + 1) {
+                    None => Ok(httparse::Status::Partial),
+                    Some(b'\n') => Ok(httparse::Status::Complete((digits + i + 2, size))),
+                    Some(_) => Err(()),
+                };
+            }
+            b'\t' => {}
+            b if b < 0x20 || b == 0x7f => return Err(()),
+            _ => {}
+        }
+    }
+    Ok(httparse::Status::Partial)
 }
 
 /// Up to `rest` bytes from the front of `buf`, sharing its memory.
@@ -749,7 +879,9 @@ mod tests {
         let mut conn = Conn::new(UpstreamStream::Unix(ours));
         let result = async {
             let head = exchange(&mut conn, req).await?;
-            let (resp, mut reader, keep_alive) = head.into_parts();
+            let (resp, mut reader, keep_alive, upload) = head.into_parts();
+            // Reported as "not reusable yet" to the tests below.
+            let keep_alive = keep_alive && upload.is_none();
             let mut frames = Vec::new();
             while let Some(f) = std::future::poll_fn(|cx| reader.poll_frame(&mut conn, cx)).await {
                 frames.push(f?);
@@ -805,6 +937,15 @@ mod tests {
         assert_eq!(
             seen,
             "POST /api/x?y=1 HTTP/1.1\r\nhost: jupyter\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        // A bodiless request's length is nbgate's zero, not what was sent.
+        let mut zero = request(Method::POST, no_body());
+        zero.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (zero_seen, _) = run(zero, vec![b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        assert_eq!(
+            zero_seen,
+            "POST /api/x?y=1 HTTP/1.1\r\nhost: jupyter\r\ncontent-length: 0\r\n\r\n"
         );
         let (resp, keep_alive, frames) = r.expect("exchange");
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -888,15 +1029,22 @@ mod tests {
         ];
         for (answer, body) in cases {
             let (_, r) = run(request(Method::GET, no_body()), vec![answer]).await;
-            let (_, keep_alive, frames) = r.expect("exchange");
+            let (resp, keep_alive, frames) = r.expect("exchange");
             assert!(!keep_alive, "{}", String::from_utf8_lossy(answer));
+            // A length beside Transfer-Encoding is not passed on.
+            let h = resp.headers();
+            assert!(
+                !(h.contains_key(header::CONTENT_LENGTH)
+                    && h.contains_key(header::TRANSFER_ENCODING))
+            );
             assert_eq!(data(&frames), body);
         }
     }
 
     #[tokio::test]
     async fn malformed_answers_fail_the_exchange() {
-        let cases: [&'static [u8]; 5] = [
+        let cases: [&'static [u8]; 6] = [
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
@@ -916,6 +1064,19 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
         )
         .await;
+        // No size digit is not a last chunk (httparse reads it as one).
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n;x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nabc\r\n0\r\n\r\n",
+        ] {
+            let (_, r) = run(request(Method::GET, no_body()), vec![answer]).await;
+            assert!(
+                matches!(r, Err(H1Error::Invalid("invalid chunk size"))),
+                "{}: {r:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
         assert!(
             matches!(r, Err(H1Error::Invalid("invalid chunk size"))),
             "{r:?}"
@@ -953,7 +1114,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_before_the_request_body_ends_stops_the_body_and_the_connection() {
+    async fn an_early_answer_and_close_reach_the_client_though_the_body_write_fails() {
+        use futures_util::StreamExt;
+        // More than the socket holds, all ready at once.
+        let frames = futures_util::stream::iter(0..2000)
+            .map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
+        let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let peer = tokio::spawn(async move {
+            let mut b = [0u8; 1024];
+            let _ = theirs.read(&mut b).await.expect("read the head");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            theirs
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .expect("write");
+        });
+        let mut conn = Conn::new(UpstreamStream::Unix(ours));
+        let head = exchange(&mut conn, request(Method::PUT, body))
+            .await
+            .expect("the answer");
+        let (resp, _, keep_alive, _) = head.into_parts();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!keep_alive);
+        peer.await.expect("peer");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_body_ends_leaves_the_rest_to_send() {
         use futures_util::StreamExt;
         let first: Result<Frame<Bytes>, hyper::Error> =
             Ok(Frame::data(Bytes::from_static(b"part")));
@@ -966,9 +1154,6 @@ mod tests {
         .await;
         let (resp, keep_alive, _) = r.expect("exchange");
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(
-            !keep_alive,
-            "the rest of the body would be read as a request"
-        );
+        assert!(!keep_alive, "the rest of the body is still to send");
     }
 }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::body::BoxError;
-use super::h1::{self, BodyReader, Conn, H1Error};
+use super::h1::{self, BodyReader, Conn, H1Error, Upload};
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
 /// Request body type sent upstream: the client's body, streamed.
@@ -313,11 +313,12 @@ pub fn no_body() -> UpstreamBody {
 }
 
 fn lease(head: h1::Head, conn: Conn, pool: &Arc<Pool>) -> Response<PooledBody> {
-    let (response, reader, keep_alive) = head.into_parts();
+    let (response, reader, keep_alive, upload) = head.into_parts();
     let mut body = PooledBody {
         reader,
         conn: Some(conn),
         keep_alive,
+        upload,
         pool: Arc::clone(pool),
     };
     if body.reader.is_end_stream() {
@@ -356,10 +357,11 @@ impl Pool {
 
     /// Back to the pool after a complete exchange; past `max_idle`, the
     /// longest idle connection is closed instead.
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
         if self.max_idle == 0 {
             return;
         }
+        conn.shrink();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
@@ -399,13 +401,18 @@ pub struct PooledBody {
     /// `None` once returned to the pool, or given up after an error.
     conn: Option<Conn>,
     keep_alive: bool,
+    /// The rest of the request body, when Jupyter answered before it had
+    /// it all: written as the response is read.
+    upload: Option<Upload>,
     pool: Arc<Pool>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive {
+            // A request body not sent in full would be read by Jupyter as
+            // the start of the next request.
+            if self.keep_alive && self.upload.is_none() {
                 self.pool.checkin(conn);
             }
         }
@@ -424,6 +431,18 @@ impl Body for PooledBody {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(up) = this.upload.as_mut() {
+            match up.poll_send(conn.io_mut(), cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                // The response goes on; the connection will not be reused.
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "request body not sent in full");
+                    this.keep_alive = false;
+                    this.upload = None;
+                }
+                Poll::Pending => {}
+            }
+        }
         let frame = std::task::ready!(this.reader.poll_frame(conn, cx));
         match &frame {
             Some(Ok(_)) if !this.reader.is_end_stream() => {}
@@ -579,5 +598,51 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"new");
         server.join().expect("server thread");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_streams_on_after_an_early_answer_full_duplex() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let up = upstream_at(&listener);
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            read_head(&mut s);
+            // Answers at once, then reads the whole body before ending its
+            // own (an echo or a streaming upload handler does this).
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .expect("write");
+            let mut body = Vec::new();
+            let mut b = [0u8; 256];
+            while !body.ends_with(b"0\r\n\r\n") {
+                let n = s.read(&mut b).expect("read body");
+                assert!(n > 0, "request body cut short");
+                body.extend_from_slice(&b[..n]);
+            }
+            s.write_all(b"2\r\nok\r\n0\r\n\r\n").expect("write");
+            String::from_utf8(body).expect("utf-8")
+        });
+        let parts = futures_util::stream::unfold(0, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let frame = Frame::data(Bytes::from(format!("p{i}")));
+            Some((Ok::<_, hyper::Error>(frame), i + 1))
+        });
+        let mut req = get(&up);
+        *req.method_mut() = http::Method::POST;
+        *req.body_mut() = http_body_util::StreamBody::new(parts).boxed_unsync();
+        let resp = up.send(req).await.expect("exchange");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(
+            server.join().expect("server thread"),
+            "2\r\np0\r\n2\r\np1\r\n2\r\np2\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            idle(&up),
+            1,
+            "both directions ended: the connection is kept"
+        );
     }
 }
