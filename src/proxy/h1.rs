@@ -110,7 +110,8 @@ impl Conn {
         &mut self.io
     }
 
-    /// Reads more into the buffer (at least `want` bytes of room).
+    /// Reads more into the buffer, first making room for `want` bytes
+    /// when less than a quarter of that is free.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < want / 4 {
             self.buf.reserve(want);
@@ -352,7 +353,8 @@ impl Outgoing {
             }
             OutFraming::Chunked => {
                 let mut line = BytesMut::with_capacity(18);
-                line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let hex = format_args!("{:x}\r\n", data.len());
+                std::fmt::Write::write_fmt(&mut line, hex).expect("BytesMut grows");
                 self.queue.push(line.freeze());
                 self.queue.push(data);
                 self.queue.push(Bytes::from_static(b"\r\n"));
@@ -385,9 +387,14 @@ impl Outgoing {
             let n = if self.queue.len() == 1 {
                 ready!(Pin::new(&mut *io).poll_write(cx, &self.queue[0]))?
             } else {
-                let slices: Vec<io::IoSlice<'_>> =
-                    self.queue.iter().map(|b| io::IoSlice::new(b)).collect();
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+                // At most a chunk line, its data, CRLF and the last chunk
+                // are queued at once: no allocation for the slices.
+                let mut slices = [io::IoSlice::new(&[]); 4];
+                let k = self.queue.len().min(slices.len());
+                for (slot, b) in slices.iter_mut().zip(&self.queue) {
+                    *slot = io::IoSlice::new(b);
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
