@@ -5,7 +5,7 @@
 //! requests that a default Jupyter accepts.
 
 use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -64,10 +64,7 @@ fn jupyter_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to pick a port")
-        .port()
+    super::pebble::free_port(false)
 }
 
 impl Jupyter {

@@ -42,15 +42,33 @@ pub struct Pebble {
     log: Arc<Mutex<OutputLog>>,
 }
 
-/// A loopback port that is free for TCP (and UDP when `udp`), found by binding port 0.
+/// A loopback port that is free for TCP (and UDP when `udp`) for a server that must be told
+/// its port before it starts.
+///
+/// Taken from below the kernel's ephemeral range: a port from `bind(0)` is ephemeral, and the
+/// many outgoing connections of tests running in parallel can take it as their source port
+/// before the server binds it ("Address already in use", seen once in CI's acme tests).
 pub fn free_port(udp: bool) -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind free port");
-        let port = tcp.local_addr().expect("local addr").port();
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (start, span) = (10_000u16, low.saturating_sub(10_000).max(1000));
+    // Different tests (threads and processes) start at different places.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..u32::from(span) {
+        let port = start + ((seed.wrapping_add(i.wrapping_mul(7919)) % u32::from(span)) as u16);
+        let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if !udp || UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port between {start} and {}", start + span)
 }
 
 impl Pebble {
