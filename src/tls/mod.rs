@@ -222,7 +222,17 @@ pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
     match config.tls.mode {
         TlsMode::SelfSigned => {}
         TlsMode::Files => {
-            tokio::spawn(reload::run(Arc::clone(config), Arc::clone(resolver)));
+            // Registered here, not in the task, for the same reason: a
+            // SIGHUP sent before the task first runs would otherwise end
+            // the process (seen once in CI under load).
+            let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => Some(hup),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+                    None
+                }
+            };
+            tokio::spawn(reload::run(Arc::clone(config), Arc::clone(resolver), hup));
         }
         TlsMode::Acme => {
             tokio::spawn(acme::run(Arc::clone(config), Arc::clone(resolver)));

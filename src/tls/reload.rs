@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 
 use super::{files, fingerprint, serial_hex, CertResolver};
 use crate::config::Config;
@@ -40,17 +40,12 @@ fn signature(paths: &[&Path]) -> Signature {
 }
 
 /// Runs until the runtime stops.
-pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
+/// `hup` is the SIGHUP stream, registered by the caller before the
+/// listeners serve (`None` if that failed: files are still polled).
+pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>, mut hup: Option<Signal>) {
     let (Some(cert), Some(key)) = (config.tls.cert_file.clone(), config.tls.key_file.clone())
     else {
         return;
-    };
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; certificate files are still polled");
-            None
-        }
     };
     let mut loaded = signature(&[&cert, &key]);
     let mut seen = loaded.clone();
