@@ -1,6 +1,7 @@
-//! Response bodies: the boxed body type of the request path, and a wrapper
-//! that counts bytes as they stream and writes the access-log event when the
-//! body is finished (or abandoned), so the log reports what was really sent.
+//! Bodies: a client's request body as it arrives (`RequestBody`, HTTP/1.1
+//! or HTTP/2), the boxed body type of responses, and a wrapper that counts
+//! bytes as they stream and writes the access-log event when the body is
+//! finished (or abandoned), so the log reports what was really sent.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -17,6 +18,101 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response nbgate returns.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A client's request body, from whichever connection it came on: hyper's
+/// for HTTP/1.1, nbgate's own `h2` stream for HTTP/2 (`server::http2`).
+/// An enum, not a box: the request path is compiled once, and a bodiless
+/// request (nearly all of them) allocates nothing for its body.
+pub enum RequestBody {
+    Http1(hyper::body::Incoming),
+    Http2(H2Body),
+}
+
+impl From<hyper::body::Incoming> for RequestBody {
+    fn from(body: hyper::body::Incoming) -> Self {
+        RequestBody::Http1(body)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            RequestBody::Http2(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::Http2(b) => b.recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/2 request body: the stream's DATA frames, then its trailers.
+pub struct H2Body {
+    recv: h2::RecvStream,
+    /// The request's `Content-Length` less what has arrived (h2 itself
+    /// resets a stream whose DATA does not add up to it).
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    pub fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+        H2Body {
+            recv,
+            remaining: content_length,
+            data_done: false,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Returned to the client's window as soon as it is handed
+                    // on: the window then limits what nbgate buffers per
+                    // stream, and the upload goes at the pace Jupyter reads.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(r) = &mut self.remaining {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
+    }
+}
 
 /// A complete in-memory body (nbgate's own pages and errors).
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {

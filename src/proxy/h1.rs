@@ -58,7 +58,7 @@ pub enum H1Error {
     #[error("invalid response from upstream: {0}")]
     Invalid(&'static str),
     #[error("request body from the client failed: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] crate::proxy::body::BoxError),
 }
 
 impl H1Error {
@@ -840,7 +840,7 @@ mod tests {
 
     /// A body of unknown length (no exact size hint): sent chunked.
     fn streamed(parts: &[&'static [u8]]) -> UpstreamBody {
-        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = parts
+        let frames: Vec<Result<Frame<Bytes>, crate::proxy::body::BoxError>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p))))
             .collect();
@@ -1124,8 +1124,9 @@ mod tests {
     async fn an_early_answer_and_close_reach_the_client_though_the_body_write_fails() {
         use futures_util::StreamExt;
         // More than the socket holds, all ready at once.
-        let frames = futures_util::stream::iter(0..2000)
-            .map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
+        let frames = futures_util::stream::iter(0..2000).map(|_| {
+            Ok::<_, crate::proxy::body::BoxError>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))
+        });
         let body = http_body_util::StreamBody::new(frames).boxed_unsync();
         let (ours, mut theirs) = UnixStream::pair().expect("pair");
         let peer = tokio::spawn(async move {
@@ -1150,7 +1151,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_before_the_request_body_ends_leaves_the_rest_to_send() {
         use futures_util::StreamExt;
-        let first: Result<Frame<Bytes>, hyper::Error> =
+        let first: Result<Frame<Bytes>, crate::proxy::body::BoxError> =
             Ok(Frame::data(Bytes::from_static(b"part")));
         let endless = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
         let body = http_body_util::StreamBody::new(endless).boxed_unsync();

@@ -10,9 +10,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use super::body::{full, ProxyBody};
+use super::body::{full, ProxyBody, RequestBody};
 use super::guard::{locked_secs, Guard};
 use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
@@ -23,16 +22,30 @@ use crate::policy::Refused;
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
 
-/// Reads one cookie from the request's `Cookie` headers.
+/// Reads one cookie from the request's `Cookie` headers (those that are
+/// text: visible ASCII).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(cookie_pairs)
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The `name=value` pairs of one `Cookie` header, trimmed, empty ones
+/// skipped. Split with `memchr`: on every request this ran as `str::split`
+/// and `trim` at ~1.5k instructions (callgrind, fix 12), twice.
+pub fn cookie_pairs(v: &str) -> impl Iterator<Item = &str> {
+    let bytes = v.as_bytes();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b';', bytes).chain(std::iter::once(bytes.len()));
+    ends.filter_map(move |end| {
+        // `;` is ASCII: both ends are character boundaries.
+        let kv = v[start..end].trim_ascii();
+        start = end + 1;
+        (!kv.is_empty()).then_some(kv)
+    })
 }
 
 fn lang(headers: &HeaderMap) -> pages::Lang {
@@ -96,7 +109,7 @@ impl Pages<'_> {
     /// Serves `rest` (the path after the prefix).
     pub async fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         rest: &str,
         client: IpAddr,
     ) -> Response<ProxyBody> {
@@ -161,7 +174,7 @@ impl Pages<'_> {
         r
     }
 
-    async fn read_form(req: Request<Incoming>) -> Option<(HeaderMap, Vec<(String, String)>)> {
+    async fn read_form(req: Request<RequestBody>) -> Option<(HeaderMap, Vec<(String, String)>)> {
         let (parts, body) = req.into_parts();
         let bytes = http_body_util::Limited::new(body, MAX_FORM)
             .collect()
@@ -172,7 +185,7 @@ impl Pages<'_> {
         Some((parts.headers, form))
     }
 
-    async fn login_submit(&self, req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+    async fn login_submit(&self, req: Request<RequestBody>, client: IpAddr) -> Response<ProxyBody> {
         let Some((headers, form)) = Self::read_form(req).await else {
             return super::error::error_response(
                 &HeaderMap::new(),
@@ -314,7 +327,11 @@ impl Pages<'_> {
         html(StatusCode::OK, body)
     }
 
-    async fn logout_submit(&self, req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+    async fn logout_submit(
+        &self,
+        req: Request<RequestBody>,
+        client: IpAddr,
+    ) -> Response<ProxyBody> {
         let Some((headers, form)) = Self::read_form(req).await else {
             return see_other(&self.login_href());
         };

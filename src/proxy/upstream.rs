@@ -37,7 +37,7 @@ use super::h1::{self, BodyReader, Conn, H1Error, Upload};
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
 /// Request body type sent upstream: the client's body, streamed.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A byte stream to Jupyter over TCP or a Unix socket.
 pub enum UpstreamStream {
@@ -627,7 +627,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
             let frame = Frame::data(Bytes::from(format!("p{i}")));
-            Some((Ok::<_, hyper::Error>(frame), i + 1))
+            Some((Ok::<_, BoxError>(frame), i + 1))
         });
         let mut req = get(&up);
         *req.method_mut() = http::Method::POST;

@@ -1,0 +1,677 @@
+//! HTTP/2 connections of clients that negotiated `h2` by ALPN, served on the
+//! `h2` crate directly instead of through hyper's HTTP/2 server.
+//!
+//! Why: in the HTTP/2 profile (benches/README.md, fix 12) hyper's layer
+//! between `h2` and nbgate's handler cost ~6k instructions per request: a
+//! request body wrapper with a keep-alive recorder, a content-length parse,
+//! a pass over the response for connection-specific fields nbgate has
+//! already removed (`proxy::headers::remove_hop_by_hop`), a `Date` lookup,
+//! and a keep-alive check on every poll of the connection. This module does
+//! what nbgate needs of that and nothing else, per stream:
+//! - the handler's future is polled; while it is pending, a RST_STREAM from
+//!   the client drops it (which cancels the exchange with Jupyter);
+//! - the response gets a `Date` when it has none and a `Content-Length`
+//!   when the body's size is exact and the field is missing, as hyper did;
+//! - the body is sent as the peer's flow control allows: a chunk is polled
+//!   before any capacity is claimed, then one byte of capacity reserved
+//!   (claiming a whole chunk up front can starve other streams of a peer
+//!   that only opens its window once it is exhausted, hyper#4003), so at
+//!   most one chunk per stream waits in memory;
+//! - a body error resets the stream (INTERNAL_ERROR): the client sees an
+//!   incomplete response, never a truncated one that looks whole.
+//!
+//! Per connection: the same settings hyper was given (and hyper's defaults
+//! for the rest, which include `h2`'s rapid-reset limits), the client
+//! preface under the header-read timeout, a PING every keep-alive interval
+//! with the connection closed when no answer comes within the timeout, and
+//! on shutdown a graceful GOAWAY: streams already started finish.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Ping, PingPong, Reason, SendStream};
+use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, DATE};
+use http::{Request, Response};
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
+
+/// Connection settings, from `[server]` in the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_header_list_size: u32,
+    pub max_concurrent_streams: u32,
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
+    /// For the client's connection preface and first SETTINGS frame.
+    pub preface_timeout: Duration,
+}
+
+/// Why a connection ended other than by either side closing it.
+#[derive(Debug, thiserror::Error)]
+pub enum Http2Error {
+    #[error("no HTTP/2 connection preface within {0:?}")]
+    PrefaceTimeout(Duration),
+    #[error("no answer to a keep-alive PING within {0:?}")]
+    KeepAliveTimeout(Duration),
+    #[error(transparent)]
+    Protocol(#[from] h2::Error),
+}
+
+/// hyper's server defaults, kept: 1 MiB windows let one stream move ~1 MiB
+/// per round trip; a peer cannot make nbgate buffer more than 400 KiB of
+/// response per stream.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams nbgate itself reset for protocol errors before the connection is
+/// closed (h2's guard against CVE-2023-44487-style floods; hyper's value).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves one HTTP/2 connection until the client closes it, it fails, or
+/// `stop` is cancelled and every stream started before that has finished.
+/// `handle` turns a request into the future of its response; each stream
+/// runs in its own task.
+pub async fn serve<T, H, F>(
+    io: T,
+    settings: &Settings,
+    stop: CancellationToken,
+    handle: H,
+) -> Result<(), Http2Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<RequestBody>) -> F,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+    let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
+        .await
+        .map_err(|_| Http2Error::PrefaceTimeout(settings.preface_timeout))??;
+    let mut keep_alive = conn
+        .ping_pong()
+        .map(|p| KeepAlive::new(p, settings.keep_alive_interval, settings.keep_alive_timeout));
+    let mut stopped = pin!(stop.cancelled_owned());
+    let mut closing = false;
+    loop {
+        let event = poll_fn(|cx| {
+            if !closing && stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            if let Some(k) = keep_alive.as_mut() {
+                if k.poll_expired(cx).is_ready() {
+                    return Poll::Ready(Event::Unanswered);
+                }
+            }
+            conn.poll_accept(cx).map(Event::Stream)
+        })
+        .await;
+        match event {
+            Event::Stop => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+            Event::Unanswered => {
+                return Err(Http2Error::KeepAliveTimeout(settings.keep_alive_timeout));
+            }
+            Event::Stream(Some(Ok((req, respond)))) => {
+                let (parts, recv) = req.into_parts();
+                let length = if recv.is_end_stream() {
+                    None
+                } else {
+                    content_length(&parts.headers)
+                };
+                let body = RequestBody::Http2(H2Body::new(recv, length));
+                let response = handle(Request::from_parts(parts, body));
+                tokio::spawn(serve_stream(response, respond));
+            }
+            Event::Stream(Some(Err(e))) => return Err(e.into()),
+            Event::Stream(None) => return Ok(()),
+        }
+    }
+}
+
+// Built and matched on the stack once per event; boxing the request
+// would allocate once per stream for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Stop,
+    Unanswered,
+    Stream(Option<Result<NewStream, h2::Error>>),
+}
+
+/// A client's request and the handle its response is sent on.
+type NewStream = (Request<h2::RecvStream>, SendResponse<Bytes>);
+
+/// The request's `Content-Length` (h2 has already checked that it is a
+/// number, and resets a stream whose DATA does not add up to it).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Keep-alive: a PING every `interval`; no PONG within `timeout` means the
+/// peer is gone (a half-open TCP connection would otherwise hold its
+/// streams and slot until the kernel gives up, hours later).
+struct KeepAlive {
+    ping: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    sleep: std::pin::Pin<Box<Sleep>>,
+    /// The timer has been polled once (it wakes the task only after that).
+    armed: bool,
+    /// A PING is out and its PONG not yet in.
+    waiting: bool,
+}
+
+impl KeepAlive {
+    fn new(ping: PingPong, interval: Duration, timeout: Duration) -> Self {
+        KeepAlive {
+            ping,
+            interval,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(interval)),
+            armed: false,
+            waiting: false,
+        }
+    }
+
+    /// Ready when a PING went unanswered for `timeout`. Cheap while nothing
+    /// is due: the connection task is polled for every request, and this
+    /// only reads the timer's state (the timer wakes the task when due).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            self.armed = true;
+            self.reset(self.interval, cx);
+        }
+        if self.waiting {
+            if let Poll::Ready(answer) = self.ping.poll_pong(cx) {
+                self.waiting = false;
+                if answer.is_ok() {
+                    self.reset(self.interval, cx);
+                }
+                // An error means the connection failed: `poll_accept` says so.
+            }
+        }
+        if !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        if self.waiting {
+            return Poll::Ready(());
+        }
+        if self.ping.send_ping(Ping::opaque()).is_ok() {
+            self.waiting = true;
+            // Registers for the PONG.
+            if self.ping.poll_pong(cx).is_ready() {
+                self.waiting = false;
+            }
+            self.reset(self.timeout, cx);
+        } else {
+            self.reset(self.interval, cx);
+        }
+        Poll::Pending
+    }
+
+    fn reset(&mut self, after: Duration, cx: &mut Context<'_>) {
+        self.sleep.as_mut().reset(Instant::now() + after);
+        // Registers the timer's waker; it cannot be due already.
+        let _ = self.sleep.as_mut().poll(cx);
+    }
+}
+
+/// One stream: the handler's response, then its body.
+async fn serve_stream<F>(response: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let mut response = pin!(response);
+    let answer = poll_fn(|cx| {
+        if let Poll::Ready(r) = response.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        // Only while the answer is pending: the client gave up on it.
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(answer) = answer else {
+        tracing::debug!("stream reset by the client before its response");
+        return;
+    };
+    let (mut head, body) = answer.into_parts();
+    if !head.headers.contains_key(DATE) {
+        head.headers.insert(DATE, http_date());
+    }
+    let end = body.is_end_stream();
+    if !end && !head.headers.contains_key(CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    let mut send = match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(send) => send,
+        Err(e) => {
+            // A reset stream, or a field HTTP/2 forbids (a bug: the request
+            // path removes them).
+            tracing::debug!(error = %e, "cannot send a response head");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !end {
+        if let Err(e) = send_body(body, &mut send).await {
+            tracing::debug!(error = %e, "response body not sent whole");
+            send.send_reset(Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// Sends `body` on `send` as the peer's flow control allows.
+async fn send_body(mut body: ProxyBody, send: &mut SendStream<Bytes>) -> Result<(), BoxError> {
+    loop {
+        let frame = poll_fn(|cx| {
+            if let Poll::Ready(f) = std::pin::Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Ok(f));
+            }
+            // While the body is pending (a slow upstream, a long poll), a
+            // client's RST_STREAM must still end the stream.
+            send.poll_reset(cx).map(|r| {
+                Err(match r {
+                    Ok(reason) => BoxError::from(h2::Error::from(reason)),
+                    Err(e) => BoxError::from(e),
+                })
+            })
+        })
+        .await?;
+        let frame = match frame {
+            None => {
+                send.send_data(Bytes::new(), true)?;
+                return Ok(());
+            }
+            Some(frame) => frame?,
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if !data.is_empty() {
+                    wait_for_capacity(send).await?;
+                }
+                if !data.is_empty() || end {
+                    send.send_data(data, end)?;
+                }
+                if end {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            // No more DATA: give back the capacity claim.
+            send.reserve_capacity(0);
+            send.send_trailers(trailers)?;
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until the stream may buffer a chunk (see the module doc).
+async fn wait_for_capacity(send: &mut SendStream<Bytes>) -> Result<(), BoxError> {
+    if send.capacity() > 0 {
+        return Ok(());
+    }
+    send.reserve_capacity(1);
+    while send.capacity() == 0 {
+        match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("the stream closed while its body was being sent".into()),
+        }
+    }
+    Ok(())
+}
+
+/// The current time as an HTTP date, formatted once per second per thread.
+fn http_date() -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((s, v)) if *s == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .expect("an HTTP date is a valid header value");
+                *last = Some((secs, v.clone()));
+                v
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::full;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn settings() -> Settings {
+        Settings {
+            max_header_list_size: 16 * 1024,
+            max_concurrent_streams: 8,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+            preface_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A server on one end of an in-memory pipe (`handle` answers each
+    /// request) and an h2 client on the other, its connection driven.
+    async fn pair<H, F>(
+        stop: CancellationToken,
+        handle: H,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Result<(), Http2Error>>,
+    )
+    where
+        H: Fn(Request<RequestBody>) -> F + Send + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let server = tokio::spawn(async move { serve(server_io, &settings(), stop, handle).await });
+        let (send, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (send, server)
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(format!("https://nbgate.test{path}"))
+            .body(())
+            .expect("request")
+    }
+
+    async fn read_all(body: &mut h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_response_gets_its_body_a_date_and_a_content_length() {
+        let (mut send, _server) = pair(CancellationToken::new(), |req| async move {
+            assert_eq!(req.uri().path(), "/hello");
+            assert!(req.body().is_end_stream(), "a GET has no body");
+            Response::new(full("hello over h2"))
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/hello"), true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().contains_key(DATE));
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "13");
+        let mut body = resp.into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"hello over h2");
+    }
+
+    #[tokio::test]
+    async fn a_large_upload_streams_through_with_its_length_known() {
+        // Three times the 1 MiB stream window: it only gets through if the
+        // body gives each chunk's capacity back as it is read.
+        const SIZE: usize = 3 * 1024 * 1024;
+        let (mut send, _server) = pair(CancellationToken::new(), |req| async move {
+            assert_eq!(req.body().size_hint().exact(), Some(SIZE as u64));
+            let mut body = req.into_body();
+            let mut n = 0;
+            while let Some(frame) = body.frame().await {
+                n += frame.expect("frame").into_data().map_or(0, |d| d.len());
+            }
+            Response::new(full(n.to_string()))
+        })
+        .await;
+        let req = Request::post("https://nbgate.test/upload")
+            .header(CONTENT_LENGTH, SIZE)
+            .body(())
+            .expect("request");
+        let (resp, mut upload) = send.send_request(req, false).expect("send");
+        let writer = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+            for i in 0..SIZE / chunk.len() {
+                upload.reserve_capacity(chunk.len());
+                while upload.capacity() < chunk.len() {
+                    poll_fn(|cx| upload.poll_capacity(cx))
+                        .await
+                        .expect("capacity")
+                        .expect("open");
+                }
+                let last = i == SIZE / chunk.len() - 1;
+                upload.send_data(chunk.clone(), last).expect("data");
+            }
+        });
+        let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+            .await
+            .expect("the upload stalled")
+            .expect("response");
+        writer.await.expect("writer");
+        let mut body = resp.into_body();
+        assert_eq!(
+            read_all(&mut body).await.expect("body"),
+            SIZE.to_string().as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_drops_the_pending_handler() {
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let flag = Arc::clone(&dropped);
+        let (mut send, _server) = pair(CancellationToken::new(), move |_req| {
+            let guard = Dropped(Arc::clone(&flag));
+            let started = started_tx.clone();
+            async move {
+                let _guard = guard;
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+                unreachable!("the handler never answers")
+            }
+        })
+        .await;
+        let (_resp, mut stream) = send.send_request(get("/slow"), true).expect("send");
+        let mut started_rx = started_rx;
+        started_rx.recv().await.expect("handler started");
+        assert!(!dropped.load(Ordering::SeqCst));
+        stream.send_reset(Reason::CANCEL);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !dropped.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the handler was not dropped after the client's reset");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_resets_the_stream_instead_of_ending_it() {
+        let (mut send, _server) = pair(CancellationToken::new(), |_req| async move {
+            let frames = futures_util::stream::iter(vec![
+                Ok(Frame::data(Bytes::from_static(b"partial"))),
+                Err(BoxError::from("upstream went away")),
+            ]);
+            Response::new(StreamBody::new(frames).boxed_unsync())
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/broken"), true).expect("send");
+        // The reset may overtake the head at the client; either way the
+        // exchange must fail, never end as if whole.
+        let outcome = match resp.await {
+            Ok(resp) => read_all(&mut resp.into_body()).await,
+            Err(e) => Err(e),
+        };
+        let err = outcome.expect_err("a truncated body must not end cleanly");
+        assert_eq!(err.reason(), Some(Reason::INTERNAL_ERROR));
+    }
+
+    #[tokio::test]
+    async fn trailers_are_passed_on() {
+        let (mut send, _server) = pair(CancellationToken::new(), |_req| async move {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = futures_util::stream::iter(vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"data"))),
+                Ok(Frame::trailers(trailers)),
+            ]);
+            Response::new(StreamBody::new(frames).boxed_unsync())
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/trailers"), true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"data");
+        let trailers = body.trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_a_started_stream_finish_then_ends_the_connection() {
+        let stop = CancellationToken::new();
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (mut send, server) = pair(stop.clone(), move |_req| {
+            let mut release = release_rx.clone();
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(());
+                let _ = release.wait_for(|r| *r).await;
+                Response::new(full("finished"))
+            }
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/long"), true).expect("send");
+        started_rx.recv().await.expect("handler started");
+        stop.cancel();
+        // GOAWAY reaches the client: a new stream is refused.
+        let refused = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut s = send.clone();
+                match poll_fn(|cx| s.poll_ready(cx)).await {
+                    Err(e) => break e,
+                    Ok(()) => match s.send_request(get("/late"), true) {
+                        Err(e) => break e,
+                        Ok((late, _)) => match late.await {
+                            Err(e) => break e,
+                            Ok(_) => tokio::task::yield_now().await,
+                        },
+                    },
+                }
+            }
+        })
+        .await
+        .expect("no GOAWAY after the stop");
+        assert!(refused.is_go_away() || refused.is_remote() || refused.reason().is_some());
+        assert!(
+            !server.is_finished(),
+            "the started stream must be waited for"
+        );
+        release_tx.send(true).expect("release");
+        let resp = resp.await.expect("the started stream is answered");
+        let mut body = resp.into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"finished");
+        let ended = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the connection did not end after its last stream");
+        assert!(ended.expect("server task").is_ok());
+    }
+
+    /// Writes a client preface and an empty SETTINGS frame, then never reads:
+    /// a peer that has gone silent.
+    async fn silent_peer() -> (DuplexStream, DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        (client, server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_answer_pings_is_disconnected() {
+        let (_client, server_io) = silent_peer().await;
+        let started = Instant::now();
+        let result = serve(
+            server_io,
+            &settings(),
+            CancellationToken::new(),
+            |_req| async { Response::new(full("")) },
+        )
+        .await;
+        assert!(
+            matches!(result, Err(Http2Error::KeepAliveTimeout(_))),
+            "{result:?}"
+        );
+        // One interval to the PING, one timeout for its answer.
+        assert_eq!(started.elapsed(), Duration::from_secs(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_pings_stays_connected() {
+        let (mut send, server) = pair(CancellationToken::new(), |_req| async {
+            Response::new(full("still here"))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!server.is_finished());
+        let (resp, _) = send.send_request(get("/later"), true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"still here");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_without_a_preface_is_dropped_after_the_timeout() {
+        let (mut client, server_io) = tokio::io::duplex(1024);
+        let result = serve(
+            server_io,
+            &settings(),
+            CancellationToken::new(),
+            |_req| async { Response::new(full("")) },
+        )
+        .await;
+        assert!(
+            matches!(result, Err(Http2Error::PrefaceTimeout(_))),
+            "{result:?}"
+        );
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+    }
+}
