@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -70,14 +72,22 @@ pub struct H2Body {
     /// resets a stream whose DATA does not add up to it).
     remaining: Option<u64>,
     data_done: bool,
+    /// Set on every chunk: the connection's keep-alive then knows the
+    /// peer is alive (and that its PONG may be queued behind this data).
+    heard: Option<Arc<AtomicBool>>,
 }
 
 impl H2Body {
-    pub fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+    pub fn new(
+        recv: h2::RecvStream,
+        content_length: Option<u64>,
+        heard: Option<Arc<AtomicBool>>,
+    ) -> Self {
         H2Body {
             recv,
             remaining: content_length,
             data_done: false,
+            heard,
         }
     }
 
@@ -89,6 +99,9 @@ impl H2Body {
                     // on: the window then limits what nbgate buffers per
                     // stream, and the upload goes at the pace Jupyter reads.
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(heard) = &self.heard {
+                        heard.store(true, Ordering::Relaxed);
+                    }
                     if let Some(r) = &mut self.remaining {
                         *r = r.saturating_sub(data.len() as u64);
                     }

@@ -22,12 +22,15 @@
 //!
 //! Per connection: the same settings hyper was given (and hyper's defaults
 //! for the rest, which include `h2`'s rapid-reset limits), the client
-//! preface under the header-read timeout, a PING every keep-alive interval
-//! with the connection closed when no answer comes within the timeout, and
-//! on shutdown a graceful GOAWAY: streams already started finish.
+//! preface under the header-read timeout, a PING after a keep-alive
+//! interval without a word from the peer, with the connection closed when
+//! neither its answer nor anything else comes within the timeout, and on
+//! shutdown a graceful GOAWAY: streams already started finish.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,7 +53,7 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
-    /// For the client's connection preface and first SETTINGS frame.
+    /// For the client's 24-byte connection preface.
     pub preface_timeout: Duration,
 }
 
@@ -128,13 +131,17 @@ where
                 return Err(Http2Error::KeepAliveTimeout(settings.keep_alive_timeout));
             }
             Event::Stream(Some(Ok((req, respond)))) => {
+                if let Some(k) = &keep_alive {
+                    k.note_activity();
+                }
                 let (parts, recv) = req.into_parts();
-                let length = if recv.is_end_stream() {
-                    None
+                let body = if recv.is_end_stream() {
+                    H2Body::new(recv, None, None)
                 } else {
-                    content_length(&parts.headers)
+                    let heard = keep_alive.as_ref().map(|k| Arc::clone(&k.heard));
+                    H2Body::new(recv, content_length(&parts.headers), heard)
                 };
-                let body = RequestBody::Http2(H2Body::new(recv, length));
+                let body = RequestBody::Http2(body);
                 let response = handle(Request::from_parts(parts, body));
                 tokio::spawn(serve_stream(response, respond));
             }
@@ -162,18 +169,22 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Keep-alive: a PING every `interval`; no PONG within `timeout` means the
-/// peer is gone (a half-open TCP connection would otherwise hold its
-/// streams and slot until the kernel gives up, hours later).
+/// Keep-alive: a PING when nothing has been heard from the peer for
+/// `interval`; no PONG within `timeout` means the peer is gone (a half-open
+/// TCP connection would otherwise hold its streams, its connection slot and
+/// the shutdown drain until the kernel gives up, hours later). As hyper's:
+/// while request streams or their data keep arriving the peer is alive, and
+/// a PONG queued behind a slow upload's DATA does not count as missing.
 struct KeepAlive {
     ping: PingPong,
     interval: Duration,
     timeout: Duration,
     sleep: std::pin::Pin<Box<Sleep>>,
-    /// The timer has been polled once (it wakes the task only after that).
-    armed: bool,
     /// A PING is out and its PONG not yet in.
     waiting: bool,
+    /// Set when a request or request data arrives; read and cleared when
+    /// the timer fires.
+    heard: Arc<AtomicBool>,
 }
 
 impl KeepAlive {
@@ -183,51 +194,61 @@ impl KeepAlive {
             interval,
             timeout,
             sleep: Box::pin(tokio::time::sleep(interval)),
-            armed: false,
             waiting: false,
+            heard: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Ready when a PING went unanswered for `timeout`. Cheap while nothing
-    /// is due: the connection task is polled for every request, and this
-    /// only reads the timer's state (the timer wakes the task when due).
+    fn note_activity(&self) {
+        self.heard.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready when a PING went unanswered for `timeout` while nothing else
+    /// came from the peer either.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.armed {
-            self.armed = true;
-            self.reset(self.interval, cx);
-        }
         if self.waiting {
             if let Poll::Ready(answer) = self.ping.poll_pong(cx) {
                 self.waiting = false;
                 if answer.is_ok() {
-                    self.reset(self.interval, cx);
+                    self.restart(self.interval);
                 }
                 // An error means the connection failed: `poll_accept` says so.
             }
         }
-        if !self.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
-        if self.waiting {
-            return Poll::Ready(());
-        }
-        if self.ping.send_ping(Ping::opaque()).is_ok() {
-            self.waiting = true;
-            // Registers for the PONG.
-            if self.ping.poll_pong(cx).is_ready() {
-                self.waiting = false;
+        loop {
+            // Polled on every call, not just checked with `is_elapsed`: a
+            // poll refused for want of coop budget registers no waker, and
+            // the next call must register it.
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            self.reset(self.timeout, cx);
-        } else {
-            self.reset(self.interval, cx);
+            let heard = self.heard.swap(false, Ordering::Relaxed);
+            if self.waiting {
+                if !heard {
+                    return Poll::Ready(());
+                }
+                self.restart(self.timeout);
+                continue;
+            }
+            if heard {
+                self.restart(self.interval);
+                continue;
+            }
+            if self.ping.send_ping(Ping::opaque()).is_ok() {
+                self.waiting = true;
+                // Registers for the PONG (`Ready` here can only be an error).
+                if self.ping.poll_pong(cx).is_ready() {
+                    self.waiting = false;
+                }
+                self.restart(self.timeout);
+            } else {
+                self.restart(self.interval);
+            }
         }
-        Poll::Pending
     }
 
-    fn reset(&mut self, after: Duration, cx: &mut Context<'_>) {
+    fn restart(&mut self, after: Duration) {
         self.sleep.as_mut().reset(Instant::now() + after);
-        // Registers the timer's waker; it cannot be due already.
-        let _ = self.sleep.as_mut().poll(cx);
     }
 }
 
@@ -642,6 +663,54 @@ mod tests {
         );
         // One interval to the PING, one timeout for its answer.
         assert_eq!(started.elapsed(), Duration::from_secs(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_whose_upload_keeps_arriving_is_not_taken_for_dead() {
+        // The peer never reads, so never answers a PING (as when its PONG
+        // waits behind a slow upload), but sends a DATA frame every 10 s.
+        let (mut client, server_io) = silent_peer().await;
+        // HEADERS, stream 1, END_HEADERS: :method POST, :scheme https,
+        // :path / (HPACK static table entries 3, 7, 4).
+        client
+            .write_all(b"\x00\x00\x03\x01\x04\x00\x00\x00\x01\x83\x87\x84")
+            .await
+            .expect("headers");
+        let uploader = tokio::spawn(async move {
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                // DATA, stream 1, 4 bytes.
+                client
+                    .write_all(b"\x00\x00\x04\x00\x00\x00\x00\x00\x01data")
+                    .await
+                    .expect("data");
+            }
+            client
+        });
+        let started = Instant::now();
+        let result = serve(
+            server_io,
+            &settings(),
+            CancellationToken::new(),
+            |req| async move {
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+                Response::new(full(""))
+            },
+        )
+        .await;
+        assert!(
+            matches!(result, Err(Http2Error::KeepAliveTimeout(_))),
+            "{result:?}"
+        );
+        // Alive for the 120 s of upload; dead within an interval and a
+        // timeout (plus the PING's own wait) after the last DATA frame.
+        let lived = started.elapsed();
+        assert!(
+            lived >= Duration::from_secs(120) && lived <= Duration::from_secs(120 + 80),
+            "closed after {lived:?}"
+        );
+        drop(uploader.await.expect("uploader"));
     }
 
     #[tokio::test(start_paused = true)]
