@@ -669,8 +669,9 @@ fn http2_settings(config: &Config) -> http2::Settings {
 
 /// Streams a client may have open at once on one HTTP/2 connection.
 const HTTP2_MAX_STREAMS: u32 = 256;
-/// A PING this often on every HTTP/2 connection; closed when its answer
-/// takes longer than the timeout (a dead peer behind a NAT, a pulled cable).
+/// A PING after this long without a request or request data from the peer;
+/// the connection is closed when neither its answer nor anything else comes
+/// within the timeout (a dead peer behind a NAT, a pulled cable).
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 

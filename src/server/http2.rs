@@ -646,17 +646,19 @@ mod tests {
         (client, server)
     }
 
+    /// Serves `io` with a handler that answers every request with nothing.
+    async fn serve_empty(io: DuplexStream) -> Result<(), Http2Error> {
+        serve(io, &settings(), CancellationToken::new(), |_req| async {
+            Response::new(full(""))
+        })
+        .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_does_not_answer_pings_is_disconnected() {
         let (_client, server_io) = silent_peer().await;
         let started = Instant::now();
-        let result = serve(
-            server_io,
-            &settings(),
-            CancellationToken::new(),
-            |_req| async { Response::new(full("")) },
-        )
-        .await;
+        let result = serve_empty(server_io).await;
         assert!(
             matches!(result, Err(Http2Error::KeepAliveTimeout(_))),
             "{result:?}"
@@ -729,13 +731,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_without_a_preface_is_dropped_after_the_timeout() {
         let (mut client, server_io) = tokio::io::duplex(1024);
-        let result = serve(
-            server_io,
-            &settings(),
-            CancellationToken::new(),
-            |_req| async { Response::new(full("")) },
-        )
-        .await;
+        let result = serve_empty(server_io).await;
         assert!(
             matches!(result, Err(Http2Error::PrefaceTimeout(_))),
             "{result:?}"
