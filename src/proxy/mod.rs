@@ -722,9 +722,8 @@ fn rewrite_cookies(h: &mut HeaderMap, is_own: impl Fn(&str) -> bool) {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|kv| !kv.is_empty() && !is_own(kv))
+        .flat_map(own_pages::cookie_pairs)
+        .filter(|kv| !is_own(kv))
     {
         if !kept.is_empty() {
             kept.push_str("; ");
