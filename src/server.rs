@@ -15,6 +15,7 @@
 //! (`balance`).
 
 mod balance;
+mod coalesce;
 mod http2;
 
 use std::future::Future;

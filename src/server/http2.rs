@@ -44,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::coalesce;
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
 
 /// Connection settings, from `[server]` in the configuration.
@@ -66,6 +67,9 @@ pub enum Http2Error {
     KeepAliveTimeout(Duration),
     #[error(transparent)]
     Protocol(#[from] h2::Error),
+    /// Writing what a poll of the connection gathered failed.
+    #[error("cannot write to the client: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 /// hyper's server defaults, kept: 1 MiB windows let one stream move ~1 MiB
@@ -101,9 +105,11 @@ where
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+    let (io, flusher) = coalesce(io);
     let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
         .await
         .map_err(|_| Http2Error::PrefaceTimeout(settings.preface_timeout))??;
+    flusher.defer();
     let mut keep_alive = conn
         .ping_pong()
         .map(|p| KeepAlive::new(p, settings.keep_alive_interval, settings.keep_alive_timeout));
@@ -119,7 +125,14 @@ where
                     return Poll::Ready(Event::Unanswered);
                 }
             }
-            conn.poll_accept(cx).map(Event::Stream)
+            let accepted = conn.poll_accept(cx);
+            // Whatever the poll wrote goes out now, in one TLS write (see
+            // `coalesce`); a `Pending` flush wakes this task when the
+            // socket can take more.
+            if let Poll::Ready(Err(e)) = flusher.poll_flush(cx) {
+                return Poll::Ready(Event::WriteFailed(e));
+            }
+            accepted.map(Event::Stream)
         })
         .await;
         match event {
@@ -146,6 +159,7 @@ where
                 tokio::spawn(serve_stream(response, respond));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
+            Event::WriteFailed(e) => return Err(Http2Error::Write(e)),
             Event::Stream(None) => return Ok(()),
         }
     }
@@ -157,6 +171,7 @@ where
 enum Event {
     Stop,
     Unanswered,
+    WriteFailed(std::io::Error),
     Stream(Option<Result<NewStream, h2::Error>>),
 }
 
@@ -391,6 +406,7 @@ fn http_date() -> HeaderValue {
 mod tests {
     use super::*;
     use crate::proxy::body::full;
+    use crate::server::coalesce::tests::CountWrites;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -460,6 +476,60 @@ mod tests {
         assert_eq!(resp.headers()[CONTENT_LENGTH], "13");
         let mut body = resp.into_body();
         assert_eq!(read_all(&mut body).await.expect("body"), b"hello over h2");
+    }
+
+    #[tokio::test]
+    async fn answers_ready_together_leave_in_one_write() {
+        // 8 streams whose 1 KiB answers are released at once: h2 alone
+        // flushed after each DATA frame of 256 bytes or more, one write
+        // (one TLS record, one system call) per answer (`coalesce`).
+        const N: usize = 8;
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let server_io = CountWrites::new(server_io);
+        let writes = Arc::clone(&server_io.writes);
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (a, r) = (Arc::clone(&arrived), Arc::clone(&release));
+        let _server = tokio::spawn(async move {
+            serve(
+                server_io,
+                &settings(),
+                CancellationToken::new(),
+                move |_req| {
+                    let (a, r) = (Arc::clone(&a), Arc::clone(&r));
+                    async move {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        let _permit = r.acquire().await.expect("semaphore open");
+                        Response::new(full(vec![b'a'; 1024]))
+                    }
+                },
+            )
+            .await
+        });
+        let (send, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut answers = Vec::new();
+        for _ in 0..N {
+            let (resp, _) = send.clone().send_request(get("/"), true).expect("send");
+            answers.push(resp);
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while arrived.load(Ordering::SeqCst) < N {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("every request reached its handler");
+        let before = writes.lock().expect("lock").len();
+        release.add_permits(N);
+        for resp in answers {
+            let mut body = resp.await.expect("response").into_body();
+            assert_eq!(read_all(&mut body).await.expect("body").len(), 1024);
+        }
+        let used = writes.lock().expect("lock").len() - before;
+        assert_eq!(used, 1, "{N} answers took {used} writes");
     }
 
     #[tokio::test]
