@@ -148,6 +148,14 @@ where
         }
         self.dirty = true;
         if len <= COPY_LIMIT && self.pending().len() + len <= BUFFER_LIMIT {
+            // The bytes already passed on are dropped before the buffer
+            // grows past the limit: a client that reads slowly, so that
+            // each drain is partial, would otherwise grow it by all it is
+            // sent (a review found this; see the test).
+            if self.buf.len() + len > BUFFER_LIMIT {
+                self.buf.drain(..self.sent);
+                self.sent = 0;
+            }
             for b in bufs {
                 self.buf.extend_from_slice(b);
             }
@@ -386,6 +394,73 @@ pub(crate) mod tests {
         io.shutdown().await.expect("shutdown");
         assert_eq!(writes(&flusher), vec![b"GOAWAY".to_vec()]);
         assert!(lock(&flusher.shared).io.shut);
+    }
+
+    /// A socket that takes `allowance` bytes, then is full until the test
+    /// gives it more: the partial writes a slow reader causes.
+    struct Trickle {
+        out: Vec<u8>,
+        allowance: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.allowance == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.allowance);
+            self.allowance -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_slow_reader_does_not_grow_the_buffer_past_its_limit() {
+        let (mut io, flusher) = coalesce(Trickle {
+            out: Vec::new(),
+            allowance: 0,
+        });
+        flusher.defer();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // 8 KiB frames (as a download whose upstream chunks are small),
+        // against a socket that drains 10,000 bytes at a time.
+        let mut sent = Vec::new();
+        let mut i = 0u8;
+        while sent.len() < 4 * 1024 * 1024 {
+            let frame = [i; 8192];
+            match Pin::new(&mut io).poll_write(&mut cx, &frame) {
+                Poll::Ready(Ok(n)) => {
+                    sent.extend_from_slice(&frame[..n]);
+                    i = i.wrapping_add(1);
+                }
+                Poll::Ready(Err(e)) => panic!("write failed: {e}"),
+                Poll::Pending => lock(&flusher.shared).io.allowance += 10_000,
+            }
+            let shared = lock(&flusher.shared);
+            assert!(
+                shared.buf.len() <= BUFFER_LIMIT,
+                "buffer at {}",
+                shared.buf.len()
+            );
+            assert!(shared.buf.capacity() <= 2 * BUFFER_LIMIT);
+        }
+        lock(&flusher.shared).io.allowance = usize::MAX;
+        assert!(flusher.poll_flush(&mut cx).is_ready());
+        assert!(lock(&flusher.shared).io.out == sent, "every byte, in order");
     }
 
     #[tokio::test]
