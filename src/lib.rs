@@ -11,7 +11,8 @@
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
-//!   connections that negotiated h2 on the `h2` crate directly, hyper the others.
+//!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
+//!   what one poll of such a connection writes into one TLS write), hyper the others.
 //! - `telemetry`: logging setup; access and audit targets.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
