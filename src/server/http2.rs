@@ -25,7 +25,8 @@
 //! preface under the header-read timeout, a PING after a keep-alive
 //! interval without a word from the peer, with the connection closed when
 //! neither its answer nor anything else comes within the timeout, and on
-//! shutdown a graceful GOAWAY: streams already started finish.
+//! shutdown a graceful GOAWAY: streams already started finish. What one
+//! poll of the connection writes leaves in one TLS write (`coalesce`).
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
