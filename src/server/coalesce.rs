@@ -162,8 +162,9 @@ where
             return Poll::Ready(Ok(len));
         }
         // A large write (a download's full frames), or the buffer is full:
-        // to the TLS stream, after what is buffered, in one call
-        // when the TLS stream takes vectors (tokio-rustls does).
+        // to the TLS stream, after what is buffered, in one call when the
+        // TLS stream takes vectors (tokio-rustls does). h2 writes at most
+        // 2 slices; more would only make the write partial.
         loop {
             if self.pending().is_empty() {
                 return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
@@ -171,12 +172,9 @@ where
             let pending = self.pending().len();
             let n = {
                 let mut slices = [IoSlice::new(&[]); 4];
+                let k = 1 + bufs.len().min(slices.len() - 1);
                 slices[0] = IoSlice::new(&self.buf[self.sent..]);
-                let mut k = 1;
-                for b in bufs.iter().take(slices.len() - 1) {
-                    slices[k] = *b;
-                    k += 1;
-                }
+                slices[1..k].copy_from_slice(&bufs[..k - 1]);
                 ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?
             };
             if n == 0 {
