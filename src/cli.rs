@@ -33,6 +33,28 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Start Jupyter as a child on a private Unix socket with a fresh token
+    /// nbgate injects, and serve it: `nbgate run [OPTIONS] -- jupyter lab [ARGS…]`.
+    Run {
+        /// Configuration file (TOML). Without one, embedded defaults apply.
+        #[arg(short, long, env = "NBGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTPS listen address, replacing server.listen (e.g. 0.0.0.0:8443).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where generated certificates and keys are kept.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Run Jupyter as this user (nbgate keeps its own privileges).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Run Jupyter as root when nbgate runs as root and no --user is given.
+        #[arg(long)]
+        allow_root: bool,
+        /// The Jupyter command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Print a PBKDF2 hash (PHC string) of a password or API token for the
     /// config. Reads it twice from the terminal with echo off, or once from
     /// stdin when stdin is not a terminal; never from the command line.

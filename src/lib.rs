@@ -14,6 +14,11 @@
 //!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
 //!   what one poll of such a connection writes into one TLS write), hyper the others.
 //! - `telemetry`: logging setup; access and audit targets.
+//! - `jupyter`: Jupyter's own files, read only: runtime files (a running
+//!   server's token) and the password hash `jupyter server password` stores.
+//! - `supervisor`: `nbgate run`: Jupyter as a child on a private Unix socket
+//!   with a fresh token; signals, reaping, readiness. `main` wires it to
+//!   `server::run`; it imports neither.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
 //! `server -> tls -> state`, and everything may read `config`.
@@ -21,10 +26,12 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod jupyter;
 pub mod pages;
 pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tls;

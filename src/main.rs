@@ -34,6 +34,32 @@ fn main() -> ExitCode {
             };
             serve(config.as_deref(), &overrides)
         }
+        Command::Run {
+            config,
+            listen,
+            state_dir,
+            user,
+            allow_root,
+            command,
+        } => {
+            let overrides = Overrides {
+                listen,
+                upstream: None,
+                state_dir,
+            };
+            let child = nbgate::supervisor::ChildSpec {
+                command,
+                user,
+                allow_root,
+            };
+            return match run(config.as_deref(), &overrides, child) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("nbgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::HashPassword => hash_password(),
         Command::RotateSessionKey { state_dir } => {
@@ -82,14 +108,7 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
-    let config = match Config::load(path, overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            nbgate::telemetry::init(LogFormat::Text);
-            return Err(e.into());
-        }
-    };
-    nbgate::telemetry::init(config.log.format);
+    let config = load_config(path, overrides)?;
     // Before the runtime starts threads: loading may remove a plain
     // password from the environment.
     let (auth, initial) = nbgate::auth::Authenticator::try_new(&config)?;
@@ -106,29 +125,103 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
         );
     }
     let auth = Arc::new(auth);
-    let config = Arc::new(config);
-    // Single-threaded: `server::run` starts one more single-threaded runtime
-    // per further core and this thread serves as the first (see
-    // `server::spawn_worker` for why not a multi-threaded runtime).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let resolver = nbgate::tls::load_resolver(&config)?;
-        let listeners = nbgate::server::Listeners::bind(&config).await?;
-        nbgate::tls::spawn_maintenance(&config, &resolver);
-        tracing::info!(
-            upstream = %config.upstream.url,
-            state_dir = %config.server.state_dir.display(),
-            version = env!("CARGO_PKG_VERSION"),
-            "nbgate started"
-        );
+    runtime()?.block_on(async move {
+        let (config, listeners, resolver) = start_listening(config).await?;
         nbgate::server::run(config, listeners, resolver, auth, shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
     })?;
     tracing::info!("nbgate stopped");
     Ok(())
+}
+
+/// `nbgate run`: Jupyter as a child behind nbgate; nbgate exits with
+/// Jupyter's exit code.
+fn run(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+    child: nbgate::supervisor::ChildSpec,
+) -> anyhow::Result<u8> {
+    use nbgate::supervisor;
+    let mut config = load_config(path, overrides)?;
+    // All before the runtime starts threads: these read and remove
+    // password variables from the environment.
+    let password_source = supervisor::choose_login(&mut config)?;
+    let prepared = supervisor::prepare(&mut config, child)?;
+    let (auth, initial) = nbgate::auth::Authenticator::try_new(&config)?;
+    supervisor::scrub_password_env();
+    let auth = Arc::new(auth);
+    let code = runtime()?.block_on(async move {
+        // Listeners first: a port already taken fails before Jupyter starts.
+        let (config, listeners, resolver) = start_listening(config).await?;
+        let grace = config.server.shutdown_grace;
+        let mut jupyter = supervisor::start(prepared, grace)?;
+        if let Err(e) = jupyter.ready().await {
+            jupyter.stop(grace).await;
+            return Err(e.into());
+        }
+        eprint!(
+            "{}",
+            supervisor::banner(
+                &config.server.listen,
+                &config.auth.base_url,
+                initial
+                    .as_ref()
+                    .map(|i| (i.user.as_str(), i.password.as_str())),
+                password_source.as_deref(),
+                &config.server.state_dir,
+            )
+        );
+        nbgate::server::run(config, listeners, resolver, auth, jupyter.ended()).await;
+        let code = jupyter.exit_code().map_or(1, |c| c.0);
+        tracing::info!(exit_code = code, "jupyter ended; nbgate stopped");
+        Ok::<u8, anyhow::Error>(code)
+    })?;
+    Ok(code)
+}
+
+fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+    match Config::load(path, overrides) {
+        Ok(c) => {
+            nbgate::telemetry::init(c.log.format);
+            Ok(c)
+        }
+        Err(e) => {
+            nbgate::telemetry::init(LogFormat::Text);
+            Err(e.into())
+        }
+    }
+}
+
+/// Single-threaded: `server::run` starts one more single-threaded runtime
+/// per further core and this thread serves as the first (see
+/// `server::spawn_worker` for why not a multi-threaded runtime).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Loads the certificate, binds the listeners and starts certificate
+/// maintenance: everything before the first connection is served.
+async fn start_listening(
+    config: Config,
+) -> anyhow::Result<(
+    Arc<Config>,
+    nbgate::server::Listeners,
+    Arc<nbgate::tls::CertResolver>,
+)> {
+    let config = Arc::new(config);
+    let resolver = nbgate::tls::load_resolver(&config)?;
+    let listeners = nbgate::server::Listeners::bind(&config).await?;
+    nbgate::tls::spawn_maintenance(&config, &resolver);
+    tracing::info!(
+        upstream = %config.upstream.url,
+        state_dir = %config.server.state_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "nbgate started"
+    );
+    Ok((config, listeners, resolver))
 }
 
 /// Resolves on SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C).

@@ -325,10 +325,18 @@ enum Unit {
 
 /// A small page for an error a browser sees: localized title, one sentence, the code.
 ///
-/// `retry_after_secs` is shown for 429 and 503 when `Some`. Statuses without their own text
-/// get a generic sentence. The sentences never carry details of the cause: those go to logs.
-pub fn render_error_page(status: StatusCode, lang: Lang, retry_after_secs: Option<u64>) -> String {
-    let (heading, sentence) = error_text(status, lang, retry_after_secs);
+/// `retry_after_secs` is shown for 429 and 503 when `Some`. `code` (the JSON error code) picks
+/// a more specific text where one exists (`upstream_auth`: what the administrator must fix).
+/// Statuses without their own text get a generic sentence. The sentences never carry details
+/// of the cause: those go to logs.
+pub fn render_error_page(
+    status: StatusCode,
+    code: &str,
+    lang: Lang,
+    retry_after_secs: Option<u64>,
+) -> String {
+    let (heading, sentence) =
+        code_text(code, lang).unwrap_or_else(|| error_text(status, lang, retry_after_secs));
     let (title, code_line) = match lang {
         Lang::En => (
             format!("nbgate — {heading}"),
@@ -346,6 +354,26 @@ pub fn render_error_page(status: StatusCode, lang: Lang, retry_after_secs: Optio
         html_escape(&code_line),
     );
     document(lang, &title, &main)
+}
+
+/// (heading, sentence) for an error code that needs more than its status's text.
+fn code_text(code: &str, lang: Lang) -> Option<(String, String)> {
+    let (heading, sentence) = match (code, lang) {
+        ("upstream_auth", Lang::En) => (
+            "Jupyter refused nbgate",
+            "nbgate has no token that Jupyter accepts, so it cannot open Jupyter for you. The \
+             administrator can set upstream.token_file in nbgate's configuration to Jupyter's \
+             token, or start Jupyter with `nbgate run -- jupyter lab`. nbgate's log says more.",
+        ),
+        ("upstream_auth", Lang::ZhHans) => (
+            "Jupyter 拒绝了 nbgate",
+            "nbgate 没有 Jupyter 接受的令牌，因此无法为您打开 Jupyter。管理员可以在 nbgate 的配置中\
+             将 upstream.token_file 设为 Jupyter 的令牌，或用 `nbgate run -- jupyter lab` 启动 \
+             Jupyter。详情见 nbgate 的日志。",
+        ),
+        _ => return None,
+    };
+    Some((heading.to_owned(), sentence.to_owned()))
 }
 
 /// (heading, sentence) for an error status.
@@ -580,9 +608,17 @@ mod tests {
         for code in [400, 403, 404, 421, 429, 431, 500, 502, 503, 504, 418] {
             let status = StatusCode::from_u16(code).expect("valid status code");
             for lang in [Lang::En, Lang::ZhHans] {
-                pages.push(render_error_page(status, lang, Some(30)));
-                pages.push(render_error_page(status, lang, None));
+                pages.push(render_error_page(status, "", lang, Some(30)));
+                pages.push(render_error_page(status, "", lang, None));
             }
+        }
+        for lang in [Lang::En, Lang::ZhHans] {
+            pages.push(render_error_page(
+                StatusCode::BAD_GATEWAY,
+                "upstream_auth",
+                lang,
+                None,
+            ));
         }
         pages
     }
@@ -850,16 +886,16 @@ mod tests {
 
     #[test]
     fn error_pages_show_localized_title_and_retry_time() {
-        let page = render_error_page(StatusCode::TOO_MANY_REQUESTS, Lang::En, Some(30));
+        let page = render_error_page(StatusCode::TOO_MANY_REQUESTS, "", Lang::En, Some(30));
         assert!(page.contains("<title>nbgate — Too many requests</title>"));
         assert!(page.contains("Try again in 30 seconds."));
         assert!(page.contains("Error 429"));
-        let page = render_error_page(StatusCode::SERVICE_UNAVAILABLE, Lang::ZhHans, Some(600));
+        let page = render_error_page(StatusCode::SERVICE_UNAVAILABLE, "", Lang::ZhHans, Some(600));
         assert!(page.contains("<html lang=\"zh-Hans\">"));
         assert!(page.contains("请在 10 分钟后重试。"));
-        let page = render_error_page(StatusCode::NOT_FOUND, Lang::En, Some(30));
+        let page = render_error_page(StatusCode::NOT_FOUND, "", Lang::En, Some(30));
         assert!(!page.contains("Try again"));
-        let page = render_error_page(StatusCode::IM_A_TEAPOT, Lang::En, None);
+        let page = render_error_page(StatusCode::IM_A_TEAPOT, "", Lang::En, None);
         assert!(page.contains("The request could not be completed."));
     }
 

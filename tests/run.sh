@@ -18,7 +18,8 @@ cd "$repo"
 # log lines).
 APT_PACKAGES=(chromium pebble fail2ban)
 # What the test venv holds; changing this list re-runs pip on the next run.
-PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab terminado websocket-client requests playwright)
+# `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too.
+PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright)
 
 export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -81,6 +82,15 @@ if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]] && ! "$PYTHON" -c 'import ensur
 fi
 ensure_apt_packages "${apt_packages[@]}"
 ensure_venv
+
+# The whole suite (no arguments, as CI runs it) also enforces formatting and lints: a tree that
+# is not `cargo fmt` clean or has a clippy warning fails like a failing test.
+if (($# == 0)); then
+    log "cargo fmt --check"
+    cargo fmt --all -- --check
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --all-targets --quiet -- -D warnings
+fi
 
 # All targets unless the caller picked some (e.g. `bash tests/run.sh --test tls`).
 targets=(--all-targets)

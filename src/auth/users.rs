@@ -198,7 +198,7 @@ const CREDENTIAL_HASH: &str = "nbgate-password-hash";
 ///
 /// Sound only while the process is single-threaded (no other thread may read
 /// or change the environment concurrently); `load` documents that.
-fn scrub_env_var(var: &str) {
+pub fn scrub_env_var(var: &str) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let prefix = format!("{var}=");

@@ -24,6 +24,10 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] hyper::Error),
     #[error("upstream response body failed")]
     UpstreamBody,
+    /// Jupyter refuses nbgate and nbgate has no token it accepts: the user
+    /// gets this page instead of Jupyter's own token page.
+    #[error("no token that jupyter accepts")]
+    UpstreamAuth,
     #[error("invalid request target")]
     BadRequestTarget,
     #[error("not found")]
@@ -55,6 +59,13 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "Jupyter is not reachable right now. Try again in a moment.",
+            ),
+            ProxyError::UpstreamAuth => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_auth",
+                "nbgate cannot log in to Jupyter: it has no token Jupyter accepts. The \
+                 administrator can set upstream.token_file in nbgate's configuration, or start \
+                 Jupyter with `nbgate run -- jupyter lab`; nbgate's log says more.",
             ),
             ProxyError::BadRequestTarget => (
                 StatusCode::BAD_REQUEST,
@@ -110,7 +121,7 @@ pub fn error_response(
         );
         (
             "text/html; charset=utf-8",
-            pages::render_error_page(status, lang, retry_after),
+            pages::render_error_page(status, code, lang, retry_after),
         )
     } else {
         (

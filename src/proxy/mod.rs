@@ -4,7 +4,8 @@
 //! (plain HTTP or WebSocket), then `response_filter` and the access log.
 //!
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
-//! to Jupyter), `h1` (one HTTP/1.1 exchange on a pooled connection),
+//! to Jupyter), `upstream_token` (the token presented to Jupyter, configured
+//! or discovered), `h1` (one HTTP/1.1 exchange on a pooled connection),
 //! `websocket` (tunnels), `body` (response body + access log),
 //! `error` (the single error-to-response mapping). Nothing here accepts
 //! connections or touches TLS: `server` does.
@@ -16,6 +17,7 @@ pub mod h1;
 pub mod headers;
 pub mod own_pages;
 pub mod upstream;
+pub mod upstream_token;
 pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +33,7 @@ use self::body::{empty, AccessRecord, LoggedBody, ProxyBody, RequestBody};
 use self::error::{error_response, ProxyError};
 use self::headers::OriginCheck;
 use self::upstream::{PooledBody, Upstream, UpstreamBody};
+use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::Tunnels;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, Via};
@@ -54,8 +57,9 @@ pub struct Gateway {
     pub tunnels: Arc<Tunnels>,
     /// Precomputed `Strict-Transport-Security` value, when enabled.
     hsts: Option<HeaderValue>,
-    /// Precomputed `Authorization: token …` for Jupyter, when configured.
-    upstream_auth: Option<HeaderValue>,
+    /// Jupyter's token and its `Authorization: token …` value: configured,
+    /// made by `nbgate run`, or found in Jupyter's runtime file.
+    token: UpstreamToken,
     auth: Arc<Authenticator>,
     /// `<base_url>_nbgate/`: nbgate's own pages.
     prefix: String,
@@ -79,12 +83,7 @@ impl Gateway {
             HeaderValue::from_str(&format!("max-age={}", config.tls.hsts_max_age.as_secs()))
                 .expect("digits are a valid header value")
         });
-        let upstream_auth = config.upstream.token.as_ref().map(|t| {
-            let mut v = HeaderValue::from_str(&format!("token {}", t.expose()))
-                .expect("token characters were validated at config load");
-            v.set_sensitive(true);
-            v
-        });
+        let token = UpstreamToken::new(&config.upstream);
         let prefix = format!("{}_nbgate/", config.auth.base_url);
         let guard = Arc::new(guard::Guard::new(&config.policy));
         Gateway {
@@ -95,7 +94,7 @@ impl Gateway {
             upstream,
             tunnels: Arc::new(Tunnels::default()),
             hsts,
-            upstream_auth,
+            token,
         }
     }
 
@@ -189,7 +188,23 @@ impl Gateway {
                 // the exchange): this future is moved whole whenever hyper
                 // spawns or stores it, so its size is a cost per request.
                 let up_req = self.upstream_request(req, client, &host, &identity)?;
-                let resp = self.upstream.send(up_req).await?;
+                // A discovered token may be stale (Jupyter restarted): a
+                // request without a body can be sent again with the new one.
+                let replay = self
+                    .token
+                    .discovers()
+                    .then(|| replayable(&up_req))
+                    .flatten();
+                let mut resp = self.upstream.send(up_req).await?;
+                if self.token.discovers()
+                    && upstream_token::refused(
+                        resp.status(),
+                        resp.headers(),
+                        &self.config.auth.base_url,
+                    )
+                {
+                    resp = Box::pin(self.reauthenticate(resp, replay)).await?;
+                }
                 self.client_response(resp, &host).await?
             };
         if let Some(c) = identity
@@ -427,10 +442,63 @@ impl Gateway {
             &self.upstream.host_header,
             host,
         );
-        if let Some(auth) = &self.upstream_auth {
-            parts.headers.insert(header::AUTHORIZATION, auth.clone());
+        if let Some(c) = &*self.token.current() {
+            parts
+                .headers
+                .insert(header::AUTHORIZATION, c.header.clone());
         }
         Ok(())
+    }
+
+    /// Jupyter refused the token nbgate sent with a discovered token: look
+    /// for Jupyter's current one, send a bodiless request again with it,
+    /// and never show Jupyter's own login page to a user who logged in to
+    /// nbgate.
+    async fn reauthenticate(
+        &self,
+        resp: Response<PooledBody>,
+        replay: Option<http::request::Parts>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        // The token this request carried (what `upstream_request_filter`
+        // injected), else the current one.
+        let current = self.token.current().clone();
+        let used = match &replay {
+            Some(p) => p
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("token ")),
+            None => current.as_deref().map(|c| &*c.token),
+        };
+        match self.token.refresh(used).await {
+            Refresh::Unchanged => Ok(resp),
+            Refresh::Missing => Err(ProxyError::UpstreamAuth),
+            Refresh::Changed => {
+                let Some(mut parts) = replay else {
+                    return Ok(resp);
+                };
+                drop(resp);
+                match &*self.token.current() {
+                    Some(c) => parts
+                        .headers
+                        .insert(header::AUTHORIZATION, c.header.clone()),
+                    None => parts.headers.remove(header::AUTHORIZATION),
+                };
+                let resp = self
+                    .upstream
+                    .send(Request::from_parts(parts, empty()))
+                    .await?;
+                if upstream_token::refused(
+                    resp.status(),
+                    resp.headers(),
+                    &self.config.auth.base_url,
+                ) && self.token.current().is_none()
+                {
+                    return Err(ProxyError::UpstreamAuth);
+                }
+                Ok(resp)
+            }
+        }
     }
 
     /// The request Jupyter receives for a client's request.
@@ -443,7 +511,7 @@ impl Gateway {
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        if self.upstream_auth.is_some() && error::wants_html(&parts.headers) {
+        if self.token.current().is_some() && error::wants_html(&parts.headers) {
             // Pages are scrubbed of the token below; that needs them
             // uncompressed.
             parts.headers.remove(header::ACCEPT_ENCODING);
@@ -460,8 +528,8 @@ impl Gateway {
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
         headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
-        if let Some(token) = self.scrub_target(&rparts.headers) {
-            return Box::pin(scrub_token(rparts, rbody, token)).await;
+        if let Some(c) = self.scrub_target(&rparts.headers) {
+            return Box::pin(scrub_token(rparts, rbody, &c.token)).await;
         }
         Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
     }
@@ -471,8 +539,8 @@ impl Gateway {
     /// must never reach a browser — with it, anyone on the machine could
     /// talk to Jupyter around nbgate — so HTML pages of known, bounded size
     /// are scrubbed. Returns the token when this response needs it.
-    fn scrub_target(&self, h: &HeaderMap) -> Option<&str> {
-        let token = self.config.upstream.token.as_ref()?.expose();
+    fn scrub_target(&self, h: &HeaderMap) -> Option<Arc<upstream_token::Credential>> {
+        let token = self.token.current().clone()?;
         let html = h
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -530,6 +598,21 @@ impl Gateway {
             .await
             .map_err(ProxyError::UpstreamProtocol)?;
         if up_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A stale discovered token: find the new one for the client's
+            // next attempt (JupyterLab reconnects its sockets by itself).
+            if self.token.discovers()
+                && upstream_token::refused(
+                    up_resp.status(),
+                    up_resp.headers(),
+                    &self.config.auth.base_url,
+                )
+            {
+                let current = self.token.current().clone();
+                let used = current.as_deref().map(|c| &*c.token);
+                if self.token.refresh(used).await == Refresh::Missing {
+                    return Err(ProxyError::UpstreamAuth);
+                }
+            }
             // Jupyter refused (unknown kernel, 403 ...): pass its answer on.
             let (mut rparts, rbody) = up_resp.into_parts();
             headers::remove_hop_by_hop(&mut rparts.headers);
@@ -642,6 +725,21 @@ fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
             .map(|(_, v)| v.into_owned())
     });
     (None, query)
+}
+
+/// A copy of a request that can be sent again: GET or HEAD without a body
+/// (a body is streamed once and cannot be replayed).
+fn replayable(req: &Request<UpstreamBody>) -> Option<http::request::Parts> {
+    use hyper::body::Body as _;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy.into_parts().0)
 }
 
 fn strip_token_param(pq: &str) -> String {

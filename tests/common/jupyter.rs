@@ -26,6 +26,9 @@ pub struct JupyterOptions {
     pub unix_socket: bool,
     /// `--ServerApp.base_url` (e.g. `/jupyter/`); `None` is Jupyter's `/`.
     pub base_url: Option<String>,
+    /// Jupyter's defaults: no token option, so it makes a random one on every start (read back
+    /// from its runtime file), as a user's plain `jupyter lab` does.
+    pub generated_token: bool,
 }
 
 /// Where Jupyter listens.
@@ -151,6 +154,20 @@ impl Jupyter {
         &self.token
     }
 
+    /// Jupyter's runtime directory (`JUPYTER_RUNTIME_DIR`), where it writes `jpserver-PID.json`.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("runtime")
+    }
+
+    /// The token in the running server's runtime file.
+    fn runtime_token(&self) -> Option<String> {
+        let pid = self.pid()?;
+        let text = std::fs::read_to_string(self.runtime_dir().join(format!("jpserver-{pid}.json")))
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(v["token"].as_str()?.to_owned())
+    }
+
     /// A file holding the token, for `upstream.token_file`.
     pub fn token_file(&self) -> PathBuf {
         self.dir.path().join("token")
@@ -211,8 +228,10 @@ impl Jupyter {
         if let Some(base) = &self.options.base_url {
             cmd.arg(format!("--ServerApp.base_url={base}"));
         }
-        cmd.arg(format!("--IdentityProvider.token={}", self.token))
-            .arg(format!("--ServerApp.root_dir={}", d.join("root").display()))
+        if !self.options.generated_token {
+            cmd.arg(format!("--IdentityProvider.token={}", self.token));
+        }
+        cmd.arg(format!("--ServerApp.root_dir={}", d.join("root").display()))
             .arg("--ServerApp.allow_root=True")
             .arg("--no-browser")
             // Terminals start in the working directory: keep them out of the repository.
@@ -246,6 +265,9 @@ impl Jupyter {
             }
             let api = format!("{}api", self.options.base_url.as_deref().unwrap_or("/"));
             if let Some((200, _)) = raw_get(&self.endpoint, &api, "").await {
+                if self.options.generated_token {
+                    self.token = self.runtime_token().ok_or("no token in the runtime file")?;
+                }
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

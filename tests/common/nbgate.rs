@@ -24,6 +24,9 @@ use super::process::{drain_lines, kill_tree, proc_status_kib, send_signal, Outpu
 /// How long nbgate may take to log one `listening` line per configured listener.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much longer `nbgate run` may take: it starts Jupyter and waits for it.
+const RUN_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The `RUST_LOG` nbgate runs with.
 const RUST_LOG: &str = "info,nbgate=debug";
 
@@ -63,6 +66,8 @@ pub struct NbgateBuilder {
     args: Vec<String>,
     /// The upstream token nbgate is configured with (what `Authorization: token …` must carry).
     token: String,
+    /// `nbgate run [OPTIONS] -- COMMAND…` instead of `nbgate serve`.
+    run_command: Option<Vec<String>>,
 }
 
 impl Default for NbgateBuilder {
@@ -128,7 +133,16 @@ format = "text"
             env: Vec::new(),
             args: Vec::new(),
             token,
+            run_command: None,
         }
+    }
+
+    /// Starts `nbgate run [OPTIONS] -- COMMAND…` instead of `serve`; readiness then also waits
+    /// for the `jupyter is ready` line. The builder's upstream settings are removed (`run` makes
+    /// its own).
+    pub fn run_jupyter(mut self, command: &[&str]) -> Self {
+        self.run_command = Some(command.iter().map(|s| s.to_string()).collect());
+        self.remove("upstream.url").remove("upstream.token_file")
     }
 
     /// Forward to `url` (`http://HOST:PORT` or `unix:/path`), keeping the builder's token.
@@ -273,11 +287,18 @@ format = "text"
         let want_https = self.listener_count("server.listen");
         let want_http = self.listener_count("server.http_listen");
         let mut cmd = Command::new(nbgate_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(&self.args)
-            .env("RUST_LOG", RUST_LOG)
+        cmd.arg(if self.run_command.is_some() {
+            "run"
+        } else {
+            "serve"
+        })
+        .arg("--config")
+        .arg(&config_path)
+        .args(&self.args);
+        if let Some(command) = &self.run_command {
+            cmd.arg("--").args(command);
+        }
+        cmd.env("RUST_LOG", RUST_LOG)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -290,9 +311,21 @@ format = "text"
         drain_lines(child.stderr.take().expect("stderr"), log.clone());
 
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let deadline = if self.run_command.is_some() {
+            deadline + RUN_READY_TIMEOUT
+        } else {
+            deadline
+        };
         let (https, http) = loop {
             let (https, http) = listening_addrs(&log);
-            if https.len() >= want_https && http.len() >= want_http {
+            let jupyter_ready = self.run_command.is_none()
+                || log
+                    .lock()
+                    .expect("log lock")
+                    .lines
+                    .iter()
+                    .any(|l| l.contains("jupyter is ready"));
+            if https.len() >= want_https && http.len() >= want_http && jupyter_ready {
                 break (https, http);
             }
             if let Ok(Some(status)) = child.try_wait() {
