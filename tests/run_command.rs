@@ -316,6 +316,51 @@ async fn jupyter_dies_with_nbgate_even_when_nbgate_is_killed() {
 }
 
 #[tokio::test]
+async fn as_pid_1_nbgate_reaps_the_orphans_of_kernels() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a PID namespace needs root");
+        return;
+    }
+    let builder =
+        jupyter_env(NbgateBuilder::new()).wrapped(&["unshare", "--pid", "--fork", "--mount-proc"]);
+    let command = lab(&builder);
+    let gate = builder.run_jupyter(&strs(&command)).start().await;
+    let kernel = start_kernel(&gate).await;
+    let mut ws = gate
+        .ws_connect(&format!("/api/kernels/{kernel}/channels"))
+        .await;
+    // A grandchild whose parent exits at once is handed to PID 1 (nbgate, in this namespace);
+    // when it exits, only PID 1 can collect it. Uncollected, it stays a zombie in /proc.
+    let code = r#"
+import os, time
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    grandchild = os.fork()
+    if grandchild == 0:
+        time.sleep(0.5)
+        os._exit(0)
+    os.write(w, str(grandchild).encode())
+    os._exit(0)
+os.waitpid(child, 0)
+orphan = int(os.read(r, 32))
+deadline = time.time() + 20
+while os.path.exists(f"/proc/{orphan}") and time.time() < deadline:
+    time.sleep(0.05)
+(open("/proc/1/comm").read().strip(), orphan, os.path.exists(f"/proc/{orphan}"))
+"#;
+    let result = execute(&mut ws, code).await;
+    assert!(
+        result.starts_with("('nbgate', "),
+        "nbgate is not PID 1: {result}"
+    );
+    assert!(
+        result.ends_with(", False)"),
+        "the orphan was never reaped: {result}"
+    );
+}
+
+#[tokio::test]
 async fn jupyter_password_from_the_environment_logs_in_and_is_hidden_from_jupyter() {
     let password = "env-password-5678";
     let builder = jupyter_env(NbgateBuilder::new().remove("users"));

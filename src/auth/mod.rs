@@ -407,8 +407,17 @@ fn lower_own_priority() {
     // integers and a pointer to a local; on Linux pid 0 / a thread id apply
     // to this thread only.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+        // Zeroed, not a literal: musl's sched_param has more fields than
+        // glibc's. The raw system call, not libc's wrapper: musl's
+        // sched_setscheduler always fails with ENOSYS.
+        let param: libc::sched_param = std::mem::zeroed();
+        if libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        ) != 0
+        {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, 19);
         }

@@ -68,6 +68,8 @@ pub struct NbgateBuilder {
     token: String,
     /// `nbgate run [OPTIONS] -- COMMAND…` instead of `nbgate serve`.
     run_command: Option<Vec<String>>,
+    /// A command nbgate runs under, e.g. `unshare --pid --fork` to make it PID 1.
+    wrapper: Vec<String>,
 }
 
 impl Default for NbgateBuilder {
@@ -134,12 +136,19 @@ format = "text"
             args: Vec::new(),
             token,
             run_command: None,
+            wrapper: Vec::new(),
         }
     }
 
     /// Starts `nbgate run [OPTIONS] -- COMMAND…` instead of `serve`; readiness then also waits
     /// for the `jupyter is ready` line. The builder's upstream settings are removed (`run` makes
     /// its own).
+    /// Runs nbgate under `wrapper` (`wrapper… nbgate …`); the handle's pid is the wrapper's.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn run_jupyter(mut self, command: &[&str]) -> Self {
         self.run_command = Some(command.iter().map(|s| s.to_string()).collect());
         self.remove("upstream.url").remove("upstream.token_file")
@@ -286,7 +295,14 @@ format = "text"
         let config_path = self.write_config();
         let want_https = self.listener_count("server.listen");
         let want_http = self.listener_count("server.http_listen");
-        let mut cmd = Command::new(nbgate_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(nbgate_bin());
+                cmd
+            }
+            None => Command::new(nbgate_bin()),
+        };
         cmd.arg(if self.run_command.is_some() {
             "run"
         } else {
