@@ -171,6 +171,7 @@ struct RawUpstream {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     connect_timeout: Option<String>,
+    response_timeout: Option<String>,
     websocket_idle_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
     pool_max_idle: Option<usize>,
@@ -467,6 +468,11 @@ pub struct UpstreamConfig {
     pub token: Option<Secret>,
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
+    /// How long Jupyter may take to answer a request once it has been
+    /// sent whole: a Jupyter that accepts and never answers (or trickles
+    /// its answer) must not hold a client's request forever.
+    #[serde(serialize_with = "ser_duration")]
+    pub response_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub websocket_idle_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -874,6 +880,13 @@ impl Config {
                 "upstream.connect_timeout",
                 u.connect_timeout,
                 Duration::from_secs(5),
+            )?,
+            // Minutes, not nginx's 60 s: saving a large notebook or an
+            // nbconvert export can take longer than a minute.
+            response_timeout: dur(
+                "upstream.response_timeout",
+                u.response_timeout,
+                Duration::from_secs(300),
             )?,
             // Far above Jupyter's 30 s WebSocket pings: nginx's 60 s default
             // is a known cause of dropped kernels.

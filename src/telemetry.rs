@@ -15,6 +15,16 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` wins over the default level.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns about what any client can trigger at will (an IP
+    // address as SNI, as wrk and many scripts send, is one WARN line per
+    // handshake): a client must not be able to flood the log. Shown only
+    // when RUST_LOG names rustls explicitly.
+    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"));
+    let filter = if names_rustls {
+        filter
+    } else {
+        filter.add_directive("rustls=error".parse().expect("a valid directive"))
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

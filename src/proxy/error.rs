@@ -39,6 +39,17 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether the error is the upstream's (or nbgate's) fault, logged as a
+    /// warning; everything else a client can cause at will and is logged at
+    /// debug, so no client can flood the log.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            ProxyError::Upstream(e) => !e.is_client_abort(),
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => true,
+            _ => false,
+        }
+    }
+
     /// Status, stable machine-readable code and an English sentence.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
@@ -51,6 +62,16 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "cross_origin",
                 "Cross-origin request refused.",
+            ),
+            ProxyError::Upstream(e) if e.is_timeout() => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "Jupyter did not answer in time.",
+            ),
+            ProxyError::Upstream(e) if e.is_client_abort() => (
+                StatusCode::BAD_REQUEST,
+                "client_aborted",
+                "The request body ended before it was complete.",
             ),
             ProxyError::Upstream(_)
             | ProxyError::UpstreamConnect(_)

@@ -17,6 +17,7 @@
 //! (`Content-Length` from the body's exact size, otherwise chunked), never
 //! the client's.
 
+use std::future::Future as _;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -59,6 +60,8 @@ pub enum H1Error {
     Invalid(&'static str),
     #[error("request body from the client failed: {0}")]
     RequestBody(#[source] crate::proxy::body::BoxError),
+    #[error("upstream sent no complete answer within {0:?} of the request")]
+    Timeout(std::time::Duration),
 }
 
 impl H1Error {
@@ -156,7 +159,16 @@ pub struct Head {
 /// The response is read before anything more is written: an early answer
 /// (an error) followed by a close must reach the client as sent, not as a
 /// failed write of the rest of the body.
-pub async fn exchange(conn: &mut Conn, req: http::Request<UpstreamBody>) -> Result<Head, H1Error> {
+///
+/// `response_timeout` runs from the moment the request has been written
+/// whole (an upload's pace is the client's) until the response head is
+/// complete: an upstream that accepts and never answers, or trickles its
+/// head a byte at a time, ends in `H1Error::Timeout`.
+pub async fn exchange(
+    conn: &mut Conn,
+    req: http::Request<UpstreamBody>,
+    response_timeout: std::time::Duration,
+) -> Result<Head, H1Error> {
     let (parts, body) = req.into_parts();
     let mut upload = Upload::new(&parts, body);
     let head_request = parts.method == Method::HEAD;
@@ -165,6 +177,9 @@ pub async fn exchange(conn: &mut Conn, req: http::Request<UpstreamBody>) -> Resu
     // A write that failed because Jupyter closed or reset the connection:
     // an answer may still be waiting in the socket.
     let mut write_failed: Option<io::Error> = None;
+    // Armed once the request is out and the head is not complete: a timer
+    // for each request Jupyter does not answer at once, none for the rest.
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| loop {
         if let Some(mut head) = parse_head(&mut conn.buf, head_request)? {
             if write_failed.is_some() {
@@ -193,7 +208,16 @@ pub async fn exchange(conn: &mut Conn, req: http::Request<UpstreamBody>) -> Resu
                 return Poll::Ready(Err(H1Error::Closed(Some(e))));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if write_failed.is_some() || upload.is_done() {
+                    let sleep = deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(response_timeout)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(H1Error::Timeout(response_timeout)));
+                    }
+                }
+                return Poll::Pending;
+            }
         }
     })
     .await
@@ -825,6 +849,9 @@ mod tests {
 
     use super::*;
 
+    /// Far above anything these exchanges take: only the timeout tests hit theirs.
+    const TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
     fn request(method: Method, body: UpstreamBody) -> http::Request<UpstreamBody> {
         let mut req = http::Request::new(body);
         *req.method_mut() = method;
@@ -885,7 +912,7 @@ mod tests {
         });
         let mut conn = Conn::new(UpstreamStream::Unix(ours));
         let result = async {
-            let head = exchange(&mut conn, req).await?;
+            let head = exchange(&mut conn, req, TEST_TIMEOUT).await?;
             let (resp, mut reader, keep_alive, upload) = head.into_parts();
             // Reported as "not reusable yet" to the tests below.
             let keep_alive = keep_alive && upload.is_none();
@@ -1048,6 +1075,49 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_never_answers_or_trickles_its_head_times_out() {
+        let timeout = std::time::Duration::from_secs(300);
+        // Accepts, reads the request, never answers. (Paused clock: the
+        // runtime jumps to the timer once only the socket is left to wait on.)
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let silent = tokio::spawn(async move {
+            let mut b = [0u8; 1024];
+            while theirs.read(&mut b).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = Conn::new(UpstreamStream::Unix(ours));
+        let err = exchange(&mut conn, request(Method::GET, no_body()), timeout)
+            .await
+            .err()
+            .expect("no answer");
+        assert!(matches!(err, H1Error::Timeout(t) if t == timeout), "{err}");
+        silent.abort();
+        // One byte a second: the head would take longer than the timeout.
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let trickle = tokio::spawn(async move {
+            let mut b = [0u8; 1024];
+            let _ = theirs.read(&mut b).await;
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: "
+                .iter()
+                .cycle()
+            {
+                if theirs.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        let mut conn = Conn::new(UpstreamStream::Unix(ours));
+        let started = tokio::time::Instant::now();
+        let err = exchange(&mut conn, request(Method::GET, no_body()), timeout)
+            .await
+            .err()
+            .expect("no complete head");
+        assert!(matches!(err, H1Error::Timeout(_)), "{err}");
+        assert!(started.elapsed() >= timeout && started.elapsed() < timeout * 2);
+        trickle.abort();
+    }
+
     #[tokio::test]
     async fn malformed_answers_fail_the_exchange() {
         let cases: [&'static [u8]; 6] = [
@@ -1139,7 +1209,7 @@ mod tests {
                 .expect("write");
         });
         let mut conn = Conn::new(UpstreamStream::Unix(ours));
-        let head = exchange(&mut conn, request(Method::PUT, body))
+        let head = exchange(&mut conn, request(Method::PUT, body), TEST_TIMEOUT)
             .await
             .expect("the answer");
         let (resp, _, keep_alive, _) = head.into_parts();

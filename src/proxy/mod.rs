@@ -117,6 +117,15 @@ impl Gateway {
         // the parsed URI shares its bytes: no copy per request.
         let uri = req.uri().clone();
         let prefs = ErrorPrefs::of(req.headers());
+        // Dropped with this future when the client goes away before the
+        // answer (hyper and the h2 driver drop the request's future then).
+        let mut gave_up = GiveUpLog {
+            client,
+            method: &method,
+            uri: &uri,
+            start,
+            armed: self.config.log.access_log,
+        };
 
         let mut resp = match self
             .route(req, conn, client, named.is_some(), &sessions)
@@ -124,19 +133,16 @@ impl Gateway {
         {
             Ok(r) => r,
             Err(e) => {
-                match &e {
-                    ProxyError::Upstream(_)
-                    | ProxyError::UpstreamConnect(_)
-                    | ProxyError::UpstreamProtocol(_) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed")
-                    }
-                    _ => {
-                        tracing::debug!(error = %e, %client, path = %uri.path(), "request refused")
-                    }
+                if e.is_upstream_failure() {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed");
+                } else {
+                    tracing::debug!(error = %e, %client, path = %uri.path(), "request refused");
                 }
                 e.into_response(&prefs.headers())
             }
         };
+        gave_up.armed = false;
+        drop(gave_up);
         self.response_filter(&mut resp);
 
         if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -193,7 +199,7 @@ impl Gateway {
                 let replay = self
                     .token
                     .discovers()
-                    .then(|| replayable(&up_req))
+                    .then(|| upstream::replayable(&up_req))
                     .flatten();
                 let mut resp = self.upstream.send(up_req).await?;
                 if self.token.discovers()
@@ -457,14 +463,14 @@ impl Gateway {
     async fn reauthenticate(
         &self,
         resp: Response<PooledBody>,
-        replay: Option<http::request::Parts>,
+        replay: Option<Request<UpstreamBody>>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         // The token this request carried (what `upstream_request_filter`
         // injected), else the current one.
         let current = self.token.current().clone();
         let used = match &replay {
-            Some(p) => p
-                .headers
+            Some(r) => r
+                .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("token ")),
@@ -474,20 +480,16 @@ impl Gateway {
             Refresh::Unchanged => Ok(resp),
             Refresh::Missing => Err(ProxyError::UpstreamAuth),
             Refresh::Changed => {
-                let Some(mut parts) = replay else {
+                let Some(mut again) = replay else {
                     return Ok(resp);
                 };
                 drop(resp);
+                let h = again.headers_mut();
                 match &*self.token.current() {
-                    Some(c) => parts
-                        .headers
-                        .insert(header::AUTHORIZATION, c.header.clone()),
-                    None => parts.headers.remove(header::AUTHORIZATION),
+                    Some(c) => h.insert(header::AUTHORIZATION, c.header.clone()),
+                    None => h.remove(header::AUTHORIZATION),
                 };
-                let resp = self
-                    .upstream
-                    .send(Request::from_parts(parts, empty()))
-                    .await?;
+                let resp = self.upstream.send(again).await?;
                 if upstream_token::refused(
                     resp.status(),
                     resp.headers(),
@@ -649,6 +651,33 @@ impl Gateway {
     }
 }
 
+/// Logs a request whose client gave up before nbgate had an answer for it
+/// (a closed connection, an HTTP/2 reset): without it such a request
+/// leaves no line at all. Disarmed once the answer exists;
+/// from then on the access record logs the request.
+struct GiveUpLog<'a> {
+    client: IpAddr,
+    method: &'a Method,
+    uri: &'a Uri,
+    start: Instant,
+    armed: bool,
+}
+
+impl Drop for GiveUpLog<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!(
+                target: "nbgate::access",
+                client = %self.client,
+                method = %self.method,
+                path = %self.uri.path(),
+                duration_ms = self.start.elapsed().as_millis() as u64,
+                "client gave up before the answer"
+            );
+        }
+    }
+}
+
 /// Largest HTML page buffered to remove the token from it.
 const MAX_SCRUB_BYTES: usize = 4 << 20;
 
@@ -725,21 +754,6 @@ fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
             .map(|(_, v)| v.into_owned())
     });
     (None, query)
-}
-
-/// A copy of a request that can be sent again: GET or HEAD without a body
-/// (a body is streamed once and cannot be replayed).
-fn replayable(req: &Request<UpstreamBody>) -> Option<http::request::Parts> {
-    use hyper::body::Body as _;
-    if !matches!(*req.method(), Method::GET | Method::HEAD) || !req.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy.into_parts().0)
 }
 
 fn strip_token_param(pq: &str) -> String {

@@ -166,6 +166,19 @@ pub enum UpstreamError {
     Protocol(#[source] H1Error),
 }
 
+impl UpstreamError {
+    /// Jupyter did not answer within `upstream.response_timeout`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Protocol(H1Error::Timeout(_)))
+    }
+
+    /// The client's request body failed (the client went away mid-upload):
+    /// not Jupyter's fault.
+    pub fn is_client_abort(&self) -> bool {
+        matches!(self, UpstreamError::Protocol(H1Error::RequestBody(_)))
+    }
+}
+
 /// The pools (one per thread) and what requests need to know about the
 /// upstream.
 #[derive(Clone)]
@@ -185,6 +198,8 @@ pub struct Upstream {
     /// Absolute origins under which Jupyter may name itself in `Location`.
     pub self_origins: Vec<String>,
     pub connect_timeout: Duration,
+    /// See `UpstreamConfig::response_timeout`.
+    pub response_timeout: Duration,
 }
 
 impl Upstream {
@@ -217,6 +232,7 @@ impl Upstream {
             host_header,
             self_origins,
             connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
         }
     }
 
@@ -249,7 +265,7 @@ impl Upstream {
             } else {
                 None
             };
-            match h1::exchange(&mut conn, req).await {
+            match h1::exchange(&mut conn, req, self.response_timeout).await {
                 Ok(head) => return Ok(lease(head, conn, pool)),
                 Err(e) => match replay {
                     // Jupyter closed the idle connection as the request
@@ -264,7 +280,7 @@ impl Upstream {
         // A new connection is the rare case: boxed, so that connecting does
         // not enlarge every request's future.
         let mut conn = Box::pin(self.open()).await?;
-        let head = h1::exchange(&mut conn, req)
+        let head = h1::exchange(&mut conn, req, self.response_timeout)
             .await
             .map_err(UpstreamError::Protocol)?;
         Ok(lease(head, conn, pool))
@@ -289,7 +305,7 @@ const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// A copy to send again if the first attempt dies unanswered: only for
 /// bodiless requests of safe methods (RFC 9110 §9.2.1), which Jupyter may
 /// see twice without harm.
-fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+pub fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     let safe = matches!(
         *req.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
@@ -487,6 +503,7 @@ mod tests {
             token_env: None,
             token: None,
             connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(300),
             websocket_idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 8,
