@@ -14,6 +14,7 @@
 //!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
 //!   what one poll of such a connection writes into one TLS write), hyper the others.
 //! - `telemetry`: logging setup; access and audit targets.
+//! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
 //! `server -> tls -> state`, and everything may read `config`.
@@ -21,6 +22,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod nginx_import;
 pub mod pages;
 pub mod policy;
 pub mod proxy;
