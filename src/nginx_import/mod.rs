@@ -1088,45 +1088,31 @@ impl<'a> Converter<'a> {
                 );
             }
         } else {
-            let origin = allow
-                .iter()
-                .map(|(_, d)| d.line.to_string())
-                .collect::<Vec<_>>();
-            let list = allow
-                .iter()
-                .map(|(n, _)| toml::Value::from(n.to_string()))
-                .collect();
-            for (_, d) in &allow {
-                self.mapped(d);
-            }
             let deny_all = default.map_or(String::new(), |(_, d)| format!(", {}", from(d)));
-            self.key(
-                "policy",
-                "allow",
-                toml::Value::Array(list),
-                format!("allow on line(s) {}{deny_all}", origin.join(", ")),
-            );
+            self.net_list("allow", &allow, &deny_all);
         }
         if !deny.is_empty() {
-            let origin = deny
-                .iter()
-                .map(|(_, d)| d.line.to_string())
-                .collect::<Vec<_>>();
-            let list = deny
-                .iter()
-                .map(|(n, _)| toml::Value::from(n.to_string()))
-                .collect();
-            for (_, d) in &deny {
-                self.mapped(d);
-            }
-            self.key(
-                "policy",
-                "deny",
-                toml::Value::Array(list),
-                format!("deny on line(s) {}", origin.join(", ")),
-            );
+            self.net_list("deny", &deny, "");
         }
         Ok(())
+    }
+
+    /// `policy.allow` or `policy.deny` from the rules that made it, naming their lines.
+    fn net_list(&mut self, name: &'static str, nets: &[(IpNet, &Directive)], extra: &str) {
+        let lines: Vec<String> = nets.iter().map(|(_, d)| d.line.to_string()).collect();
+        let list = nets
+            .iter()
+            .map(|(n, _)| toml::Value::from(n.to_string()))
+            .collect();
+        for (_, d) in nets {
+            self.mapped(d);
+        }
+        self.key(
+            "policy",
+            name,
+            toml::Value::Array(list),
+            format!("{name} on line(s) {}{extra}", lines.join(", ")),
+        );
     }
 
     /// Resolves a `proxy_pass` to nbgate's `upstream.url` form, and the upstream block it named.
