@@ -45,7 +45,7 @@ const NBGATE_WEBSOCKET_IDLE: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -530,6 +530,10 @@ impl<'a> Converter<'a> {
                         );
                     }
                 }
+                None if proxy_pass_in(loc.children()).is_some() => self.note(
+                    loc,
+                    "holds the nested locations that proxy to Jupyter, converted on their own",
+                ),
                 None if is_acme_location(loc) => self.note_block(
                     loc,
                     "ACME challenges: with tls.mode = \"acme\" nbgate answers them itself",
@@ -1960,6 +1964,27 @@ mod tests {
                 .count(),
             3,
             "the file is not rewritten"
+        );
+    }
+
+    #[test]
+    fn a_nested_location_that_proxies_is_converted_and_its_parent_noted() {
+        let text = "server { listen 443 ssl;\n location / {\n  location /lab/ { proxy_pass http://127.0.0.1:8888; }\n } }";
+        let out = convert(text);
+        assert_eq!(config(&out).auth.base_url, "/lab/");
+        assert!(
+            out.contains("line 2: location / { ... } -- holds the nested locations"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_names_it_once() {
+        let err = convert_file(Path::new("/nonexistent/nginx.conf")).unwrap_err();
+        assert_eq!(err.to_string(), "/nonexistent/nginx.conf: cannot read");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the io error is kept"
         );
     }
 
