@@ -55,6 +55,12 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
     },
+    /// Print the nbgate configuration equivalent to an nginx server block
+    /// written for Jupyter, with a comment for every directive not mapped.
+    ImportNginx {
+        /// The nginx configuration file.
+        file: PathBuf,
+    },
     /// Print a PBKDF2 hash (PHC string) of a password or API token for the
     /// config. Reads it twice from the terminal with echo off, or once from
     /// stdin when stdin is not a terminal; never from the command line.

@@ -19,6 +19,7 @@
 //! - `supervisor`: `nbgate run`: Jupyter as a child on a private Unix socket
 //!   with a fresh token; signals, reaping, readiness. `main` wires it to
 //!   `server::run`; it imports neither.
+//! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
 //! `server -> tls -> state`, and everything may read `config`.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod jupyter;
+pub mod nginx_import;
 pub mod pages;
 pub mod policy;
 pub mod proxy;

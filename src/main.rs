@@ -60,6 +60,9 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::ImportNginx { file } => nbgate::nginx_import::convert_file(&file)
+            .map(|toml| print!("{toml}"))
+            .map_err(Into::into),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::HashPassword => hash_password(),
         Command::RotateSessionKey { state_dir } => {

@@ -1,10 +1,12 @@
 //! Password and API-token hashes: parsing stored hash strings, verifying a candidate against
 //! them, and making new ones.
 //!
-//! Owns the three accepted formats: nbgate's own PBKDF2-HMAC-SHA256 PHC strings, and the two that
+//! Owns the four accepted formats: nbgate's own PBKDF2-HMAC-SHA256 PHC strings, the two that
 //! Jupyter Server writes (`argon2:$argon2id$...` today, `sha1:<salt>:<hex>` in old configs), so a
-//! Jupyter config can be moved behind nbgate without re-hashing. Also owns random secrets for
-//! first start (generated password, API tokens).
+//! Jupyter config can be moved behind nbgate without re-hashing, and bcrypt (`$2y$`, `$2b$`,
+//! `$2a$`, as `htpasswd -B` writes), so an nginx `auth_basic_user_file` works as nbgate's users
+//! file. The other htpasswd formats (apr1-MD5, `{SHA}`, crypt) are refused by name as weak. Also
+//! owns random secrets for first start (generated password, API tokens).
 //!
 //! Must not: log or echo a password, a token or hash material (errors and `Debug` name the
 //! problem, never the input); decide policy about users or sessions; run on the async executor
@@ -43,6 +45,17 @@ pub const MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
 /// Most Argon2 passes a hash may ask for. Jupyter writes `t=10`.
 pub const MAX_ARGON2_TIME_COST: u32 = 100;
 
+/// Fewest bcrypt cost (log2 of the rounds) a stored hash may use: `htpasswd -B`'s default, so an
+/// htpasswd file works unchanged. Like [`MIN_ITERATIONS`], a cheaper hash is refused rather than
+/// accepted silently: public GPU benchmarks put cost 5 in the same range of guesses per second
+/// as PBKDF2 at [`MIN_ITERATIONS`], and cost 4 at twice that.
+pub const MIN_BCRYPT_COST: u32 = 5;
+
+/// Most bcrypt cost a stored hash may use: `htpasswd -C`'s own maximum. Each step doubles the
+/// work, and every login attempt, including an unauthenticated attacker's, pays it (the format
+/// allows 31, more than a day per attempt).
+pub const MAX_BCRYPT_COST: u32 = 17;
+
 /// Fewest characters (Unicode scalar values, not bytes) a new password may have.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
@@ -72,6 +85,13 @@ const JUPYTER_SHA1_PREFIX: &str = "sha1:";
 /// Bytes in a SHA-1 digest.
 const SHA1_LEN: usize = 20;
 
+/// Characters in a bcrypt string: `$2y$NN$` (7), 22 of salt and 31 of hash.
+const BCRYPT_LEN: usize = 60;
+
+/// How to re-hash a password that is stored in a refused htpasswd format.
+const REHASH_HINT: &str =
+    "re-hash the password with `nbgate hash-password` (or `htpasswd -B` for bcrypt)";
+
 /// Algorithm names that may be named back in an error. The input itself is never echoed, because
 /// a plaintext password pasted into the hash field would then end up in a log; only a name from
 /// this fixed list is.
@@ -86,6 +106,7 @@ const KNOWN_ALGORITHMS: &[&str] = &[
     "bcrypt",
     "2a",
     "2b",
+    "2x",
     "2y",
     "1",
     "5",
@@ -113,14 +134,14 @@ pub enum PasswordError {
     #[error(
         "unrecognised password hash format: expected \"$pbkdf2-sha256$i=...,l=32$<salt>$<hash>\" \
          (from `nbgate hash-password`), \"argon2:$argon2id$...\" or \"sha1:<salt>:<hex digest>\" \
-         (from `jupyter server password`)"
+         (from `jupyter server password`), or bcrypt \"$2y$...\" (from `htpasswd -B`)"
     )]
     UnknownFormat,
 
     /// A recognisable hash of an algorithm nbgate does not verify.
     #[error(
         "unsupported password hash algorithm \"{found}\": use pbkdf2-sha256 (`nbgate hash-password`), \
-         or Jupyter's argon2 or sha1 forms"
+         Jupyter's argon2 or sha1 forms, or bcrypt (`htpasswd -B`)"
     )]
     UnsupportedAlgorithm {
         /// The algorithm's name, taken from a fixed list, never from the input.
@@ -203,6 +224,38 @@ pub enum PasswordError {
         reason: &'static str,
     },
 
+    /// A htpasswd hash in a format that is fast to guess offline: nbgate will not verify it, and
+    /// says why and how to replace it.
+    #[error("{scheme} password hash (htpasswd) is refused as weak: {why}; {hint}", hint = REHASH_HINT)]
+    WeakHtpasswdHash {
+        /// The format's name (`apr1-md5`, `{SHA}`, ...).
+        scheme: &'static str,
+        /// Why it is weak.
+        why: &'static str,
+    },
+
+    /// A bcrypt string with a bad part.
+    #[error("malformed bcrypt password hash: {reason}")]
+    MalformedBcrypt {
+        /// Which part is wrong.
+        reason: &'static str,
+    },
+
+    /// bcrypt cost outside [`MIN_BCRYPT_COST`]..=[`MAX_BCRYPT_COST`].
+    #[error(
+        "bcrypt password hash has cost {found}; {min} to {max} are accepted (below is fast to \
+         guess, above makes every login attempt too costly); {hint}",
+        hint = REHASH_HINT
+    )]
+    BcryptCostOutOfRange {
+        /// Cost in the stored hash.
+        found: u32,
+        /// [`MIN_BCRYPT_COST`].
+        min: u32,
+        /// [`MAX_BCRYPT_COST`].
+        max: u32,
+    },
+
     /// A new password is empty.
     #[error("the password is empty")]
     EmptyPassword,
@@ -244,6 +297,8 @@ pub enum StoredHash {
     JupyterArgon2(Argon2Hash),
     /// Jupyter's legacy format: `sha1:<salt>:<hex of sha1(password_utf8 || salt_ascii)>`.
     JupyterSha1(JupyterSha1Hash),
+    /// bcrypt as `htpasswd -B` (and most other tools) write it: `$2y$NN$<salt><hash>`.
+    Bcrypt(BcryptHash),
 }
 
 /// The parts of a PBKDF2-HMAC-SHA256 PHC string.
@@ -282,6 +337,16 @@ pub struct JupyterSha1Hash {
     digest: [u8; SHA1_LEN],
 }
 
+/// A bcrypt string, checked when parsed.
+#[derive(Clone)]
+pub struct BcryptHash {
+    /// Within [`MIN_BCRYPT_COST`]..=[`MAX_BCRYPT_COST`].
+    cost: u32,
+    /// The whole string, which is what the `bcrypt` crate verifies against. Its format was
+    /// checked when parsed, so verification cannot fail on it.
+    encoded: String,
+}
+
 impl fmt::Debug for StoredHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -297,6 +362,10 @@ impl fmt::Debug for StoredHash {
                 .field("p_cost", &h.params.p_cost())
                 .finish_non_exhaustive(),
             StoredHash::JupyterSha1(_) => f.debug_struct("JupyterSha1").finish_non_exhaustive(),
+            StoredHash::Bcrypt(h) => f
+                .debug_struct("Bcrypt")
+                .field("cost", &h.cost)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -313,6 +382,14 @@ impl fmt::Debug for Argon2Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Argon2Hash")
             .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for BcryptHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BcryptHash")
+            .field("cost", &self.cost)
             .finish_non_exhaustive()
     }
 }
@@ -339,10 +416,16 @@ impl FromStr for StoredHash {
         if let Some(rest) = s.strip_prefix(JUPYTER_SHA1_PREFIX) {
             return parse_sha1(rest).map(StoredHash::JupyterSha1);
         }
+        if let Some(weak) = weak_htpasswd(s) {
+            return Err(weak);
+        }
         if let Some(rest) = s.strip_prefix('$') {
             let ident = rest.split('$').next().unwrap_or_default();
             if ident == pbkdf2::Algorithm::Pbkdf2Sha256.as_str() {
                 return parse_pbkdf2(s).map(StoredHash::Pbkdf2);
+            }
+            if matches!(ident, "2a" | "2b" | "2y") {
+                return parse_bcrypt(s).map(StoredHash::Bcrypt);
             }
             return Err(unsupported_or_unknown(ident));
         }
@@ -366,16 +449,20 @@ impl StoredHash {
             StoredHash::Pbkdf2(h) => h.verify(password.as_bytes()),
             StoredHash::JupyterArgon2(h) => h.verify(password.as_bytes()),
             StoredHash::JupyterSha1(h) => h.verify(password.as_bytes()),
+            StoredHash::Bcrypt(h) => h.verify(password.as_bytes()),
         }
     }
 
-    /// True for the Jupyter forms, so the caller can log a hint to re-hash with
-    /// `nbgate hash-password` (sha1 is fast to crack; argon2 costs a different time than
-    /// nbgate's own hashes, so it breaks the equal-time answer for unknown users).
+    /// True for the forms taken over from other tools (Jupyter's, htpasswd's bcrypt), so the
+    /// caller can log a hint to re-hash with `nbgate hash-password`: sha1 is fast to crack, and
+    /// argon2 and bcrypt cost a different time than nbgate's own hashes, so they break the
+    /// equal-time answer for unknown users.
     pub fn is_legacy(&self) -> bool {
         match self {
             StoredHash::Pbkdf2(_) => false,
-            StoredHash::JupyterArgon2(_) | StoredHash::JupyterSha1(_) => true,
+            StoredHash::JupyterArgon2(_) | StoredHash::JupyterSha1(_) | StoredHash::Bcrypt(_) => {
+                true
+            }
         }
     }
 }
@@ -432,6 +519,56 @@ impl JupyterSha1Hash {
             .finalize();
         derived.as_slice().ct_eq(&self.digest).into()
     }
+}
+
+impl BcryptHash {
+    fn verify(&self, password: &[u8]) -> bool {
+        // The crate compares the derived bytes with `subtle::ConstantTimeEq`, as the other
+        // formats here do. Passwords beyond 72 bytes are truncated there, as every bcrypt
+        // implementation (htpasswd's included) does, so a hash made elsewhere still verifies.
+        match bcrypt::verify(password, &self.encoded) {
+            Ok(ok) => ok,
+            // Parsing checked the format and the cost, so this is unreachable; refuse rather
+            // than panic on the request path.
+            Err(err) => {
+                tracing::error!(%err, "bcrypt verification failed on a hash that parsed");
+                false
+            }
+        }
+    }
+}
+
+/// The htpasswd formats nbgate refuses, recognised by their shape so the error can say which
+/// one it is and why it is weak. `None` for anything else.
+fn weak_htpasswd(s: &str) -> Option<PasswordError> {
+    let weak = |scheme, why| Some(PasswordError::WeakHtpasswdHash { scheme, why });
+    if s.starts_with("$apr1$") {
+        return weak(
+            "apr1-md5",
+            "1000 rounds of MD5, tens of millions of guesses per second on one GPU",
+        );
+    }
+    if s.starts_with("$1$") {
+        return weak(
+            "md5-crypt",
+            "1000 rounds of MD5, tens of millions of guesses per second on one GPU",
+        );
+    }
+    if s.starts_with("{SHA}") {
+        return weak(
+            "{SHA}",
+            "one unsalted SHA-1, open to precomputed tables and billions of guesses per second",
+        );
+    }
+    // Traditional crypt(3): 2 characters of salt and 11 of hash from `./0-9A-Za-z`.
+    let crypt_alphabet = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
+    if s.len() == 13 && s.bytes().all(crypt_alphabet) {
+        return weak(
+            "crypt (DES)",
+            "only the first 8 characters of the password count, at billions of guesses per second on one GPU",
+        );
+    }
+    None
 }
 
 /// Names `ident` back if it is a known algorithm, otherwise says only that the format is unknown.
@@ -576,6 +713,46 @@ fn parse_sha1(rest: &str) -> Result<JupyterSha1Hash, PasswordError> {
     })
 }
 
+/// Checks a `$2a$`/`$2b$`/`$2y$` string: length, cost bounds and Base64, so that verification
+/// cannot fail later.
+fn parse_bcrypt(s: &str) -> Result<BcryptHash, PasswordError> {
+    let malformed = |reason| PasswordError::MalformedBcrypt { reason };
+    if s.len() != BCRYPT_LEN || !s.is_ascii() {
+        return Err(malformed(
+            "expected 60 characters: $2y$<cost>$<salt and hash>",
+        ));
+    }
+    let (cost, rest) = s[4..]
+        .split_once('$')
+        .ok_or(malformed("expected $2y$<cost>$<salt and hash>"))?;
+    if cost.len() != 2 || !cost.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed("the cost must be two decimal digits"));
+    }
+    let cost: u32 = cost
+        .parse()
+        .map_err(|_| malformed("the cost must be two decimal digits"))?;
+    if !(MIN_BCRYPT_COST..=MAX_BCRYPT_COST).contains(&cost) {
+        return Err(PasswordError::BcryptCostOutOfRange {
+            found: cost,
+            min: MIN_BCRYPT_COST,
+            max: MAX_BCRYPT_COST,
+        });
+    }
+    let (salt, hash) = rest.split_at(22);
+    let mut salt_buf = [0u8; 16];
+    let mut hash_buf = [0u8; 23];
+    bcrypt::BASE_64
+        .decode_slice(salt, &mut salt_buf)
+        .map_err(|_| malformed("the salt is not bcrypt Base64"))?;
+    bcrypt::BASE_64
+        .decode_slice(hash, &mut hash_buf)
+        .map_err(|_| malformed("the hash is not bcrypt Base64"))?;
+    Ok(BcryptHash {
+        cost,
+        encoded: s.to_owned(),
+    })
+}
+
 /// Hashes `password` for storage with PBKDF2-HMAC-SHA256, [`DEFAULT_ITERATIONS`] and a fresh
 /// 16-byte random salt, as a PHC string (`$pbkdf2-sha256$i=600000,l=32$<salt>$<hash>`).
 ///
@@ -648,7 +825,8 @@ pub fn check_new_password(password: &str) -> Result<(), PasswordError> {
 ///
 /// Verify against it when the user name is unknown, so an unknown user costs the same time as a
 /// wrong password and response timing does not reveal which user names exist. The equality only
-/// holds for users with nbgate's own hashes: a Jupyter argon2 or sha1 hash takes a different time.
+/// holds for users with nbgate's own hashes: a Jupyter argon2 or sha1 hash, or a bcrypt one, takes
+/// a different time.
 pub fn dummy_hash() -> &'static StoredHash {
     static DUMMY: OnceLock<StoredHash> = OnceLock::new();
     DUMMY.get_or_init(|| {
@@ -695,6 +873,19 @@ mod tests {
     const JUPYTER_SHA1_VECTOR: &str = "sha1:77240d5b9bbc:7a16d51a68bb5bf39fa9bbac2d2558c88674a135";
 
     const VECTOR_PASSWORD: &str = "jupyter-vector-pw";
+
+    /// Made once with `htpasswd -nbB vector-user htpasswd-vector-pw` (apache2-utils 2.4.71,
+    /// Debian 12): the form an nginx `auth_basic_user_file` holds.
+    const HTPASSWD_BCRYPT_VECTOR: &str =
+        "$2y$05$N4iJx/eSyTdUFhsZ/ZO7/u2OiQSv.F6lv699t/WoZvKJFrlwBEaTO";
+
+    /// The same password with `htpasswd -nbm` (apr1-MD5, htpasswd's default), `-nbs` ({SHA})
+    /// and `-nbd` (crypt, which keeps 8 characters).
+    const HTPASSWD_APR1_VECTOR: &str = "$apr1$owjFTuIq$PaOYiiKDtFuTEpM.7RQ4o.";
+    const HTPASSWD_SHA_VECTOR: &str = "{SHA}eiYb9tpumeAToEHU+QSPK08CN5Y=";
+    const HTPASSWD_CRYPT_VECTOR: &str = "WkkzSxfSBaCOI";
+
+    const HTPASSWD_VECTOR_PASSWORD: &str = "htpasswd-vector-pw";
 
     /// The docstring vector in jupyter_server/auth/security.py (`passwd_check`).
     const JUPYTER_DOCSTRING_SHA1: &str =
@@ -950,7 +1141,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_detection_flags_only_jupyter_forms() {
+    fn legacy_detection_flags_forms_from_other_tools() {
         assert!(!fast_hash("pw").is_legacy());
         assert!(JUPYTER_SHA1_VECTOR
             .parse::<StoredHash>()
@@ -978,6 +1169,106 @@ mod tests {
         assert!(matches!(stored, StoredHash::JupyterArgon2(_)));
         assert!(stored.verify(VECTOR_PASSWORD));
         assert!(!stored.verify("jupyter-vector-px"));
+    }
+
+    #[test]
+    fn verify_checks_htpasswd_bcrypt_vector() {
+        let stored: StoredHash = HTPASSWD_BCRYPT_VECTOR.parse().unwrap();
+        assert!(matches!(
+            stored,
+            StoredHash::Bcrypt(BcryptHash { cost: 5, .. })
+        ));
+        assert!(stored.verify(HTPASSWD_VECTOR_PASSWORD));
+        assert!(!stored.verify("htpasswd-vector-px"));
+        assert!(!stored.verify(""));
+        assert!(stored.is_legacy(), "a hint to re-hash is logged");
+    }
+
+    #[test]
+    fn verify_accepts_2a_and_2b_spellings_of_the_same_bcrypt_hash() {
+        // $2a$, $2b$ and $2y$ differ only in bugs of old C implementations that never touched
+        // passwords under 256 bytes; the derived bytes are the same.
+        for prefix in ["$2a$", "$2b$"] {
+            let respelled = HTPASSWD_BCRYPT_VECTOR.replacen("$2y$", prefix, 1);
+            let stored: StoredHash = respelled.parse().unwrap();
+            assert!(stored.verify(HTPASSWD_VECTOR_PASSWORD), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn parse_refuses_bcrypt_costs_outside_the_bounds_naming_the_limits() {
+        let cheap = HTPASSWD_BCRYPT_VECTOR.replacen("$05$", "$04$", 1);
+        let err = cheap.parse::<StoredHash>().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PasswordError::BcryptCostOutOfRange {
+                    found: 4,
+                    min: 5,
+                    max: 17
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("nbgate hash-password"), "{err}");
+        let costly = HTPASSWD_BCRYPT_VECTOR.replacen("$05$", "$31$", 1);
+        assert!(matches!(
+            costly.parse::<StoredHash>(),
+            Err(PasswordError::BcryptCostOutOfRange { found: 31, .. })
+        ));
+    }
+
+    #[test]
+    fn parse_refuses_malformed_and_2x_bcrypt_without_echoing_it() {
+        let short = &HTPASSWD_BCRYPT_VECTOR[..59];
+        assert!(matches!(
+            short.parse::<StoredHash>(),
+            Err(PasswordError::MalformedBcrypt { .. })
+        ));
+        let bad_b64 = HTPASSWD_BCRYPT_VECTOR.replacen("N4iJx", "N4i!x", 1);
+        let err = bad_b64.parse::<StoredHash>().unwrap_err();
+        assert!(
+            matches!(err, PasswordError::MalformedBcrypt { .. }),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("N4i"), "{err}");
+        let buggy = HTPASSWD_BCRYPT_VECTOR.replacen("$2y$", "$2x$", 1);
+        assert!(matches!(
+            buggy.parse::<StoredHash>(),
+            Err(PasswordError::UnsupportedAlgorithm { found: "2x" })
+        ));
+    }
+
+    #[test]
+    fn weak_htpasswd_formats_are_refused_saying_why_and_how_to_rehash() {
+        for (vector, scheme) in [
+            (HTPASSWD_APR1_VECTOR, "apr1-md5"),
+            (HTPASSWD_SHA_VECTOR, "{SHA}"),
+            (HTPASSWD_CRYPT_VECTOR, "crypt (DES)"),
+            ("$1$saltsalt$2vnaRpHa6Jxjz5n83ok8Z0", "md5-crypt"),
+        ] {
+            let err = vector.parse::<StoredHash>().unwrap_err();
+            assert!(
+                matches!(err, PasswordError::WeakHtpasswdHash { scheme: s, .. } if s == scheme),
+                "{vector}: {err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(scheme) && msg.contains("weak"), "{msg}");
+            assert!(
+                msg.contains("nbgate hash-password") && msg.contains("htpasswd -B"),
+                "{msg}"
+            );
+            let secret_tail = vector.rsplit(['$', '}']).next().unwrap();
+            assert!(!msg.contains(secret_tail), "the hash is not echoed: {msg}");
+        }
+    }
+
+    #[test]
+    fn debug_of_a_bcrypt_hash_shows_only_its_cost() {
+        let stored: StoredHash = HTPASSWD_BCRYPT_VECTOR.parse().unwrap();
+        let shown = format!("{stored:?} {stored:#?}");
+        assert!(shown.contains("Bcrypt") && shown.contains('5'), "{shown}");
+        assert!(!shown.contains("N4iJx"), "{shown}");
     }
 
     #[test]
