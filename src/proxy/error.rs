@@ -24,6 +24,10 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] hyper::Error),
     #[error("upstream response body failed")]
     UpstreamBody,
+    /// An HTML answer with a `Content-Encoding` while nbgate injects the
+    /// token: it cannot be scrubbed, so it is not passed (fail closed).
+    #[error("upstream sent a compressed page that cannot be scrubbed of the token")]
+    EncodedPage,
     #[error("invalid request target")]
     BadRequestTarget,
     #[error("not found")]
@@ -55,6 +59,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "Jupyter is not reachable right now. Try again in a moment.",
+            ),
+            ProxyError::EncodedPage => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_bad_response",
+                "Jupyter sent a response nbgate cannot pass on.",
             ),
             ProxyError::BadRequestTarget => (
                 StatusCode::BAD_REQUEST,

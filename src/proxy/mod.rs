@@ -6,6 +6,8 @@
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
 //! to Jupyter), `h1` (one HTTP/1.1 exchange on a pooled connection),
 //! `websocket` (tunnels), `body` (response body + access log),
+//! `response` (the filter every upstream answer passes, whatever the
+//! path), `scrub` (the token removed from HTML as it streams),
 //! `error` (the single error-to-response mapping). Nothing here accepts
 //! connections or touches TLS: `server` does.
 
@@ -15,6 +17,8 @@ pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod own_pages;
+pub mod response;
+pub mod scrub;
 pub mod upstream;
 pub mod websocket;
 
@@ -128,7 +132,8 @@ impl Gateway {
                 match &e {
                     ProxyError::Upstream(_)
                     | ProxyError::UpstreamConnect(_)
-                    | ProxyError::UpstreamProtocol(_) => {
+                    | ProxyError::UpstreamProtocol(_)
+                    | ProxyError::EncodedPage => {
                         tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed")
                     }
                     _ => {
@@ -190,7 +195,7 @@ impl Gateway {
                 // spawns or stores it, so its size is a cost per request.
                 let up_req = self.upstream_request(req, client, &host, &identity)?;
                 let resp = self.upstream.send(up_req).await?;
-                self.client_response(resp, &host).await?
+                self.client_response(resp, &host)?
             };
         if let Some(c) = identity
             .refresh_cookie
@@ -429,6 +434,12 @@ impl Gateway {
         );
         if let Some(auth) = &self.upstream_auth {
             parts.headers.insert(header::AUTHORIZATION, auth.clone());
+            // Fail closed: a compressed page could not be scrubbed of the
+            // token, so Jupyter is never asked to compress while the token
+            // is injected (on every request: which answers are HTML is
+            // known only afterwards). Free for Jupyter: its Tornado app has
+            // no `compress_response`, so it compresses nothing anyway.
+            parts.headers.remove(header::ACCEPT_ENCODING);
         }
         Ok(())
     }
@@ -443,47 +454,34 @@ impl Gateway {
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        if self.upstream_auth.is_some() && error::wants_html(&parts.headers) {
-            // Pages are scrubbed of the token below; that needs them
-            // uncompressed.
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
         Ok(Request::from_parts(parts, body.boxed_unsync()))
     }
 
     /// Jupyter's response as the client gets it (before security headers).
-    async fn client_response(
+    fn client_response(
         &self,
         resp: Response<PooledBody>,
         host: &str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::remove_hop_by_hop(&mut rparts.headers);
-        headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
-        if let Some(token) = self.scrub_target(&rparts.headers) {
-            return Box::pin(scrub_token(rparts, rbody, token)).await;
+        response::upstream_response_filter(resp, &self.response_rules(host))
+    }
+
+    /// The rules of `response::upstream_response_filter` for this request.
+    fn response_rules<'a>(&'a self, host: &'a str) -> response::ResponseRules<'a> {
+        response::ResponseRules {
+            upstream_origins: &self.upstream.self_origins,
+            public_host: host,
+            token: self.scrub_target(),
         }
-        Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
     }
 
     /// Jupyter writes the token of a token-authenticated request into its
     /// HTML (JupyterLab's page config, `data-jupyter-api-token`). The token
     /// must never reach a browser — with it, anyone on the machine could
-    /// talk to Jupyter around nbgate — so HTML pages of known, bounded size
-    /// are scrubbed. Returns the token when this response needs it.
-    fn scrub_target(&self, h: &HeaderMap) -> Option<&str> {
-        let token = self.config.upstream.token.as_ref()?.expose();
-        let html = h
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("text/html"));
-        let small = h
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n <= MAX_SCRUB_BYTES);
-        let identity = !h.contains_key(header::CONTENT_ENCODING);
-        (html && small && identity).then_some(token)
+    /// talk to Jupyter around nbgate — so every HTML answer is scrubbed of
+    /// it (`response`). Returns the token when nbgate injects one.
+    fn scrub_target(&self) -> Option<&str> {
+        Some(self.config.upstream.token.as_ref()?.expose())
     }
 
     async fn forward_websocket(
@@ -530,13 +528,11 @@ impl Gateway {
             .await
             .map_err(ProxyError::UpstreamProtocol)?;
         if up_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // Jupyter refused (unknown kernel, 403 ...): pass its answer on.
-            let (mut rparts, rbody) = up_resp.into_parts();
-            headers::remove_hop_by_hop(&mut rparts.headers);
-            return Ok(Response::from_parts(
-                rparts,
-                rbody.map_err(body::BoxError::from).boxed_unsync(),
-            ));
+            // Jupyter refused (unknown kernel, 403 ...) or answered as to a
+            // plain request (`GET /lab` with `Upgrade: websocket`): its
+            // answer passes the same filter as any other, or the page with
+            // the token in it would reach the client unscrubbed.
+            return response::upstream_response_filter(up_resp, &self.response_rules(host));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
         let guard = self
@@ -557,6 +553,9 @@ impl Gateway {
         for (name, value) in up_resp.headers() {
             resp.headers_mut().append(name.clone(), value.clone());
         }
+        // `Connection`/`Upgrade` stay (they make the 101); the rest of the
+        // header rules hold for a 101 as for any answer.
+        response::filter_headers(resp.headers_mut(), &self.response_rules(host));
         Ok(resp)
     }
 
@@ -564,31 +563,6 @@ impl Gateway {
     fn response_filter(&self, resp: &mut Response<ProxyBody>) {
         headers::add_security_headers(resp.headers_mut(), self.hsts.as_ref());
     }
-}
-
-/// Largest HTML page buffered to remove the token from it.
-const MAX_SCRUB_BYTES: usize = 4 << 20;
-
-async fn scrub_token(
-    mut parts: http::response::Parts,
-    body: PooledBody,
-    token: &str,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let bytes = http_body_util::Limited::new(body, MAX_SCRUB_BYTES)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::UpstreamBody)?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&bytes);
-    let scrubbed = if text.contains(token) {
-        bytes::Bytes::from(text.replace(token, ""))
-    } else {
-        bytes
-    };
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(scrubbed.len()));
-    Ok(Response::from_parts(parts, body::full(scrubbed)))
 }
 
 async fn run_tunnel(
