@@ -337,7 +337,8 @@ async fn cross_origin_unsafe_methods_are_refused_and_same_origin_is_rewritten() 
         "a same-origin Origin is rewritten to the upstream origin"
     );
 
-    // Safe methods are not Origin-checked.
+    // Safe methods are not Origin-checked, and a cross-site Origin reaches Jupyter as sent:
+    // rewritten to Jupyter's own origin it would switch off Jupyter's remaining checks.
     let seen = echo(
         client
             .get(gate.url("/api/contents"))
@@ -345,6 +346,10 @@ async fn cross_origin_unsafe_methods_are_refused_and_same_origin_is_rewritten() 
     )
     .await;
     assert_eq!(seen["method"], "GET");
+    assert_eq!(
+        echoed_header(&seen, "origin").as_deref(),
+        Some("https://evil.example")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::login::{bare_client, login, session_cookie};
-use common::nbgate::TEST_PASSWORD;
+use common::nbgate::{TEST_API_TOKEN, TEST_PASSWORD};
 use common::upstream::{echoed_header, html_page};
 use common::{within, Jupyter, Nbgate, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -292,4 +292,29 @@ async fn compressed_html_is_refused_and_compression_never_asked_for() {
     .await
     .expect("echo JSON");
     assert_eq!(echoed_header(&seen, "accept-encoding"), None, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_in_a_same_origin_referer_does_not_reach_jupyter() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let seen: serde_json::Value = within(
+        T,
+        "echo",
+        gate.client_http1()
+            .get(gate.url("/static/lab/main.js"))
+            .header(
+                "referer",
+                gate.url(&format!("/lab?token={TEST_API_TOKEN}&reset")),
+            )
+            .send(),
+    )
+    .await
+    .expect("echo")
+    .json()
+    .await
+    .expect("echo JSON");
+    let referer = echoed_header(&seen, "referer").expect("referer forwarded");
+    assert!(!referer.contains(TEST_API_TOKEN), "{referer}");
+    assert_eq!(referer, format!("http://{}/lab?reset", upstream.addr()));
 }

@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 
 use self::body::{empty, AccessRecord, LoggedBody, ProxyBody, RequestBody};
 use self::error::{error_response, ProxyError};
-use self::headers::OriginCheck;
+use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream, UpstreamBody};
 use self::websocket::Tunnels;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
@@ -616,29 +616,6 @@ fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
             .map(|(_, v)| v.into_owned())
     });
     (None, query)
-}
-
-fn strip_token_param(pq: &str) -> String {
-    let Some((path, query)) = pq.split_once('?') else {
-        return pq.to_owned();
-    };
-    // Names are compared decoded, as `api_token` reads them: `tok%65n=`
-    // authenticates just like `token=`, so it must not reach Jupyter (and
-    // its logs) either.
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|kv| {
-            let name = kv.split('=').next().unwrap_or_default();
-            form_urlencoded::parse(name.as_bytes())
-                .next()
-                .is_none_or(|(k, _)| k != "token")
-        })
-        .collect();
-    if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    }
 }
 
 /// 429 for an authentication attempt that must wait for others to finish.
