@@ -186,8 +186,13 @@ impl Gateway {
         };
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
+        // HTTP/1.1 only: RFC 9110 §7.8 says a server must ignore `Upgrade`
+        // in an HTTP/1.0 request (an old intermediary may have forwarded
+        // it without understanding it, so a 101 could desynchronize the
+        // connection); such a request is forwarded as a plain one, its
+        // `Upgrade` removed with the other hop-by-hop headers.
         let mut resp =
-            if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
+            if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
                 Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
             } else {
                 // Kept flat (no `forward` future holding the request and
@@ -721,15 +726,31 @@ impl ErrorPrefs {
 /// The host the client addressed (`:authority` in HTTP/2, `Host` in 1.1),
 /// validated as an authority. It defines the public origin for this request.
 fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    // More than one `Host` is a 400 (RFC 9112 §3.2): two hops reading
+    // different ones is the stuff of cache poisoning and of checks made on
+    // one host while the request goes to another.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
     let parsed;
     // An HTTP/2 `:authority` (or an absolute-form target) was parsed with
     // the request; only a `Host` header still needs parsing.
     let auth = match req.uri().authority() {
-        Some(a) => a,
+        Some(a) => {
+            // HTTP/2: a `Host` beside `:authority` must name the same
+            // (RFC 9113 §8.3.1); an absolute-form HTTP/1.1 target
+            // overrides `Host` (RFC 9112 §3.2.2).
+            let differs = host_header
+                .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+            if req.version() == Version::HTTP_2 && differs {
+                return Err(ProxyError::BadHost);
+            }
+            a
+        }
         None => {
-            let raw = req
-                .headers()
-                .get(header::HOST)
+            let raw = host_header
                 .and_then(|v| v.to_str().ok())
                 .ok_or(ProxyError::BadHost)?;
             parsed = raw
@@ -915,6 +936,22 @@ mod tests {
     fn host_with_userinfo_or_garbage_is_refused() {
         assert!(check_host(&req("a b", "/")).is_err());
         assert!(check_host(&req("user@host", "/")).is_err());
+        // Two Host headers: 400, whichever comes first.
+        let mut two = req("localhost:8443", "/");
+        two.headers_mut()
+            .append(header::HOST, HeaderValue::from_static("evil.example"));
+        assert!(matches!(check_host(&two), Err(ProxyError::BadHost)));
+        // HTTP/2: Host must agree with :authority.
+        let mut h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://localhost:8443/")
+            .header("host", "evil.example")
+            .body(())
+            .expect("request");
+        assert!(check_host(&h2).is_err());
+        h2.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("LOCALHOST:8443"));
+        assert_eq!(check_host(&h2).expect("ok"), "localhost:8443");
         assert_eq!(
             check_host(&req("LocalHost:8443", "/")).expect("ok"),
             "localhost:8443"
