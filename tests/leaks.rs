@@ -211,6 +211,12 @@ async fn jupyter_login_cookie_never_reaches_the_browser() {
     }
 }
 
+/// What the echo upstream saw of `request`.
+async fn echo(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let answer = within(T, "echo", request.send()).await.expect("echo");
+    answer.json().await.expect("echo JSON")
+}
+
 /// `GET /html…` through nbgate over `client`, returning status, headers and body.
 async fn fetch(
     client: &reqwest::Client,
@@ -277,20 +283,13 @@ async fn compressed_html_is_refused_and_compression_never_asked_for() {
     assert_eq!(status, 502);
     assert!(!contains(&body, gate.upstream_token()));
     // An API call (not a page) asking for gzip: Jupyter is not asked to compress either.
-    let seen: serde_json::Value = within(
-        T,
-        "echo",
+    let seen = echo(
         gate.client_http1()
             .get(gate.url("/api/contents"))
             .header("accept", "application/json")
-            .header("accept-encoding", "gzip, br")
-            .send(),
+            .header("accept-encoding", "gzip, br"),
     )
-    .await
-    .expect("echo")
-    .json()
-    .await
-    .expect("echo JSON");
+    .await;
     assert_eq!(echoed_header(&seen, "accept-encoding"), None, "{seen}");
 }
 
@@ -298,22 +297,15 @@ async fn compressed_html_is_refused_and_compression_never_asked_for() {
 async fn api_token_in_a_same_origin_referer_does_not_reach_jupyter() {
     let upstream = TestUpstream::start().await;
     let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
-    let seen: serde_json::Value = within(
-        T,
-        "echo",
+    let seen = echo(
         gate.client_http1()
             .get(gate.url("/static/lab/main.js"))
             .header(
                 "referer",
                 gate.url(&format!("/lab?token={TEST_API_TOKEN}&reset")),
-            )
-            .send(),
+            ),
     )
-    .await
-    .expect("echo")
-    .json()
-    .await
-    .expect("echo JSON");
+    .await;
     let referer = echoed_header(&seen, "referer").expect("referer forwarded");
     assert!(!referer.contains(TEST_API_TOKEN), "{referer}");
     assert_eq!(referer, format!("http://{}/lab?reset", upstream.addr()));

@@ -458,6 +458,16 @@ mod tests {
         );
     }
 
+    /// `present_to_upstream` for Jupyter on 127.0.0.1:8888 behind `localhost:8443`.
+    fn present(h: &mut HeaderMap) {
+        present_to_upstream(
+            h,
+            "127.0.0.1:8888",
+            &HeaderValue::from_static("127.0.0.1:8888"),
+            "localhost:8443",
+        );
+    }
+
     #[test]
     fn upstream_sees_its_own_host_and_origin() {
         let mut h = map(&[
@@ -465,12 +475,7 @@ mod tests {
             ("origin", "https://localhost:8443"),
             ("referer", "https://localhost:8443/lab?x"),
         ]);
-        present_to_upstream(
-            &mut h,
-            "127.0.0.1:8888",
-            &HeaderValue::from_static("127.0.0.1:8888"),
-            "localhost:8443",
-        );
+        present(&mut h);
         assert_eq!(h["host"], "127.0.0.1:8888");
         assert_eq!(h["origin"], "http://127.0.0.1:8888");
         assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?x");
@@ -485,24 +490,14 @@ mod tests {
                 "https://localhost:8443/lab?token=nbgate-api-token&a=1",
             ),
         ]);
-        present_to_upstream(
-            &mut h,
-            "127.0.0.1:8888",
-            &HeaderValue::from_static("127.0.0.1:8888"),
-            "localhost:8443",
-        );
+        present(&mut h);
         assert_eq!(h["origin"], "https://evil.example");
         assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?a=1");
         let mut h = map(&[
             ("origin", "null"),
             ("referer", "https://localhost:8443/?%74oken=x"),
         ]);
-        present_to_upstream(
-            &mut h,
-            "127.0.0.1:8888",
-            &HeaderValue::from_static("127.0.0.1:8888"),
-            "localhost:8443",
-        );
+        present(&mut h);
         assert_eq!(h["origin"], "null");
         assert_eq!(h["referer"], "http://127.0.0.1:8888/");
     }
