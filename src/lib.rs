@@ -7,7 +7,8 @@
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
 //!   (reloaded on SIGHUP), ACME certificates with their challenges and renewal.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
-//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels.
+//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels,
+//!   the filter every upstream answer passes (`proxy::response`, with the streaming token scrubber).
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves

@@ -337,7 +337,8 @@ async fn cross_origin_unsafe_methods_are_refused_and_same_origin_is_rewritten() 
         "a same-origin Origin is rewritten to the upstream origin"
     );
 
-    // Safe methods are not Origin-checked.
+    // Safe methods are not Origin-checked, and a cross-site Origin reaches Jupyter as sent:
+    // rewritten to Jupyter's own origin it would switch off Jupyter's remaining checks.
     let seen = echo(
         client
             .get(gate.url("/api/contents"))
@@ -345,6 +346,47 @@ async fn cross_origin_unsafe_methods_are_refused_and_same_origin_is_rewritten() 
     )
     .await;
     assert_eq!(seen["method"], "GET");
+    assert_eq!(
+        echoed_header(&seen, "origin").as_deref(),
+        Some("https://evil.example")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_upgrade_is_a_plain_request() {
+    let upstream = TestUpstream::start().await;
+    let gate = gate_for_echo(&upstream).await;
+    let port = gate.https_addr().port();
+    // RFC 9110 §7.8: Upgrade is ignored in HTTP/1.0; no 101, and no Upgrade upstream.
+    let answer = gate
+        .raw_https(&format!(
+            "GET /ws-plain HTTP/1.0\r\nHost: localhost:{port}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://localhost:{port}\r\n\r\n"
+        ))
+        .await;
+    let status = answer.split(' ').nth(1).unwrap_or_default();
+    assert_eq!(status, "200", "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let seen: Value = serde_json::from_str(body).expect("echo JSON");
+    assert_eq!(echoed_header(&seen, "upgrade"), None, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_headers_are_refused() {
+    let upstream = TestUpstream::start().await;
+    let gate = gate_for_echo(&upstream).await;
+    let port = gate.https_addr().port();
+    // RFC 9112 §3.2: more than one Host is a 400, and nothing reaches upstream.
+    let before = upstream.connections();
+    let answer = gate
+        .raw_https(&format!(
+            "GET /two-hosts HTTP/1.1\r\nHost: localhost:{port}\r\nHost: evil.example\r\n\
+             Connection: close\r\n\r\n"
+        ))
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(upstream.connections(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

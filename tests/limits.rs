@@ -191,3 +191,61 @@ async fn connections_beyond_max_connections_are_not_served_until_one_closes() {
     .await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_resetting_streams_in_a_loop_is_sent_away_while_others_are_served() {
+    // Rapid Reset (CVE-2023-44487) after acceptance: each stream reaches nbgate's handler and
+    // Jupyter before the client cancels it, so h2's own pending-accept limit never sees it.
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let normal = gate.client();
+    let auth = format!("token {}", common::nbgate::TEST_API_TOKEN);
+    let tls = gate.tls_connect_alpn(&[b"h2"]).await;
+    let (mut send, conn) = within(T, "h2 handshake", h2::client::handshake(tls))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut sent = 0;
+    let mut served = 0;
+    loop {
+        assert!(sent < 600, "still open after {sent} reset streams");
+        let Ok(ready) = within(T, "h2 stream slot", send.ready()).await else {
+            break;
+        };
+        send = ready;
+        let request = http::Request::get(gate.url("/stream?bytes=100&chunk=1&delay_ms=10000"))
+            .header("authorization", auth.as_str())
+            .body(())
+            .expect("request");
+        let Ok((head, mut stream)) = send.send_request(request, true) else {
+            break;
+        };
+        sent += 1;
+        // The head shows nbgate accepted the stream and asked upstream; then cancel.
+        if within(T, "response head", head).await.is_err() {
+            break;
+        }
+        stream.send_reset(h2::Reason::CANCEL);
+        if sent % 25 == 0 {
+            let answer = within(T, "normal request", normal.get(gate.url("/ok")).send())
+                .await
+                .expect("normal request");
+            assert_eq!(answer.status(), 200);
+            served += 1;
+        }
+    }
+    let ended = within(T, "h2 connection end", conn)
+        .await
+        .expect("connection task");
+    let reason = ended.as_ref().err().and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{ended:?}");
+    assert!(sent <= 250, "closed only after {sent} streams");
+    assert!(
+        served >= 4,
+        "normal client served {served} times during the flood"
+    );
+    let after = within(T, "after the flood", normal.get(gate.url("/after")).send())
+        .await
+        .expect("request after the flood");
+    assert_eq!(after.status(), 200);
+}

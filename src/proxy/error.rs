@@ -28,6 +28,10 @@ pub enum ProxyError {
     /// gets this page instead of Jupyter's own token page.
     #[error("no token that jupyter accepts")]
     UpstreamAuth,
+    /// An HTML answer with a `Content-Encoding` while nbgate injects the
+    /// token: it cannot be scrubbed, so it is not passed (fail closed).
+    #[error("upstream sent a compressed page that cannot be scrubbed of the token")]
+    EncodedPage,
     #[error("invalid request target")]
     BadRequestTarget,
     #[error("not found")]
@@ -45,7 +49,9 @@ impl ProxyError {
     pub fn is_upstream_failure(&self) -> bool {
         match self {
             ProxyError::Upstream(e) => !e.is_client_abort(),
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => true,
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::EncodedPage => true,
             _ => false,
         }
     }
@@ -87,6 +93,11 @@ impl ProxyError {
                 "nbgate cannot log in to Jupyter: it has no token Jupyter accepts. The \
                  administrator can set upstream.token_file in nbgate's configuration, or start \
                  Jupyter with `nbgate run -- jupyter lab`; nbgate's log says more.",
+            ),
+            ProxyError::EncodedPage => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_bad_response",
+                "Jupyter sent a response nbgate cannot pass on.",
             ),
             ProxyError::BadRequestTarget => (
                 StatusCode::BAD_REQUEST,

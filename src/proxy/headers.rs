@@ -224,6 +224,14 @@ pub fn check_origin(headers: &HeaderMap, public_host: &str) -> OriginCheck {
 /// to `http://<upstream authority>`. Jupyter's `check_host` and
 /// `check_origin` then pass without `allow_remote_access` or `allow_origin`,
 /// because nbgate has already done the real check against the public origin.
+///
+/// Only a same-origin `Origin` is rewritten: a cross-site one (allowed here
+/// on safe methods such as GET) is passed as sent, so Jupyter's remaining
+/// origin checks (CORS answers, handlers that check it) see the truth
+/// instead of their own origin. A same-origin `Referer` loses its `token`
+/// parameters: after a browser opened `/lab?token=…` with nbgate's API
+/// token, the next requests' `Referer` would carry it to Jupyter (its logs,
+/// apps behind jupyter-server-proxy).
 pub fn present_to_upstream(
     headers: &mut HeaderMap,
     upstream_authority: &str,
@@ -236,7 +244,12 @@ pub fn present_to_upstream(
     }
     let public = public_origin(public_host);
     let upstream = format!("http://{upstream_authority}");
-    if headers.contains_key(header::ORIGIN) {
+    let same_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .and_then(origin_of)
+        .is_some_and(|o| Some(o) == origin_of(&public));
+    if same_origin {
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_str(&upstream).expect("validated authority"),
@@ -244,10 +257,36 @@ pub fn present_to_upstream(
     }
     if let Some(r) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
         if let Some(rest) = strip_origin_prefix(r, &public) {
-            if let Ok(v) = HeaderValue::from_str(&format!("{upstream}{rest}")) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{upstream}{}", strip_token_param(rest)))
+            {
                 headers.insert(header::REFERER, v);
             }
         }
+    }
+}
+
+/// `path?query` without `token` parameters (nbgate's API token, or a stale
+/// one of Jupyter's): they are nbgate's business, never Jupyter's.
+pub fn strip_token_param(pq: &str) -> String {
+    let Some((path, query)) = pq.split_once('?') else {
+        return pq.to_owned();
+    };
+    // Names are compared decoded, as the request path reads them:
+    // `tok%65n=` authenticates just like `token=`, so it must not reach
+    // Jupyter (and its logs) either.
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let name = kv.split('=').next().unwrap_or_default();
+            form_urlencoded::parse(name.as_bytes())
+                .next()
+                .is_none_or(|(k, _)| k != "token")
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
 }
 
@@ -419,6 +458,16 @@ mod tests {
         );
     }
 
+    /// `present_to_upstream` for Jupyter on 127.0.0.1:8888 behind `localhost:8443`.
+    fn present(h: &mut HeaderMap) {
+        present_to_upstream(
+            h,
+            "127.0.0.1:8888",
+            &HeaderValue::from_static("127.0.0.1:8888"),
+            "localhost:8443",
+        );
+    }
+
     #[test]
     fn upstream_sees_its_own_host_and_origin() {
         let mut h = map(&[
@@ -426,15 +475,31 @@ mod tests {
             ("origin", "https://localhost:8443"),
             ("referer", "https://localhost:8443/lab?x"),
         ]);
-        present_to_upstream(
-            &mut h,
-            "127.0.0.1:8888",
-            &HeaderValue::from_static("127.0.0.1:8888"),
-            "localhost:8443",
-        );
+        present(&mut h);
         assert_eq!(h["host"], "127.0.0.1:8888");
         assert_eq!(h["origin"], "http://127.0.0.1:8888");
         assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?x");
+    }
+
+    #[test]
+    fn cross_site_origin_passes_as_sent_and_referer_loses_token_params() {
+        let mut h = map(&[
+            ("origin", "https://evil.example"),
+            (
+                "referer",
+                "https://localhost:8443/lab?token=nbgate-api-token&a=1",
+            ),
+        ]);
+        present(&mut h);
+        assert_eq!(h["origin"], "https://evil.example");
+        assert_eq!(h["referer"], "http://127.0.0.1:8888/lab?a=1");
+        let mut h = map(&[
+            ("origin", "null"),
+            ("referer", "https://localhost:8443/?%74oken=x"),
+        ]);
+        present(&mut h);
+        assert_eq!(h["origin"], "null");
+        assert_eq!(h["referer"], "http://127.0.0.1:8888/");
     }
 
     #[test]

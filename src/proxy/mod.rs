@@ -7,6 +7,8 @@
 //! to Jupyter), `upstream_token` (the token presented to Jupyter, configured
 //! or discovered), `h1` (one HTTP/1.1 exchange on a pooled connection),
 //! `websocket` (tunnels), `body` (response body + access log),
+//! `response` (the filter every upstream answer passes, whatever the
+//! path), `scrub` (the token removed from HTML as it streams),
 //! `error` (the single error-to-response mapping). Nothing here accepts
 //! connections or touches TLS: `server` does.
 
@@ -16,6 +18,8 @@ pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod own_pages;
+pub mod response;
+pub mod scrub;
 pub mod upstream;
 pub mod upstream_token;
 pub mod websocket;
@@ -31,7 +35,7 @@ use hyper_util::rt::TokioIo;
 
 use self::body::{empty, AccessRecord, LoggedBody, ProxyBody, RequestBody};
 use self::error::{error_response, ProxyError};
-use self::headers::OriginCheck;
+use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream, UpstreamBody};
 use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::Tunnels;
@@ -186,8 +190,13 @@ impl Gateway {
         };
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
+        // HTTP/1.1 only: RFC 9110 §7.8 says a server must ignore `Upgrade`
+        // in an HTTP/1.0 request (an old intermediary may have forwarded
+        // it without understanding it, so a 101 could desynchronize the
+        // connection); such a request is forwarded as a plain one, its
+        // `Upgrade` removed with the other hop-by-hop headers.
         let mut resp =
-            if req.version() <= Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
+            if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
                 Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
             } else {
                 // Kept flat (no `forward` future holding the request and
@@ -211,7 +220,7 @@ impl Gateway {
                 {
                     resp = Box::pin(self.reauthenticate(resp, replay)).await?;
                 }
-                self.client_response(resp, &host).await?
+                self.client_response(resp, &host)?
             };
         if let Some(c) = identity
             .refresh_cookie
@@ -452,6 +461,12 @@ impl Gateway {
             parts
                 .headers
                 .insert(header::AUTHORIZATION, c.header.clone());
+            // Fail closed: a compressed page could not be scrubbed of the
+            // token, so Jupyter is never asked to compress while the token
+            // is injected (on every request: which answers are HTML is
+            // known only afterwards). Free for Jupyter: its Tornado app has
+            // no `compress_response`, so it compresses nothing anyway.
+            parts.headers.remove(header::ACCEPT_ENCODING);
         }
         Ok(())
     }
@@ -513,47 +528,38 @@ impl Gateway {
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        if self.token.current().is_some() && error::wants_html(&parts.headers) {
-            // Pages are scrubbed of the token below; that needs them
-            // uncompressed.
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
         Ok(Request::from_parts(parts, body.boxed_unsync()))
     }
 
     /// Jupyter's response as the client gets it (before security headers).
-    async fn client_response(
+    fn client_response(
         &self,
         resp: Response<PooledBody>,
         host: &str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::remove_hop_by_hop(&mut rparts.headers);
-        headers::rewrite_location(&mut rparts.headers, &self.upstream.self_origins, host);
-        if let Some(c) = self.scrub_target(&rparts.headers) {
-            return Box::pin(scrub_token(rparts, rbody, &c.token)).await;
-        }
-        Ok(Response::from_parts(rparts, rbody.boxed_unsync()))
+        // The guard holds the current token without touching its count.
+        let token = self.token.current();
+        response::upstream_response_filter(resp, &self.response_rules(host, &token))
     }
 
+    /// The rules of `response::upstream_response_filter` for this request:
+    /// the token to scrub is the one nbgate injects now.
+    ///
     /// Jupyter writes the token of a token-authenticated request into its
     /// HTML (JupyterLab's page config, `data-jupyter-api-token`). The token
     /// must never reach a browser — with it, anyone on the machine could
-    /// talk to Jupyter around nbgate — so HTML pages of known, bounded size
-    /// are scrubbed. Returns the token when this response needs it.
-    fn scrub_target(&self, h: &HeaderMap) -> Option<Arc<upstream_token::Credential>> {
-        let token = self.token.current().clone()?;
-        let html = h
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("text/html"));
-        let small = h
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n <= MAX_SCRUB_BYTES);
-        let identity = !h.contains_key(header::CONTENT_ENCODING);
-        (html && small && identity).then_some(token)
+    /// talk to Jupyter around nbgate — so every HTML answer is scrubbed of
+    /// it (`response`).
+    fn response_rules<'a>(
+        &'a self,
+        host: &'a str,
+        token: &'a Option<Arc<upstream_token::Credential>>,
+    ) -> response::ResponseRules<'a> {
+        response::ResponseRules {
+            upstream_origins: &self.upstream.self_origins,
+            public_host: host,
+            token: token.as_deref().map(|c| &*c.token),
+        }
     }
 
     async fn forward_websocket(
@@ -615,13 +621,12 @@ impl Gateway {
                     return Err(ProxyError::UpstreamAuth);
                 }
             }
-            // Jupyter refused (unknown kernel, 403 ...): pass its answer on.
-            let (mut rparts, rbody) = up_resp.into_parts();
-            headers::remove_hop_by_hop(&mut rparts.headers);
-            return Ok(Response::from_parts(
-                rparts,
-                rbody.map_err(body::BoxError::from).boxed_unsync(),
-            ));
+            // Jupyter refused (unknown kernel, 403 ...) or answered as to a
+            // plain request (`GET /lab` with `Upgrade: websocket`): its
+            // answer passes the same filter as any other, or the page with
+            // the token in it would reach the client unscrubbed.
+            let token = self.token.current();
+            return response::upstream_response_filter(up_resp, &self.response_rules(host, &token));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
         let guard = self
@@ -642,6 +647,10 @@ impl Gateway {
         for (name, value) in up_resp.headers() {
             resp.headers_mut().append(name.clone(), value.clone());
         }
+        // `Connection`/`Upgrade` stay (they make the 101); the rest of the
+        // header rules hold for a 101 as for any answer.
+        let token = self.token.current();
+        response::filter_headers(resp.headers_mut(), &self.response_rules(host, &token));
         Ok(resp)
     }
 
@@ -676,31 +685,6 @@ impl Drop for GiveUpLog<'_> {
             );
         }
     }
-}
-
-/// Largest HTML page buffered to remove the token from it.
-const MAX_SCRUB_BYTES: usize = 4 << 20;
-
-async fn scrub_token(
-    mut parts: http::response::Parts,
-    body: PooledBody,
-    token: &str,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let bytes = http_body_util::Limited::new(body, MAX_SCRUB_BYTES)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::UpstreamBody)?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&bytes);
-    let scrubbed = if text.contains(token) {
-        bytes::Bytes::from(text.replace(token, ""))
-    } else {
-        bytes
-    };
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(scrubbed.len()));
-    Ok(Response::from_parts(parts, body::full(scrubbed)))
 }
 
 async fn run_tunnel(
@@ -754,29 +738,6 @@ fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
             .map(|(_, v)| v.into_owned())
     });
     (None, query)
-}
-
-fn strip_token_param(pq: &str) -> String {
-    let Some((path, query)) = pq.split_once('?') else {
-        return pq.to_owned();
-    };
-    // Names are compared decoded, as `api_token` reads them: `tok%65n=`
-    // authenticates just like `token=`, so it must not reach Jupyter (and
-    // its logs) either.
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|kv| {
-            let name = kv.split('=').next().unwrap_or_default();
-            form_urlencoded::parse(name.as_bytes())
-                .next()
-                .is_none_or(|(k, _)| k != "token")
-        })
-        .collect();
-    if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    }
 }
 
 /// 429 for an authentication attempt that must wait for others to finish.
@@ -882,15 +843,31 @@ impl ErrorPrefs {
 /// The host the client addressed (`:authority` in HTTP/2, `Host` in 1.1),
 /// validated as an authority. It defines the public origin for this request.
 fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    // More than one `Host` is a 400 (RFC 9112 §3.2): two hops reading
+    // different ones is the stuff of cache poisoning and of checks made on
+    // one host while the request goes to another.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
     let parsed;
     // An HTTP/2 `:authority` (or an absolute-form target) was parsed with
     // the request; only a `Host` header still needs parsing.
     let auth = match req.uri().authority() {
-        Some(a) => a,
+        Some(a) => {
+            // HTTP/2: a `Host` beside `:authority` must name the same
+            // (RFC 9113 §8.3.1); an absolute-form HTTP/1.1 target
+            // overrides `Host` (RFC 9112 §3.2.2).
+            let differs = host_header
+                .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+            if req.version() == Version::HTTP_2 && differs {
+                return Err(ProxyError::BadHost);
+            }
+            a
+        }
         None => {
-            let raw = req
-                .headers()
-                .get(header::HOST)
+            let raw = host_header
                 .and_then(|v| v.to_str().ok())
                 .ok_or(ProxyError::BadHost)?;
             parsed = raw
@@ -1076,6 +1053,22 @@ mod tests {
     fn host_with_userinfo_or_garbage_is_refused() {
         assert!(check_host(&req("a b", "/")).is_err());
         assert!(check_host(&req("user@host", "/")).is_err());
+        // Two Host headers: 400, whichever comes first.
+        let mut two = req("localhost:8443", "/");
+        two.headers_mut()
+            .append(header::HOST, HeaderValue::from_static("evil.example"));
+        assert!(matches!(check_host(&two), Err(ProxyError::BadHost)));
+        // HTTP/2: Host must agree with :authority.
+        let mut h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://localhost:8443/")
+            .header("host", "evil.example")
+            .body(())
+            .expect("request");
+        assert!(check_host(&h2).is_err());
+        h2.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("LOCALHOST:8443"));
+        assert_eq!(check_host(&h2).expect("ok"), "localhost:8443");
         assert_eq!(
             check_host(&req("LocalHost:8443", "/")).expect("ok"),
             "localhost:8443"

@@ -21,7 +21,8 @@
 //!   incomplete response, never a truncated one that looks whole.
 //!
 //! Per connection: the same settings hyper was given (and hyper's defaults
-//! for the rest, which include `h2`'s rapid-reset limits), the client
+//! for the rest), stream-reset limits (`ResetBudget`: reset floods close
+//! the connection with GOAWAY ENHANCE_YOUR_CALM), the client
 //! preface under the header-read timeout, a PING after a keep-alive
 //! interval without a word from the peer, with the connection closed when
 //! neither its answer nor anything else comes within the timeout, and on
@@ -30,7 +31,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,9 +80,23 @@ pub enum Http2Error {
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
-/// Streams nbgate itself reset for protocol errors before the connection is
-/// closed (h2's guard against CVE-2023-44487-style floods; hyper's value).
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Streams h2 itself resets for the peer's protocol errors before it closes
+/// the connection with GOAWAY ENHANCE_YOUR_CALM. Stops MadeYouReset
+/// (CVE-2025-8671): a client sends a valid request, then a frame that makes
+/// the server reset the stream (a zero WINDOW_UPDATE, DATA past the
+/// request's end ...); the stream no longer counts against the concurrency
+/// limit, but its handler — and its exchange with Jupyter — was started. A
+/// correct client causes none of these; hyper's 1024 is generous.
+const MAX_LOCAL_ERROR_RESETS: usize = 100;
+/// Requests reset by the client before nbgate accepted them, waiting in
+/// h2's queue, before the connection is closed (Rapid Reset,
+/// CVE-2023-44487, while the accept loop lags; h2's and hyper's default).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the client may reset before their answer ended, once nbgate had
+/// accepted them (and started their handler), before the reset rate is
+/// looked at (`ResetBudget`). A browser cancels a few dozen requests when
+/// it leaves JupyterLab while it loads.
+const PREMATURE_RESETS_ALLOWED: u32 = 100;
 
 /// How long a connection the client has closed may take to send what is
 /// left: a peer that closed its side but still reads gets it, one that
@@ -110,7 +125,8 @@ where
         .max_header_list_size(settings.max_header_list_size)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS);
     let (io, flusher) = coalesce(io);
     let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
         .await
@@ -121,6 +137,7 @@ where
         .map(|p| KeepAlive::new(p, settings.keep_alive_interval, settings.keep_alive_timeout));
     let mut stopped = pin!(stop.cancelled_owned());
     let mut closing = false;
+    let resets = Arc::new(ResetBudget::default());
     loop {
         let event = poll_fn(|cx| {
             if !closing && stopped.as_mut().poll(cx).is_ready() {
@@ -155,6 +172,20 @@ where
                 if let Some(k) = &keep_alive {
                     k.note_activity();
                 }
+                if !resets.start_stream() {
+                    // Rapid Reset after acceptance: h2's own limits only
+                    // count streams reset before they were accepted (and
+                    // nbgate accepts at once), so each reset stream would
+                    // cost a handler and an exchange with Jupyter for free.
+                    tracing::debug!(
+                        premature = resets.premature.load(Ordering::Relaxed),
+                        "h2 client resets most of its streams: closing"
+                    );
+                    drop(respond);
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = true;
+                    continue;
+                }
                 let (parts, recv) = req.into_parts();
                 let body = if recv.is_end_stream() {
                     H2Body::new(recv, None, None)
@@ -164,7 +195,7 @@ where
                 };
                 let body = RequestBody::Http2(body);
                 let response = handle(Request::from_parts(parts, body));
-                tokio::spawn(serve_stream(response, respond));
+                tokio::spawn(serve_stream(response, respond, Arc::clone(&resets)));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
             Event::WriteFailed(e) => return Err(Http2Error::Write(e)),
@@ -191,6 +222,46 @@ enum Event {
 
 /// A client's request and the handle its response is sent on.
 type NewStream = (Request<h2::RecvStream>, SendResponse<Bytes>);
+
+/// Premature resets of one connection: streams the client reset after
+/// nbgate accepted them and before their answer ended (Envoy's rule for
+/// Rapid Reset, CVE-2023-44487). Past `PREMATURE_RESETS_ALLOWED`, a
+/// connection on which more than half of all streams ended that way is
+/// closed; one that mostly completes its requests never is.
+#[derive(Default)]
+struct ResetBudget {
+    started: AtomicU32,
+    premature: AtomicU32,
+}
+
+impl ResetBudget {
+    /// Counts a new stream; `false` when the connection has spent its
+    /// budget and must be closed instead.
+    fn start_stream(&self) -> bool {
+        let started = self
+            .started
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let premature = self.premature.load(Ordering::Relaxed);
+        premature <= PREMATURE_RESETS_ALLOWED || premature.saturating_mul(2) <= started
+    }
+
+    fn note_premature(&self) {
+        self.premature.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The client reset the stream while its answer was being sent.
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset by the client: {0:?}")]
+struct ClientReset(Reason);
+
+/// Did the body fail because the client reset the stream?
+fn is_client_reset(e: &BoxError) -> bool {
+    e.is::<ClientReset>()
+        || e.downcast_ref::<h2::Error>()
+            .is_some_and(|e| e.is_reset() && e.is_remote())
+}
 
 /// The request's `Content-Length` (h2 has already checked that it is a
 /// number, and resets a stream whose DATA does not add up to it).
@@ -282,7 +353,7 @@ impl KeepAlive {
 }
 
 /// One stream: the handler's response, then its body.
-async fn serve_stream<F>(response: F, mut respond: SendResponse<Bytes>)
+async fn serve_stream<F>(response: F, mut respond: SendResponse<Bytes>, resets: Arc<ResetBudget>)
 where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -300,6 +371,7 @@ where
     .await;
     let Some(answer) = answer else {
         tracing::debug!("stream reset by the client before its response");
+        resets.note_premature();
         return;
     };
     let (mut head, body) = answer.into_parts();
@@ -325,6 +397,9 @@ where
     if !end {
         if let Err(e) = send_body(body, &mut send).await {
             tracing::debug!(error = %e, "response body not sent whole");
+            if is_client_reset(&e) {
+                resets.note_premature();
+            }
             send.send_reset(Reason::INTERNAL_ERROR);
         }
     }
@@ -341,7 +416,7 @@ async fn send_body(mut body: ProxyBody, send: &mut SendStream<Bytes>) -> Result<
             // client's RST_STREAM must still end the stream.
             send.poll_reset(cx).map(|r| {
                 Err(match r {
-                    Ok(reason) => BoxError::from(h2::Error::from(reason)),
+                    Ok(reason) => BoxError::from(ClientReset(reason)),
                     Err(e) => BoxError::from(e),
                 })
             })
@@ -826,5 +901,158 @@ mod tests {
         );
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest).await;
+    }
+
+    #[test]
+    fn reset_budget_closes_reset_floods_not_clients_that_mostly_finish() {
+        // Every stream reset: the budget runs out just past the allowance.
+        let flood = ResetBudget::default();
+        let mut allowed = 0;
+        while flood.start_stream() {
+            flood.note_premature();
+            allowed += 1;
+            assert!(allowed < 1000, "never closed");
+        }
+        assert_eq!(allowed, PREMATURE_RESETS_ALLOWED + 1);
+        // A browser that cancelled 150 of 1000 requests stays.
+        let browser = ResetBudget::default();
+        for i in 0..1000 {
+            assert!(browser.start_stream(), "closed at stream {i}");
+            if i % 7 == 0 {
+                browser.note_premature();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_resetting_accepted_streams_in_a_loop_gets_goaway() {
+        // Each request reaches the handler (a Jupyter that takes its time)
+        // before the client resets it: h2's pending-accept limit never
+        // sees these streams, only nbgate's budget does.
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let (mut send, server) = pair(CancellationToken::new(), move |_req| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Response<ProxyBody>>()
+        })
+        .await;
+        let mut sent = 0;
+        let refusal = loop {
+            assert!(sent < 1000, "still open after {sent} reset streams");
+            send = match tokio::time::timeout(Duration::from_secs(5), send.ready()).await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(e)) => break e,
+                Err(_) => panic!("no stream slot after {sent} streams"),
+            };
+            let mut stream = match send.send_request(get("/slow"), true) {
+                Ok((_resp, stream)) => stream,
+                Err(e) => break e,
+            };
+            sent += 1;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while accepted.load(Ordering::SeqCst) < sent
+                && !server.is_finished()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            stream.send_reset(Reason::CANCEL);
+        };
+        assert_eq!(
+            refusal.reason(),
+            Some(Reason::ENHANCE_YOUR_CALM),
+            "{refusal:?}"
+        );
+        assert!(refusal.is_go_away() && refusal.is_remote(), "{refusal:?}");
+        assert!(
+            sent <= 2 * PREMATURE_RESETS_ALLOWED as usize,
+            "after {sent} streams"
+        );
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server connection ended")
+            .expect("server task")
+            .expect("an orderly close");
+    }
+
+    /// One HTTP/2 frame: 9-byte header (RFC 9113 §4.1), then the payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len())
+            .expect("small frame")
+            .to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_client_provoking_stream_resets_in_a_loop_gets_goaway() {
+        // MadeYouReset (CVE-2025-8671), with hand-built frames: a valid GET (so its handler
+        // starts), then a WINDOW_UPDATE that overflows the stream's send window, a stream
+        // error that makes the server reset the stream (RFC 9113 §6.9.1) instead of the
+        // client, again and again.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            serve(server_io, &settings(), CancellationToken::new(), |_req| {
+                std::future::pending::<Response<ProxyBody>>()
+            })
+            .await
+        });
+        let (mut read, mut write) = tokio::io::split(client_io);
+        let writer = tokio::spawn(async move {
+            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+            write.write_all(&out).await?;
+            // HPACK: :method GET, :scheme https, :path /, :authority (literal, not indexed).
+            let mut block = vec![0x82, 0x87, 0x84, 0x01, 11];
+            block.extend_from_slice(b"nbgate.test");
+            for n in 0..400u32 {
+                let id = 2 * n + 1;
+                let mut out = frame(0x1, 0x4 | 0x1, id, &block); // HEADERS, END_HEADERS|END_STREAM
+                let overflow = 0x7fff_ffffu32.to_be_bytes();
+                out.extend(frame(0x8, 0, id, &overflow)); // WINDOW_UPDATE past 2^31-1
+                write.write_all(&out).await?;
+            }
+            Ok::<_, std::io::Error>(write)
+        });
+        // Read the server's frames until its GOAWAY: its error code, and how many
+        // streams the server reset before it.
+        let mut buf = Vec::new();
+        let mut resets = 0;
+        let code = 'read: loop {
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let kind = buf[3];
+                let payload: Vec<u8> = buf.drain(..9 + len).skip(9).collect();
+                match kind {
+                    0x3 => resets += 1,
+                    0x7 => break 'read u32::from_be_bytes(payload[4..8].try_into().expect("code")),
+                    _ => {}
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no GOAWAY after {resets} resets"))
+                .expect("read");
+            assert!(n > 0, "closed without GOAWAY after {resets} resets");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(Reason::from(code), Reason::ENHANCE_YOUR_CALM);
+        assert!(
+            resets <= MAX_LOCAL_ERROR_RESETS,
+            "{resets} resets before GOAWAY"
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server connection ended")
+            .expect("server task");
+        assert!(ended.is_err(), "{ended:?}");
+        writer.abort();
     }
 }

@@ -147,6 +147,11 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // The server's suite order wins (testssl.sh: "no cipher order"): a
+    // client, or an attacker tampering with a TLS 1.2 hello's list order,
+    // cannot steer the handshake to the weakest suite both support;
+    // ring's list starts with AES-256-GCM and ChaCha20-Poly1305.
+    cfg.ignore_client_order = true;
     if answers_tls_alpn01 {
         // Last: rustls picks the first server protocol the client offers, so
         // a client offering h2 or http/1.1 never negotiates `acme-tls/1`; only
@@ -286,4 +291,34 @@ pub fn fingerprint(key: &CertifiedKey) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_picks_its_own_first_suite_whatever_the_client_order() {
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let key = self_signed_key(params).expect("self-signed key");
+        let cfg = server_config(Arc::new(CertResolver::new(key)));
+        let ours = rustls::crypto::ring::default_provider();
+        // A client that prefers the server's last choice.
+        let mut theirs = ours.clone();
+        theirs.cipher_suites.reverse();
+        let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(theirs))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).expect("client");
+        let mut server = rustls::ServerConnection::new(cfg).expect("server");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("client hello");
+        server.read_tls(&mut hello.as_slice()).expect("read hello");
+        server.process_new_packets().expect("process hello");
+        let chosen = server.negotiated_cipher_suite().expect("suite chosen");
+        assert_eq!(chosen.suite(), ours.cipher_suites[0].suite());
+    }
 }

@@ -8,6 +8,10 @@
 //! - `/sink`: reads the whole request body as it arrives; answers JSON `{"bytes", "sha256"}`.
 //! - `/ws-echo`: a WebSocket whose first message is the handshake's request as JSON (see
 //!   below), then echoes every message.
+//! - `/html?bytes=N&chunk=C&every=E&length=1&gzip=1`: a `text/html` page of N bytes that
+//!   carries the token of the request's `Authorization: token …` every E bytes (as Jupyter
+//!   puts its token in its pages), in frames of C bytes (so tokens straddle frames); chunked
+//!   unless `length=1`; `Content-Encoding: gzip` claimed with `gzip=1`. See [`html_page`].
 //! - anything else: JSON `{"method", "uri", "version", "headers": [[name, value], ...],
 //!   "body_bytes"}` describing the request as received.
 //!
@@ -174,6 +178,7 @@ async fn route(req: Request<Incoming>, own: SocketAddr) -> Result<Response<Body>
         "/stream" => stream_response(&req),
         "/sink" => sink(req).await,
         "/ws-echo" => ws_echo(req),
+        "/html" => html_response(&req),
         _ => {
             let mut description = describe(&req);
             let mut body = req.into_body();
@@ -213,6 +218,54 @@ fn stream_response(req: &Request<Incoming>) -> Response<Body> {
         .header("content-type", "application/octet-stream")
         .header("content-length", total)
         .body(BodyExt::boxed(StreamBody::new(frames)))
+        .expect("response")
+}
+
+/// The page `/html` serves for `token`: filler (`<p>` and a counter) with the token
+/// at every multiple of `every`, cut to `bytes`.
+pub fn html_page(token: &str, bytes: usize, every: usize) -> Vec<u8> {
+    let mut page = Vec::with_capacity(bytes + token.len());
+    let mut n = 0u64;
+    let mut next_token = every;
+    while page.len() < bytes {
+        if every > 0 && page.len() >= next_token {
+            page.extend_from_slice(token.as_bytes());
+            next_token += every;
+        }
+        page.extend_from_slice(format!("<p>{n:011}</p>").as_bytes());
+        n += 1;
+    }
+    page.truncate(bytes);
+    page
+}
+
+fn html_response(req: &Request<Incoming>) -> Response<Body> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("token "))
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = query_param(req, "bytes").unwrap_or(100_000) as usize;
+    let chunk = query_param(req, "chunk").unwrap_or(1000).max(1) as usize;
+    let every = query_param(req, "every").unwrap_or(10_000) as usize;
+    let page = Bytes::from(html_page(&token, bytes, every));
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..page.len())
+        .step_by(chunk)
+        .map(|at| Ok(Frame::data(page.slice(at..(at + chunk).min(page.len())))))
+        .collect();
+    let mut builder = Response::builder().header("content-type", "text/html; charset=UTF-8");
+    if query_param(req, "length") == Some(1) {
+        builder = builder.header("content-length", page.len());
+    }
+    if query_param(req, "gzip") == Some(1) {
+        builder = builder.header("content-encoding", "gzip");
+    }
+    builder
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
         .expect("response")
 }
 
