@@ -1047,7 +1047,7 @@ async fn request_targets_never_make_an_open_proxy_or_skip_authentication() {
                 assert_eq!(r.target, target, "{name}");
                 assert_eq!(
                     r.header("host"),
-                    [upstream_host.clone()],
+                    std::slice::from_ref(&upstream_host),
                     "{name}: Host upstream"
                 );
             }
@@ -1441,9 +1441,19 @@ async fn websocket_upgrades_need_a_session_the_right_origin_and_a_valid_handshak
     // With a valid session and Origin: at most one well-formed handshake upstream, and no
     // tunnel unless the upstream accepted the handshake.
     let forwarded = [
-        ("garbage Sec-WebSocket-Version", format!("Sec-WebSocket-Version: 99999999999\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")),
-        ("garbage Sec-WebSocket-Key", "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!\r\n".to_owned()),
-        ("missing Sec-WebSocket-Key", "Sec-WebSocket-Version: 13\r\n".to_owned()),
+        (
+            "garbage Sec-WebSocket-Version",
+            "Sec-WebSocket-Version: 99999999999\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                .to_owned(),
+        ),
+        (
+            "garbage Sec-WebSocket-Key",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!\r\n".to_owned(),
+        ),
+        (
+            "missing Sec-WebSocket-Key",
+            "Sec-WebSocket-Version: 13\r\n".to_owned(),
+        ),
     ];
     for (name, extra) in forwarded {
         let bytes = ws(
