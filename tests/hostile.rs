@@ -750,6 +750,40 @@ async fn pipelined_requests_after_a_refused_one_are_each_judged_on_their_own() {
     assert_alive(&gate, "pipelining").await;
 }
 
+/// An authenticated GET on a new connection, and its answer.
+async fn authed_get(gate: &Nbgate, path: &str) -> Option<Reply> {
+    let head = format!("{}\r\n", authed("GET", path, ""));
+    exchange(gate, head.as_bytes(), 1)
+        .await
+        .0
+        .into_iter()
+        .next()
+}
+
+/// The next three requests get the upstream's own answers, never a leftover of the
+/// response `after` names.
+async fn assert_next_requests_clean(gate: &Nbgate, after: &str) {
+    for i in 0..3 {
+        let text = authed_get(gate, "/next")
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default();
+        assert!(
+            text.starts_with(RECORDED_MARK),
+            "request {i} {after} got {text:?}"
+        );
+    }
+}
+
+/// Lets the upstream send what its route held back, and waits until it has.
+async fn release_held_back(up: &RecordingUpstream) {
+    up.release();
+    poll_until(T, "held-back upstream bytes written", || async {
+        (up.forged_sent() >= 1).then_some(())
+    })
+    .await;
+}
+
 /// One worker thread, so one upstream pool: what one request leaves on a pooled upstream
 /// connection is exactly what the next user's request would find.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,29 +792,9 @@ async fn an_upstream_response_cut_or_overlong_never_reaches_the_next_request() {
     let gate = builder(&up).env("TOKIO_WORKER_THREADS", "1").start().await;
 
     // Overlong: a forged response right behind a complete body.
-    let (r, _) = exchange(
-        &gate,
-        format!("{}\r\n", authed("GET", "/overlong", "")).as_bytes(),
-        1,
-    )
-    .await;
-    assert_eq!(
-        r.first().map(|r| (r.status, r.text())),
-        Some((200, "ok".into()))
-    );
-    for i in 0..3 {
-        let (r, _) = exchange(
-            &gate,
-            format!("{}\r\n", authed("GET", "/next", "")).as_bytes(),
-            1,
-        )
-        .await;
-        let text = r.first().map(Reply::text).unwrap_or_default();
-        assert!(
-            text.starts_with(RECORDED_MARK),
-            "request {i} after an overlong response got {text:?}"
-        );
-    }
+    let r = authed_get(&gate, "/overlong").await;
+    assert_eq!(r.map(|r| (r.status, r.text())), Some((200, "ok".into())));
+    assert_next_requests_clean(&gate, "after an overlong response").await;
 
     // Cut: the client gives up on a body that stops half-way; the rest (and a forged
     // response) arrives later.
@@ -803,24 +817,8 @@ async fn an_upstream_response_cut_or_overlong_never_reaches_the_next_request() {
     })
     .await;
     drop(tls);
-    up.release();
-    poll_until(T, "rest of the cut body written", || async {
-        (up.forged_sent() >= 1).then_some(())
-    })
-    .await;
-    for i in 0..3 {
-        let (r, _) = exchange(
-            &gate,
-            format!("{}\r\n", authed("GET", "/next", "")).as_bytes(),
-            1,
-        )
-        .await;
-        let text = r.first().map(Reply::text).unwrap_or_default();
-        assert!(
-            text.starts_with(RECORDED_MARK),
-            "request {i} after a cut response got {text:?}"
-        );
-    }
+    release_held_back(&up).await;
+    assert_next_requests_clean(&gate, "after a cut response").await;
     up.take();
 }
 
@@ -840,32 +838,10 @@ async fn unasked_bytes_on_an_idle_upstream_connection_never_answer_the_next_requ
     let up = RecordingUpstream::start().await;
     let gate = builder(&up).env("TOKIO_WORKER_THREADS", "1").start().await;
     // A forged response on the idle pooled connection.
-    let (r, _) = exchange(
-        &gate,
-        format!("{}\r\n", authed("GET", "/late", "")).as_bytes(),
-        1,
-    )
-    .await;
-    assert_eq!(r.first().map(|r| r.text()), Some("late".into()));
-    up.release();
-    poll_until(T, "forged late response written", || async {
-        (up.forged_sent() >= 1).then_some(())
-    })
-    .await;
-    for i in 0..3 {
-        let (r, _) = exchange(
-            &gate,
-            format!("{}\r\n", authed("GET", "/next", "")).as_bytes(),
-            1,
-        )
-        .await;
-        let text = r.first().map(Reply::text).unwrap_or_default();
-        assert!(
-            text.starts_with(RECORDED_MARK),
-            "request {i} after unasked upstream bytes got {text:?}"
-        );
-    }
-
+    let r = authed_get(&gate, "/late").await;
+    assert_eq!(r.map(|r| r.text()), Some("late".into()));
+    release_held_back(&up).await;
+    assert_next_requests_clean(&gate, "after unasked upstream bytes").await;
     up.take();
 }
 
