@@ -16,7 +16,7 @@ cd "$repo"
 # Debian packages the tests start: chromium (browser tests), pebble (ACME tests: pebble and
 # pebble-challtestsrv), fail2ban (its fail2ban-regex checks the shipped filter against real
 # log lines).
-APT_PACKAGES=(chromium pebble fail2ban)
+APT_PACKAGES=(chromium pebble fail2ban testssl.sh)
 # What the test venv holds; changing this list re-runs pip on the next run.
 # `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too.
 PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright)

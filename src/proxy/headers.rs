@@ -45,6 +45,24 @@ const CLIENT_FORWARDING: [HeaderName; 6] = [
     header::FORWARDED,
 ];
 
+/// A forwarding header spelled with `_` or `.` for `-` (`X_Forwarded_For`,
+/// `x.real.ip`). Servers that map all three onto one name (CGI and WSGI
+/// environments, and frameworks built on them) would read it as nbgate's
+/// own: a client could claim another address past `set_forwarded`
+/// (hostile-input battery, issue 20). nginx drops such names by default
+/// (`underscores_in_headers off`); nbgate drops just these.
+fn is_forwarding_alias(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.iter().any(|&b| b == b'_' || b == b'.')
+        && CLIENT_FORWARDING.iter().any(|f| {
+            let f = f.as_str().as_bytes();
+            f.len() == n.len()
+                && f.iter()
+                    .zip(n)
+                    .all(|(&a, &b)| a == b || (a == b'-' && (b == b'_' || b == b'.')))
+        })
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names (RFC 9110 §7.6.1: a sender may list any field there to make
 /// it hop-by-hop, e.g. to smuggle a header past the proxy's own rules).
@@ -126,8 +144,19 @@ fn assembled(bytes: Vec<u8>) -> Option<HeaderValue> {
 /// `Forwarded` from what nbgate itself knows. Client-sent copies are
 /// removed first: a client must not be able to claim another address.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, public_host: &str) {
-    if headers.keys().any(|n| CLIENT_FORWARDING.contains(n)) {
+    if headers
+        .keys()
+        .any(|n| CLIENT_FORWARDING.contains(n) || is_forwarding_alias(n))
+    {
         for name in &CLIENT_FORWARDING {
+            headers.remove(name);
+        }
+        let aliases: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_forwarding_alias(n))
+            .cloned()
+            .collect();
+        for name in aliases {
             headers.remove(name);
         }
     }
@@ -340,6 +369,29 @@ pub fn add_security_headers(headers: &mut HeaderMap, hsts: Option<&HeaderValue>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_headers_spelled_with_underscores_or_dots_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_forwarded_for",
+            "x.real.ip",
+            "x-forwarded_host",
+            "x_other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("6.6.6.6"),
+            );
+        }
+        set_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), "nb.example");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "nb.example");
+        assert!(h.get("x_forwarded_for").is_none());
+        assert!(h.get("x.real.ip").is_none());
+        assert!(h.get("x-forwarded_host").is_none());
+        assert_eq!(h["x_other"], "6.6.6.6", "other names are left alone");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

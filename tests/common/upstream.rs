@@ -359,3 +359,367 @@ pub fn echoed_headers(description: &Value, name: &str) -> Vec<String> {
         .map(|pair| pair[1].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// A raw upstream that keeps every byte nbgate sends it, for the hostile-input battery
+/// (tests/hostile.rs): no HTTP library sits between nbgate and the record, so a smuggled or
+/// malformed request shows up exactly as written. It answers each complete request (framed by
+/// `Content-Length` or chunked, as RFC 9112 §6 says) with a fixed valid response whose body
+/// starts with [`RECORDED_MARK`], except for these paths:
+///
+/// - `/cut`: a `Content-Length: 20` body cut after 10 bytes; the rest, followed by a forged
+///   second response (`EVIL!`), is sent only when the test calls [`RecordingUpstream::release`].
+/// - `/overlong`: a 2-byte body followed at once, in the same write, by a forged response.
+/// - `/late`: a complete response; a forged response follows on the idle connection when the
+///   test calls `release`.
+/// - a WebSocket handshake (`Upgrade: websocket`): 101 when `Sec-WebSocket-Version: 13` and a
+///   24-character key, else 400 (as Tornado does); after a 101 the bytes are only recorded.
+pub struct RecordingUpstream {
+    addr: SocketAddr,
+    conns: Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<RecordedConn>>>>>,
+    release: Arc<tokio::sync::Notify>,
+    forged: Arc<AtomicUsize>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+/// The first bytes of every ordinary answer of a [`RecordingUpstream`].
+pub const RECORDED_MARK: &str = "recorded-upstream-ok";
+
+/// A forged response the hostile upstream routes send where no response was asked for.
+pub const FORGED_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!";
+
+/// What one upstream connection received.
+#[derive(Debug, Default, Clone)]
+pub struct RecordedConn {
+    pub bytes: Vec<u8>,
+    /// nbgate closed this connection.
+    pub closed: bool,
+}
+
+/// One request parsed out of recorded bytes.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// Every value of header `name` (case-insensitive), lossily decoded.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+}
+
+/// A request's end in a byte stream, or why it has none.
+#[derive(Debug)]
+pub enum Framed {
+    Complete(usize, RecordedRequest),
+    Partial,
+    Invalid(String),
+}
+
+/// Parses one request from the front of `buf` strictly: CRLF head (httparse), then a body
+/// delimited by `Transfer-Encoding: chunked` (exactly) or one `Content-Length`. A request
+/// carrying both, several lengths, or another transfer coding is `Invalid`: nbgate must never
+/// send one.
+pub fn frame_request(buf: &[u8]) -> Framed {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Framed::Partial,
+        Err(e) => return Framed::Invalid(format!("head: {e}")),
+    };
+    if buf[..head_len].windows(2).filter(|w| w == b"\r\n").count()
+        != buf[..head_len].iter().filter(|&&b| b == b'\n').count()
+    {
+        return Framed::Invalid("bare LF in the head".into());
+    }
+    let fields: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect();
+    let mut recorded = RecordedRequest {
+        method: req.method.unwrap_or_default().to_owned(),
+        target: req.path.unwrap_or_default().to_owned(),
+        headers: fields.clone(),
+        body: Vec::new(),
+    };
+    let te: Vec<&Vec<u8>> = fields
+        .iter()
+        .filter(|(n, _)| n == "transfer-encoding")
+        .map(|(_, v)| v)
+        .collect();
+    let cl: Vec<&Vec<u8>> = fields
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v)
+        .collect();
+    if !te.is_empty() && !cl.is_empty() {
+        return Framed::Invalid("both Transfer-Encoding and Content-Length".into());
+    }
+    let rest = &buf[head_len..];
+    if !te.is_empty() {
+        if te.len() != 1 || te[0].as_slice() != b"chunked" {
+            return Framed::Invalid(format!("transfer-encoding {te:?}"));
+        }
+        let mut pos = 0;
+        loop {
+            match httparse::parse_chunk_size(&rest[pos..]) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    pos += used;
+                    if size == 0 {
+                        // No trailers from nbgate: the empty line follows at once.
+                        return match rest.get(pos..pos + 2) {
+                            None | Some([b'\r']) => Framed::Partial,
+                            Some(b"\r\n") => Framed::Complete(head_len + pos + 2, recorded),
+                            Some(_) => Framed::Invalid("trailer section".into()),
+                        };
+                    }
+                    let size = size as usize;
+                    if rest.len() < pos + size + 2 {
+                        return Framed::Partial;
+                    }
+                    recorded.body.extend_from_slice(&rest[pos..pos + size]);
+                    if &rest[pos + size..pos + size + 2] != b"\r\n" {
+                        return Framed::Invalid("chunk not followed by CRLF".into());
+                    }
+                    pos += size + 2;
+                }
+                Ok(httparse::Status::Partial) => return Framed::Partial,
+                Err(_) => return Framed::Invalid("chunk size".into()),
+            }
+        }
+    }
+    let len = match cl.as_slice() {
+        [] => 0,
+        [v] => match std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return Framed::Invalid(format!("content-length {v:?}")),
+        },
+        _ => return Framed::Invalid("several Content-Length fields".into()),
+    };
+    if rest.len() < len {
+        return Framed::Partial;
+    }
+    recorded.body = rest[..len].to_vec();
+    Framed::Complete(head_len + len, recorded)
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> RecordingUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recording upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let conns: Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<RecordedConn>>>>> = Arc::default();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let forged = Arc::new(AtomicUsize::new(0));
+        let (all, rel, sent) = (conns.clone(), release.clone(), forged.clone());
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let record = Arc::new(std::sync::Mutex::new(RecordedConn::default()));
+                all.lock().expect("conns lock").push(record.clone());
+                tokio::spawn(record_conn(stream, record, rel.clone(), sent.clone()));
+            }
+        });
+        RecordingUpstream {
+            addr,
+            conns,
+            release,
+            forged,
+            accept_loop,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `upstream.url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lets the `/cut` and `/late` routes send what they hold back.
+    /// (One stored permit: a route that reaches its wait later still gets it.)
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// How many held-back forged responses the routes have written so far.
+    pub fn forged_sent(&self) -> usize {
+        self.forged.load(Ordering::SeqCst)
+    }
+
+    /// How many connections nbgate opened so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().expect("conns lock").len()
+    }
+
+    /// What every connection received since the last `take`, left in place.
+    pub fn snapshot(&self) -> Vec<RecordedConn> {
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .iter()
+            .map(|c| c.lock().expect("conn lock").clone())
+            .filter(|c| !c.bytes.is_empty())
+            .collect()
+    }
+
+    /// Takes what every connection received since the last `take` (connections stay open).
+    pub fn take(&self) -> Vec<RecordedConn> {
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .iter()
+            .map(|c| {
+                let mut c = c.lock().expect("conn lock");
+                RecordedConn {
+                    bytes: std::mem::take(&mut c.bytes),
+                    closed: c.closed,
+                }
+            })
+            .filter(|c| !c.bytes.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+async fn record_conn(
+    mut stream: tokio::net::TcpStream,
+    record: Arc<std::sync::Mutex<RecordedConn>>,
+    release: Arc<tokio::sync::Notify>,
+    forged: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut read = [0u8; 16 * 1024];
+    let mut tunnel = false;
+    loop {
+        let n = match stream.read(&mut read).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        record
+            .lock()
+            .expect("conn lock")
+            .bytes
+            .extend_from_slice(&read[..n]);
+        if tunnel {
+            continue;
+        }
+        buf.extend_from_slice(&read[..n]);
+        loop {
+            let (used, req) = match frame_request(&buf) {
+                Framed::Complete(used, req) => (used, req),
+                Framed::Partial => break,
+                Framed::Invalid(why) => {
+                    let body = format!("recorded upstream refused: {why}");
+                    let _ = stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    record.lock().expect("conn lock").closed = true;
+                    return;
+                }
+            };
+            buf.drain(..used);
+            let upgrade = req
+                .header("upgrade")
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case("websocket"));
+            let sent = if upgrade {
+                let key = req.header("sec-websocket-key");
+                let good = req.header("sec-websocket-version") == ["13"]
+                    && key.len() == 1
+                    && key[0].len() == 24;
+                if good {
+                    tunnel = true;
+                    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                        key[0].as_bytes(),
+                    );
+                    stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await
+                } else {
+                    stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 17\r\n\r\nbad ws handshake\n")
+                        .await
+                }
+            } else {
+                match req.target.as_str() {
+                    "/cut" => {
+                        let r = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n0123456789")
+                            .await;
+                        release.notified().await;
+                        let mut rest = b"0123456789".to_vec();
+                        rest.extend_from_slice(FORGED_RESPONSE);
+                        let _ = stream.write_all(&rest).await;
+                        forged.fetch_add(1, Ordering::SeqCst);
+                        r
+                    }
+                    "/overlong" => {
+                        let mut all = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+                        all.extend_from_slice(FORGED_RESPONSE);
+                        stream.write_all(&all).await
+                    }
+                    "/late" => {
+                        let r = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                            .await;
+                        release.notified().await;
+                        let _ = stream.write_all(FORGED_RESPONSE).await;
+                        forged.fetch_add(1, Ordering::SeqCst);
+                        r
+                    }
+                    _ => {
+                        let body = format!("{RECORDED_MARK} {} {}", req.method, req.target);
+                        stream
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await
+                    }
+                }
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+    record.lock().expect("conn lock").closed = true;
+}
