@@ -15,7 +15,7 @@ cd "$repo"
 
 # Debian packages the tests start: chromium (browser tests), pebble (ACME tests: pebble and
 # pebble-challtestsrv), fail2ban (its fail2ban-regex checks the shipped filter against real
-# log lines).
+# log lines), testssl.sh (the TLS audit in tests/tls_audit.rs).
 APT_PACKAGES=(chromium pebble fail2ban testssl.sh)
 # What the test venv holds; changing this list re-runs pip on the next run.
 # `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too.

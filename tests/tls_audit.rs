@@ -6,9 +6,9 @@
 //!   "Neither CRL nor OCSP URI provided"): the test runs on nbgate's self-signed certificate,
 //!   which no CA signed and which has nothing to revoke. Deployments use `files` or `acme`
 //!   certificates, whose chain and revocation info come from their CA.
-//! - `cipher_order` (HIGH "NOT a cipher order configured"): rustls follows the client's order
-//!   until `ignore_client_order` is set (being done elsewhere); asserted by the ignored test
-//!   below, which runs only `-P`.
+//!
+//! The server's cipher order (`cipher_order`, flagged HIGH "NOT a cipher order configured"
+//! while rustls followed the client's order) is asserted by a second test that runs only `-P`.
 //!
 //! The checks run: `-p` protocols, `-s` cipher categories (NULL, aNULL, EXPORT, LOW, 3DES,
 //! obsolete CBC, strong AEAD), `-f` forward secrecy, `-S` server defaults and certificate,
@@ -30,7 +30,7 @@ use serde_json::Value;
 const TESTSSL_LIMIT: Duration = Duration::from_secs(300);
 
 /// Findings excluded from the severity check, with the reason in the module doc.
-const EXCLUDED: [&str; 3] = ["cert_chain_of_trust", "cert_revocation", "cipher_order"];
+const EXCLUDED: [&str; 2] = ["cert_chain_of_trust", "cert_revocation"];
 
 /// Runs testssl.sh with `checks` against `gate`; returns its JSON findings.
 async fn testssl(gate: &Nbgate, checks: &[&str]) -> Vec<Value> {
@@ -179,7 +179,6 @@ async fn testssl_finds_only_tls12_and_tls13_aead_suites_with_forward_secrecy_and
 
 /// The server picks the suite (testssl `-P`): `cipher_order` must not be flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: testssl flags cipher_order HIGH (\"NOT a cipher order configured\"); rustls ignore_client_order is being set by another engineer"]
 async fn testssl_finds_a_server_cipher_order() {
     let gate = Nbgate::builder().start().await;
     let findings = testssl(&gate, &["-P"]).await;
