@@ -429,6 +429,18 @@ impl Serialize for UpstreamAddr {
     }
 }
 
+/// Whether `token` can be Jupyter's token: URL-unreserved characters only
+/// (RFC 3986 §2.3). Pages carry the token as HTML, JSON or URL text; a
+/// character any of those escapes (`"`, `<`, `&`, `+`, `/`, …) would appear
+/// escaped and slip past the byte-exact scrubber that keeps it out of
+/// browsers. Jupyter's generated tokens are hex; `nbgate run`'s base64url.
+pub fn valid_upstream_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
 /// The Jupyter token, kept out of `Debug` and serialized output.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -864,10 +876,12 @@ impl Config {
             (None, None) => None,
         };
         if let Some(tok) = &token {
-            if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()) {
+            if !valid_upstream_token(tok) {
                 return Err(invalid(
                     "upstream.token_file",
-                    "the Jupyter token is empty or has characters not allowed in a header".into(),
+                    "the Jupyter token must be letters, digits and - . _ ~ only (Jupyter's own \
+                     are hex)"
+                        .into(),
                 ));
             }
         }
@@ -1550,6 +1564,19 @@ mod tests {
         }
         let e = load_str("[tls.acme]\ndomains = [\"a.example.org\"]\n").expect_err("wrong mode");
         assert!(e.to_string().contains("tls.acme"), "{e}");
+    }
+
+    #[test]
+    fn upstream_tokens_are_limited_to_characters_no_page_escapes() {
+        assert!(valid_upstream_token("0123abcdef"));
+        assert!(valid_upstream_token("base64url-_token~x.y"));
+        for bad in ["", "a\"b", "a<b", "a&b", "a+b", "a/b", "a b", "a%20"] {
+            assert!(!valid_upstream_token(bad), "{bad:?}");
+        }
+        std::env::set_var("NBGATE_TEST_TOKEN_CHARS", "tok/en");
+        let err =
+            load_str("[upstream]\ntoken_env = \"NBGATE_TEST_TOKEN_CHARS\"\n").expect_err("refused");
+        assert!(err.to_string().contains("letters, digits"), "{err}");
     }
 
     #[test]

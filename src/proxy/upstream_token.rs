@@ -32,6 +32,11 @@ pub struct Credential {
 
 impl Credential {
     fn new(token: &str) -> Option<Credential> {
+        // See `valid_upstream_token`: an escapable character would slip
+        // past the scrubber.
+        if !crate::config::valid_upstream_token(token) {
+            return None;
+        }
         let mut header = HeaderValue::from_str(&format!("token {token}")).ok()?;
         header.set_sensitive(true);
         Some(Credential {
@@ -171,7 +176,7 @@ impl UpstreamToken {
                             self.current.store(Some(Arc::new(c)));
                         }
                         None => {
-                            tracing::error!(file = %f.file.display(), "jupyter's runtime file holds a token that is not a valid header value")
+                            tracing::error!(file = %f.file.display(), "jupyter's runtime file holds a token with characters other than letters, digits and - . _ ~: not used")
                         }
                     }
                 }
