@@ -35,7 +35,10 @@ const MAX_HEADERS: usize = 100;
 /// Largest response head (hyper's default read buffer limit): beyond it the
 /// exchange fails rather than buffering without bound.
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
-/// Largest chunk-size line (with extensions) and trailer section.
+/// Largest chunk-size line (with extensions, CRLF included) and trailer
+/// section. Enforced on complete lines too, not only while one is still
+/// arriving, so that where the reads happen to split a body never decides
+/// whether it is accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
@@ -659,6 +662,11 @@ impl BodyReader {
                     return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                 }
                 Framing::Chunked(Chunk::Size) => match parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, ..))) if used > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                            "chunk size line too long",
+                        ))));
+                    }
                     Ok(httparse::Status::Complete((used, size, extension_len))) => {
                         // Only the extensions count, not the whole line: a
                         // body of many small chunks is no attack (counting
@@ -677,7 +685,7 @@ impl BodyReader {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                    Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_CHUNK_LINE => {
                         return Poll::Ready(Some(Err(H1Error::Invalid(
                             "chunk size line too long",
                         ))));
@@ -716,6 +724,9 @@ impl BodyReader {
                 Framing::Chunked(Chunk::Trailers) => {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&conn.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, _))) if used > MAX_TRAILER_BYTES => {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("trailers too large"))));
+                        }
                         Ok(httparse::Status::Complete((used, fields))) => {
                             let mut trailers = HeaderMap::new();
                             for f in fields.iter() {
@@ -732,7 +743,7 @@ impl BodyReader {
                             }
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        Ok(httparse::Status::Partial) if conn.buf.len() > MAX_TRAILER_BYTES => {
+                        Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_TRAILER_BYTES => {
                             return Poll::Ready(Some(Err(H1Error::Invalid("trailers too large"))));
                         }
                         Ok(httparse::Status::Partial) => ready!(self.need_more(conn, cx))?,
