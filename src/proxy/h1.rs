@@ -546,20 +546,18 @@ fn framing(
         // may be an attempt at smuggling, so its connection is not reused
         // (RFC 9112 §6.3 point 3).
         let both = headers.contains_key(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
         if !http11 {
             // HTTP/1.0 has no transfer codings (as hyper refuses it).
             return Err(H1Error::Invalid(
                 "Transfer-Encoding in an HTTP/1.0 response",
             ));
         }
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        // The final coding of the list across all field lines, read as
+        // bytes: "gz\xffp, chunked" and "chunked," are chunked too (both
+        // were read to the close, the chunk framing passed on as body;
+        // fuzz/regressions/h1_response/obs_text_in_transfer_encoding).
+        let chunked = last_list_element(headers, header::TRANSFER_ENCODING)
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), !both)
         } else {
@@ -591,11 +589,27 @@ fn parse_length(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The elements of a comma-separated field across all its lines, trimmed,
+/// empty ones skipped (RFC 9110 §5.6.1); bytes, so that obs-text in one
+/// element does not hide the others.
+fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty())
+}
+
+fn last_list_element(headers: &HeaderMap, name: HeaderName) -> Option<&[u8]> {
+    list_elements(headers, name).last()
+}
+
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    list_elements(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 impl Head {
