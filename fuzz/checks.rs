@@ -78,9 +78,15 @@ pub fn h1_chunked(data: &[u8]) {
 
 fn compare_exchange(response: &[u8], head_request: bool, split_seed: u8) {
     let pieces = split(response, split_seed);
-    let ours = nbgate_exchange(&pieces, head_request);
-    let lenient = reference_exchange(response, head_request, Extensions::AsDocumented);
-    let strict = reference_exchange(response, head_request, Extensions::Rfc9112);
+    // A `HeaderMap` groups fields by name: trailers compare in name order,
+    // each name's values in the order sent.
+    let by_name = |mut a: Answer| {
+        a.trailers.sort_by(|x, y| x.0.cmp(&y.0));
+        a
+    };
+    let ours = nbgate_exchange(&pieces, head_request).map(by_name);
+    let lenient = reference_exchange(response, head_request, Extensions::AsDocumented).map(by_name);
+    let strict = reference_exchange(response, head_request, Extensions::Rfc9112).map(by_name);
     let shown: String = String::from_utf8_lossy(response)
         .chars()
         .take(400)
@@ -114,6 +120,10 @@ fn brief(value: &dyn std::fmt::Debug) -> String {
 /// Cuts `bytes` into the reads the peer makes: one piece for seed 0,
 /// otherwise pseudo-random sizes from 1 to 4 * seed bytes.
 fn split(bytes: &[u8], seed: u8) -> Vec<&[u8]> {
+    if bytes.is_empty() {
+        // An empty write would wake no one.
+        return Vec::new();
+    }
     if seed == 0 {
         return vec![bytes];
     }
@@ -136,46 +146,48 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
-            .enable_io()
+            .enable_all()
             .build()
             .expect("a current-thread runtime builds")
     })
 }
 
-/// The peer's side: writes the next piece whenever nbgate waits for more,
-/// and closes after the last one.
+/// The peer's side, as Jupyter behaves: reads the request head, then
+/// writes the next piece each time nbgate waits for more, and ends the
+/// stream after the last one.
 struct Peer<'a> {
+    /// Non-blocking: read and written only when nbgate waits.
     socket: StdUnixStream,
-    /// The write side was shut down: end of stream for nbgate. (Not a
-    /// close: closing with nbgate's request unread would reset the
-    /// connection, which Jupyter, having read it, does not do.)
+    request: Vec<u8>,
+    /// The write side was shut down: end of stream for nbgate.
     closed: bool,
     pieces: std::slice::Iter<'a, &'a [u8]>,
-    /// Polls that returned `Pending` after the close: a reader that waits
-    /// at end of stream would hang a real connection.
-    waits_after_close: u32,
 }
 
 impl Peer<'_> {
     fn feed(&mut self) {
+        if !self.request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut self.socket, &mut buf) {
+                self.request.extend_from_slice(&buf[..n]);
+            }
+            if !self.request.windows(4).any(|w| w == b"\r\n\r\n") {
+                // nbgate is still writing it, and will be woken for that.
+                return;
+            }
+        }
         match self.pieces.next() {
             Some(piece) => self
                 .socket
                 .write_all(piece)
-                .expect("socket buffer holds it"),
-            None => {
-                if !self.closed {
-                    self.socket
-                        .shutdown(std::net::Shutdown::Write)
-                        .expect("shutdown");
-                    self.closed = true;
-                }
-                self.waits_after_close += 1;
-                assert!(
-                    self.waits_after_close < 100,
-                    "the reader waits for more after end of stream"
-                );
+                .expect("the socket buffer holds a piece"),
+            None if !self.closed => {
+                self.socket
+                    .shutdown(std::net::Shutdown::Write)
+                    .expect("shutdown");
+                self.closed = true;
             }
+            None => {}
         }
     }
 }
@@ -191,91 +203,100 @@ impl<F: Future + Unpin> Future for Fed<'_, '_, F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        match Pin::new(&mut this.fut).poll(cx) {
-            Poll::Ready(v) => Poll::Ready(v),
-            Poll::Pending => {
-                this.peer.feed();
-                if this.peer.closed {
-                    // The close is seen through the reactor; poll again
-                    // soon in case it already was.
-                    cx.waker().wake_by_ref();
-                }
-                Poll::Pending
-            }
+        let polled = Pin::new(&mut this.fut).poll(cx);
+        if polled.is_pending() {
+            this.peer.feed();
         }
+        polled
     }
 }
 
 /// Runs nbgate's real exchange (`h1::exchange`, then the body reader) over
-/// a Unix socket whose peer sends `pieces` as separate writes.
+/// a Unix socket whose peer sends `pieces` as separate writes, under a
+/// time limit.
 fn nbgate_exchange(pieces: &[&[u8]], head_request: bool) -> Result<Answer, String> {
     let (ours, theirs) = StdUnixStream::pair().expect("socket pair");
     ours.set_nonblocking(true).expect("non-blocking");
+    theirs.set_nonblocking(true).expect("non-blocking");
     let mut peer = Peer {
         socket: theirs,
+        request: Vec::new(),
         closed: false,
         pieces: pieces.iter(),
-        waits_after_close: 0,
     };
     runtime().block_on(async {
-        let ours = tokio::net::UnixStream::from_std(ours).expect("register with the reactor");
-        let mut conn = h1::Conn::new(UpstreamStream::Unix(ours));
-        let mut req = http::Request::new(no_body());
-        if head_request {
-            *req.method_mut() = http::Method::HEAD;
-        }
-        let head = Fed {
-            peer: &mut peer,
-            fut: Box::pin(h1::exchange(&mut conn, req)),
-        }
-        .await
-        .map_err(|e| e.to_string())?;
-        let (response, mut reader, keep_alive, upload) = head.into_parts();
-        assert!(upload.is_none(), "a request without a body has none left");
-        let headers = response.headers();
-        assert!(
-            !(headers.contains_key(http::header::TRANSFER_ENCODING)
-                && headers.contains_key(http::header::CONTENT_LENGTH)),
-            "a length beside Transfer-Encoding is passed on"
-        );
-        let mut answer = Answer {
-            status: response.status().as_u16(),
-            body: Vec::new(),
-            trailers: Vec::new(),
-            keep_alive,
-        };
-        loop {
-            let frame = Fed {
-                peer: &mut peer,
-                fut: std::future::poll_fn(|cx| reader.poll_frame(&mut conn, cx)),
-            }
-            .await;
-            match frame {
-                None => break,
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        assert!(!data.is_empty(), "an empty data frame");
-                        answer.body.extend_from_slice(&data);
-                    }
-                    Err(frame) => {
-                        let trailers = frame.into_trailers().expect("data or trailers");
-                        assert!(!trailers.is_empty(), "an empty trailers frame");
-                        for (name, value) in &trailers {
-                            answer
-                                .trailers
-                                .push((name.as_str().to_owned(), value.as_bytes().to_vec()));
-                        }
-                    }
-                },
-            }
-        }
-        assert!(
-            reader.is_end_stream(),
-            "a body ended before its framing did"
-        );
-        Ok(answer)
+        // A reader that waits after the end of the stream would hang a
+        // real connection.
+        let exchange = exchange(ours, &mut peer, head_request);
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the exchange ends once the stream has")
     })
+}
+
+/// One exchange on `ours`, the peer fed whenever nbgate waits.
+async fn exchange(
+    ours: StdUnixStream,
+    peer: &mut Peer<'_>,
+    head_request: bool,
+) -> Result<Answer, String> {
+    let ours = tokio::net::UnixStream::from_std(ours).expect("register with the reactor");
+    let mut conn = h1::Conn::new(UpstreamStream::Unix(ours));
+    let mut req = http::Request::new(no_body());
+    if head_request {
+        *req.method_mut() = http::Method::HEAD;
+    }
+    let head = Fed {
+        peer: &mut *peer,
+        fut: Box::pin(h1::exchange(&mut conn, req)),
+    }
+    .await
+    .map_err(|e| e.to_string())?;
+    let (response, mut reader, keep_alive, upload) = head.into_parts();
+    assert!(upload.is_none(), "a request without a body has none left");
+    let headers = response.headers();
+    assert!(
+        !(headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.contains_key(http::header::CONTENT_LENGTH)),
+        "a length beside Transfer-Encoding is passed on"
+    );
+    let mut answer = Answer {
+        status: response.status().as_u16(),
+        body: Vec::new(),
+        trailers: Vec::new(),
+        keep_alive,
+    };
+    loop {
+        let frame = Fed {
+            peer: &mut *peer,
+            fut: std::future::poll_fn(|cx| reader.poll_frame(&mut conn, cx)),
+        }
+        .await;
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    assert!(!data.is_empty(), "an empty data frame");
+                    answer.body.extend_from_slice(&data);
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().expect("data or trailers");
+                    assert!(!trailers.is_empty(), "an empty trailers frame");
+                    for (name, value) in &trailers {
+                        answer
+                            .trailers
+                            .push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+                    }
+                }
+            },
+        }
+    }
+    assert!(
+        reader.is_end_stream(),
+        "a body ended before its framing did"
+    );
+    Ok(answer)
 }
 
 /// How chunk extensions are read by the reference.
