@@ -35,47 +35,28 @@ fn replay(target: &str, check: fn(&[u8])) {
     assert!(corpus_files > 0, "no committed corpus for {target}");
 }
 
-#[test]
-fn h1_response_corpus_passes() {
-    replay("h1_response", checks::h1_response);
+/// One test per target, named `every_committed_input_passes::<target>`.
+macro_rules! replay_tests {
+    ($($target:ident),* $(,)?) => {
+        mod every_committed_input_passes {
+            $(
+                #[test]
+                fn $target() {
+                    super::replay(stringify!($target), super::checks::$target);
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn h1_chunked_corpus_passes() {
-    replay("h1_chunked", checks::h1_chunked);
-}
-
-#[test]
-fn session_cookie_corpus_passes() {
-    replay("session_cookie", checks::session_cookie);
-}
-
-#[test]
-fn next_path_corpus_passes() {
-    replay("next_path", checks::next_path);
-}
-
-#[test]
-fn forwarded_corpus_passes() {
-    replay("forwarded", checks::forwarded);
-}
-
-#[test]
-fn proxy_protocol_corpus_passes() {
-    replay("proxy_protocol", checks::proxy_protocol);
-}
-
-#[test]
-fn config_corpus_passes() {
-    replay("config", checks::config);
-}
-
-#[test]
-fn stored_hash_corpus_passes() {
-    replay("stored_hash", checks::stored_hash);
-}
-
-#[test]
-fn accept_language_corpus_passes() {
-    replay("accept_language", checks::accept_language);
-}
+replay_tests!(
+    h1_response,
+    h1_chunked,
+    session_cookie,
+    next_path,
+    forwarded,
+    proxy_protocol,
+    config,
+    stored_hash,
+    accept_language,
+);
