@@ -36,7 +36,10 @@ const MAX_HEADERS: usize = 100;
 /// Largest response head (hyper's default read buffer limit): beyond it the
 /// exchange fails rather than buffering without bound.
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
-/// Largest chunk-size line (with extensions) and trailer section.
+/// Largest chunk-size line (with extensions, CRLF included) and trailer
+/// section. Enforced on complete lines too, not only while one is still
+/// arriving, so that where the reads happen to split a body never decides
+/// whether it is accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
@@ -567,20 +570,18 @@ fn framing(
         // may be an attempt at smuggling, so its connection is not reused
         // (RFC 9112 §6.3 point 3).
         let both = headers.contains_key(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
         if !http11 {
             // HTTP/1.0 has no transfer codings (as hyper refuses it).
             return Err(H1Error::Invalid(
                 "Transfer-Encoding in an HTTP/1.0 response",
             ));
         }
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        // The final coding of the list across all field lines, read as
+        // bytes: "gz\xffp, chunked" and "chunked," are chunked too (both
+        // were read to the close, the chunk framing passed on as body;
+        // fuzz/regressions/h1_response/obs_text_in_transfer_encoding).
+        let chunked = last_list_element(headers, header::TRANSFER_ENCODING)
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), !both)
         } else {
@@ -612,11 +613,27 @@ fn parse_length(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The elements of a comma-separated field across all its lines, trimmed,
+/// empty ones skipped (RFC 9110 §5.6.1); bytes, so that obs-text in one
+/// element does not hide the others.
+fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty())
+}
+
+fn last_list_element(headers: &HeaderMap, name: HeaderName) -> Option<&[u8]> {
+    list_elements(headers, name).last()
+}
+
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    list_elements(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 impl Head {
@@ -683,8 +700,17 @@ impl BodyReader {
                     return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                 }
                 Framing::Chunked(Chunk::Size) => match parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.extensions += used;
+                    Ok(httparse::Status::Complete((used, ..))) if used > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                            "chunk size line too long",
+                        ))));
+                    }
+                    Ok(httparse::Status::Complete((used, size, extension_len))) => {
+                        // Only the extensions count, not the whole line: a
+                        // body of many small chunks is no attack (counting
+                        // "1\r\n" lines refused a body of ~5,400 one-byte
+                        // chunks; fuzz/regressions/h1_chunked/many_small_chunks).
+                        self.extensions += extension_len;
                         if self.extensions > MAX_CHUNK_EXTENSIONS {
                             return Poll::Ready(Some(Err(H1Error::Invalid(
                                 "too many chunk extensions",
@@ -697,7 +723,7 @@ impl BodyReader {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                    Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_CHUNK_LINE => {
                         return Poll::Ready(Some(Err(H1Error::Invalid(
                             "chunk size line too long",
                         ))));
@@ -736,6 +762,9 @@ impl BodyReader {
                 Framing::Chunked(Chunk::Trailers) => {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&conn.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, _))) if used > MAX_TRAILER_BYTES => {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("trailers too large"))));
+                        }
                         Ok(httparse::Status::Complete((used, fields))) => {
                             let mut trailers = HeaderMap::new();
                             for f in fields.iter() {
@@ -752,7 +781,7 @@ impl BodyReader {
                             }
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        Ok(httparse::Status::Partial) if conn.buf.len() > MAX_TRAILER_BYTES => {
+                        Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_TRAILER_BYTES => {
                             return Poll::Ready(Some(Err(H1Error::Invalid("trailers too large"))));
                         }
                         Ok(httparse::Status::Partial) => ready!(self.need_more(conn, cx))?,
@@ -793,8 +822,9 @@ impl BodyReader {
 /// A chunk-size line (RFC 9112 §7.1): hex digits, optional extensions,
 /// CRLF. Strict where httparse's version is lenient (no digit at all reads
 /// as a last chunk there, which would end a body early and leave the rest
-/// of it to be read as the next response).
-fn parse_chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, ()> {
+/// of it to be read as the next response). Complete: the line's length, the
+/// chunk size, and how many bytes lie between the digits and the CRLF.
+fn parse_chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64, usize)>, ()> {
     let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == buf.len() {
         return if digits > 16 {
@@ -820,7 +850,7 @@ fn parse_chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, ()> {
             b'\r' => {
                 return match rest.get(i + 1) {
                     None => Ok(httparse::Status::Partial),
-                    Some(b'\n') => Ok(httparse::Status::Complete((digits + i + 2, size))),
+                    Some(b'\n') => Ok(httparse::Status::Complete((digits + i + 2, size, i))),
                     Some(_) => Err(()),
                 };
             }
