@@ -248,7 +248,11 @@ async fn exchange(
     }
     let head = Fed {
         peer: &mut *peer,
-        fut: Box::pin(h1::exchange(&mut conn, req)),
+        fut: Box::pin(h1::exchange(
+            &mut conn,
+            req,
+            std::time::Duration::from_secs(60),
+        )),
     }
     .await
     .map_err(|e| e.to_string())?;
