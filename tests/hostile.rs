@@ -1229,21 +1229,7 @@ async fn forged_replayed_and_misplaced_credentials_do_not_authenticate() {
 
     // Replay after logout.
     let client = common::login::bare_client(&gate);
-    let page = client
-        .get(gate.url("/_nbgate/logout"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("logout page");
-    let csrf = common::login::hidden(&page.text().await.expect("html"), "csrf");
-    let out = client
-        .post(gate.url("/_nbgate/logout"))
-        .header("cookie", &cookie)
-        .header("origin", gate.origin())
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .expect("logout");
+    let out = common::login::logout(&gate, &client, &cookie, false).await;
     assert_eq!(out.status(), 200);
     n += run_cases(
         &gate,

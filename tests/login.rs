@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::login::{
-    bare_client, cookie_pair, hidden, login, login_as, session_cookie, set_cookies,
+    bare_client, cookie_pair, login, login_as, logout, session_cookie, set_cookies,
 };
 use common::nbgate::{TEST_PASSWORD, TEST_USER};
 use common::{within, Jupyter, JupyterOptions, Nbgate, TestUpstream};
@@ -174,22 +174,7 @@ async fn form_login_cookie_drives_a_kernel_and_cross_site_use_is_refused() {
     assert_eq!(out, "2");
 
     // Logout: revokes the cookie and closes this session's tunnel.
-    let logout_page = client
-        .get(gate.url("/_nbgate/logout"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("logout page");
-    assert_eq!(logout_page.status(), 200);
-    let csrf = hidden(&logout_page.text().await.expect("html"), "csrf");
-    let out = client
-        .post(gate.url("/_nbgate/logout"))
-        .header("cookie", &cookie)
-        .header("origin", gate.origin())
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .expect("logout");
+    let out = logout(&gate, &client, &cookie, false).await;
     assert_eq!(out.status(), 200);
     assert!(set_cookies(&out)
         .iter()
@@ -367,29 +352,7 @@ async fn logout_everywhere_revokes_the_cookies_of_every_device() {
         let (client, cookie) = (client.clone(), cookie.to_owned());
         let gate = &gate;
         async move {
-            let page = client
-                .get(gate.url("/_nbgate/logout"))
-                .header("cookie", &cookie)
-                .header("accept", "text/html")
-                .send()
-                .await
-                .expect("logout page");
-            assert_eq!(page.status(), 200);
-            let html = page.text().await.expect("html");
-            assert!(html.contains("name=\"everywhere\""), "{html}");
-            let csrf = hidden(&html, "csrf");
-            let mut form = vec![("csrf", csrf)];
-            if everywhere {
-                form.push(("everywhere", "1".to_owned()));
-            }
-            let out = client
-                .post(gate.url("/_nbgate/logout"))
-                .header("cookie", &cookie)
-                .header("origin", gate.origin())
-                .form(&form)
-                .send()
-                .await
-                .expect("logout");
+            let out = logout(gate, &client, &cookie, everywhere).await;
             assert_eq!(out.status(), 200);
         }
     };

@@ -113,3 +113,35 @@ pub fn session_cookie(r: &reqwest::Response) -> String {
             .expect("session cookie"),
     )
 }
+
+/// Logs the session `cookie` out through the logout page's form (the page must offer the
+/// "every other device" choice); `everywhere` ticks it. Returns the answer to the POST.
+pub async fn logout(
+    gate: &Nbgate,
+    client: &reqwest::Client,
+    cookie: &str,
+    everywhere: bool,
+) -> reqwest::Response {
+    let page = client
+        .get(gate.url("/_nbgate/logout"))
+        .header("cookie", cookie)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("logout page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("name=\"everywhere\""), "{html}");
+    let mut form = vec![("csrf", hidden(&html, "csrf"))];
+    if everywhere {
+        form.push(("everywhere", "1".to_owned()));
+    }
+    client
+        .post(gate.url("/_nbgate/logout"))
+        .header("cookie", cookie)
+        .header("origin", gate.origin())
+        .form(&form)
+        .send()
+        .await
+        .expect("logout")
+}
