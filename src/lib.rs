@@ -13,7 +13,9 @@
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
 //!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
-//!   what one poll of such a connection writes into one TLS write), hyper the others.
+//!   what one poll of such a connection writes into one TLS write; `server::frame_budget`
+//!   closes one that floods frames carrying no requests), hyper's HTTP/1.1 server the
+//!   others (HTTP/2 without ALPN is refused).
 //! - `telemetry`: logging setup; access and audit targets.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
 //!   server's token) and the password hash `jupyter server password` stores.

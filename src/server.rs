@@ -16,6 +16,7 @@
 
 mod balance;
 mod coalesce;
+mod frame_budget;
 mod http2;
 
 use std::future::Future;
@@ -25,8 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -636,12 +636,15 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         drop(watcher);
         return;
     }
-    // HTTP/1.1, and HTTP/2 from a client that sends it without having
-    // negotiated it (prior knowledge, RFC 9113 §3.3).
-    let builder = http_builder(&ctx.config);
+    // Everything else is HTTP/1.1. A client that sends the HTTP/2 preface
+    // without having negotiated h2 is refused (the connection is closed):
+    // over TLS, HTTP/2 is only ever chosen by ALPN (RFC 9113 §3.2; prior
+    // knowledge, §3.3, is for cleartext), so HTTP/2 has one implementation,
+    // `server::http2`, which the hostile battery covers.
+    let builder = http1_builder(&ctx.config);
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        // Boxed once here: hyper moves the service future whole when it
-        // spawns an HTTP/2 stream task and again inside tokio's task cell.
+        // Boxed once here: hyper moves the service future whole into its
+        // connection's state and tokio moves that inside its task cell.
         // No wrapping `async` block: it would copy the state once more.
         Box::pin(Arc::clone(&gateway).handle(
             req.map(RequestBody::from),
@@ -649,14 +652,27 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
             Arc::clone(&sessions),
         ))
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    let connection = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    // At shutdown: finish the request in progress, then close (hyper's
+    // graceful shutdown of an HTTP/1.1 connection).
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = ctx.stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with error");
     }
+    // Held until here: the shutdown drain waits for this connection.
+    drop(watcher);
 }
 
-/// The HTTP/2 settings of connections that negotiated h2 (`http2`); the
-/// same values `http_builder` gives hyper's.
+/// The HTTP/2 settings of connections that negotiated h2 (`http2`).
 fn http2_settings(config: &Config) -> http2::Settings {
     let s = &config.server;
     http2::Settings {
@@ -676,27 +692,22 @@ const HTTP2_MAX_STREAMS: u32 = 256;
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// HTTP/1.1 and HTTP/2 settings shared by every TLS connection.
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 settings of every TLS connection that did not negotiate h2.
+fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let s = &config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         // Slowloris: a client must finish its headers within this time (the
         // timer also runs while a keep-alive connection waits for the next
         // request, which closes idle keep-alive connections).
         .header_read_timeout(s.header_read_timeout)
-        // hyper answers 431 when the head does not fit this buffer.
+        // 431 for a head larger than this, whether it arrived in pieces
+        // or in one read (the buffer limit alone is checked only on a
+        // head still incomplete).
+        .max_header_size(s.max_header_bytes)
         .max_buf_size(s.max_header_bytes.max(8192))
         .max_headers(s.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(HTTP2_MAX_STREAMS)
-        .keep_alive_interval(Some(HTTP2_KEEP_ALIVE_INTERVAL))
-        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
     builder
 }
 
@@ -715,6 +726,7 @@ async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.server.header_read_timeout)
+        .max_header_size(ctx.config.server.max_header_bytes)
         .max_buf_size(ctx.config.server.max_header_bytes.max(8192))
         .keep_alive(false);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
