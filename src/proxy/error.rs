@@ -1,12 +1,19 @@
-//! The one place where a failure on the request path becomes what the
-//! client sees: a status code, and a short fixed body — an HTML page for a
-//! browser, JSON for an API client. Details go to the log, never the client.
+//! The one place where a refusal or failure on the request path becomes what
+//! the client sees: a status code, and a short fixed body — an HTML page for
+//! a browser, JSON for an API client. Details go to the log, never the client.
+//!
+//! Every refusal is a `ProxyError`: login required, a bad API token, a
+//! lockout, busy verification slots, rate limits, the allowlist, not found,
+//! a bad form. The one exception is the login form's own feedback (wrong
+//! password, locked out, busy, expired form on `POST /_nbgate/login`): that
+//! re-renders the form with a notice, in `own_pages`, because the user is
+//! mid-task on that page.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::body::{full, ProxyBody};
+use super::body::{empty, full, ProxyBody};
 use crate::pages;
 
 /// Everything that can end a request before or instead of Jupyter's answer.
@@ -18,12 +25,10 @@ pub enum ProxyError {
     CrossOrigin,
     #[error(transparent)]
     Upstream(#[from] super::upstream::UpstreamError),
-    #[error("upstream connect failed: {0}")]
+    #[error("upstream connect failed")]
     UpstreamConnect(#[source] std::io::Error),
-    #[error("upstream protocol error: {0}")]
+    #[error("upstream protocol error")]
     UpstreamProtocol(#[source] hyper::Error),
-    #[error("upstream response body failed")]
-    UpstreamBody,
     /// Jupyter refuses nbgate and nbgate has no token it accepts: the user
     /// gets this page instead of Jupyter's own token page.
     #[error("no token that jupyter accepts")]
@@ -40,6 +45,27 @@ pub enum ProxyError {
     Forbidden,
     #[error("rate limited for {0} s")]
     RateLimited(u64),
+    /// No session and no API token. `login` is the login page (with
+    /// `next`) for a browser navigation, which is sent there with a 303;
+    /// API calls, XHR and WebSocket upgrades get a 401 (a WebSocket cannot
+    /// follow a redirect). A `String`, not a `HeaderValue`: it keeps this
+    /// enum, which every request's future holds, small.
+    #[error("login required")]
+    LoginRequired { login: Option<String> },
+    #[error("invalid API token")]
+    InvalidToken,
+    /// The address (or name) failed too often; seconds until it may retry.
+    #[error("locked out for {0} s")]
+    LockedOut(u64),
+    /// Every password-hashing slot is taken, or this address's earlier
+    /// attempt is still being verified: retry in a second.
+    #[error("authentication attempts busy")]
+    Busy,
+    #[error("form too large")]
+    FormTooLarge,
+    /// A form whose CSRF token does not match its session (an old tab).
+    #[error("form expired")]
+    FormExpired,
 }
 
 impl ProxyError {
@@ -81,8 +107,7 @@ impl ProxyError {
             ),
             ProxyError::Upstream(_)
             | ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamProtocol(_)
-            | ProxyError::UpstreamBody => (
+            | ProxyError::UpstreamProtocol(_) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "Jupyter is not reachable right now. Try again in a moment.",
@@ -115,17 +140,74 @@ impl ProxyError {
                 "rate_limited",
                 "Too many requests. Slow down and retry after the time given.",
             ),
+            ProxyError::LoginRequired { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Log in or send an API token.",
+            ),
+            ProxyError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "The API token is not valid.",
+            ),
+            ProxyError::LockedOut(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked_out",
+                "Too many invalid attempts from this address; retry later.",
+            ),
+            ProxyError::Busy => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "Too many authentication attempts; retry shortly.",
+            ),
+            ProxyError::FormTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "form_too_large",
+                "The form is too large.",
+            ),
+            ProxyError::FormExpired => (
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "The form expired; reload the page and try again.",
+            ),
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`).
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited(secs) | ProxyError::LockedOut(secs) => Some(*secs),
+            ProxyError::Busy => Some(1),
+            _ => None,
         }
     }
 
     /// Renders the error for this request's client.
     pub fn into_response(self, req_headers: &HeaderMap) -> Response<ProxyBody> {
+        if let ProxyError::LoginRequired { login: Some(login) } = &self {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            if let Ok(v) = HeaderValue::from_str(login) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return r;
+        }
         let (status, code, message) = self.parts();
-        let retry_after = match self {
-            ProxyError::RateLimited(secs) => Some(secs),
+        let mut r = error_response(req_headers, status, code, message, self.retry_after());
+        // RFC 6750 §3: a 401 names the scheme that would have worked, and
+        // says when the credential presented was the problem.
+        let challenge = match self {
+            ProxyError::LoginRequired { .. } => Some("Bearer realm=\"nbgate\""),
+            ProxyError::InvalidToken => Some("Bearer realm=\"nbgate\", error=\"invalid_token\""),
             _ => None,
         };
-        error_response(req_headers, status, code, message, retry_after)
+        if let Some(c) = challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        r
     }
 }
 
@@ -138,7 +220,7 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// Builds an error response: HTML for browsers, JSON otherwise.
-pub fn error_response(
+fn error_response(
     req_headers: &HeaderMap,
     status: StatusCode,
     code: &str,
@@ -176,4 +258,64 @@ pub fn error_response(
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h
+    }
+
+    fn header(r: &Response<ProxyBody>, name: header::HeaderName) -> Option<&str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_browser_navigation_without_login_is_sent_to_the_login_page() {
+        let login = Some("/_nbgate/login?next=%2Flab".to_owned());
+        let r = ProxyError::LoginRequired { login }.into_response(&HeaderMap::new());
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            header(&r, header::LOCATION),
+            Some("/_nbgate/login?next=%2Flab")
+        );
+        assert_eq!(header(&r, header::CACHE_CONTROL), Some("no-store"));
+    }
+
+    #[test]
+    fn api_clients_get_401_with_the_scheme_that_would_work() {
+        let r = ProxyError::LoginRequired { login: None }.into_response(&api());
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&r, header::WWW_AUTHENTICATE),
+            Some("Bearer realm=\"nbgate\"")
+        );
+        assert_eq!(header(&r, header::CONTENT_TYPE), Some("application/json"));
+        let r = ProxyError::InvalidToken.into_response(&api());
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&r, header::WWW_AUTHENTICATE),
+            Some("Bearer realm=\"nbgate\", error=\"invalid_token\"")
+        );
+    }
+
+    #[test]
+    fn waits_are_announced_in_retry_after() {
+        for (e, secs) in [
+            (ProxyError::LockedOut(90), "90"),
+            (ProxyError::RateLimited(3), "3"),
+            (ProxyError::Busy, "1"),
+        ] {
+            let r = e.into_response(&api());
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(header(&r, header::RETRY_AFTER), Some(secs));
+        }
+        let r = ProxyError::NotFound.into_response(&api());
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

@@ -34,7 +34,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use self::body::{empty, AccessRecord, LoggedBody, ProxyBody, RequestBody};
-use self::error::{error_response, ProxyError};
+use self::error::ProxyError;
 use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream, UpstreamBody};
 use self::upstream_token::{Refresh, UpstreamToken};
@@ -178,14 +178,14 @@ impl Gateway {
             let rest = rest.to_owned();
             // Boxed: the login handler's state must not enlarge every
             // forwarded request's future (it is moved on each poll setup).
-            return Ok(Box::pin(self.serve_own_pages(req, &rest, client)).await);
+            return Box::pin(self.serve_own_pages(req, &rest, client)).await;
         }
         let identity = match self.require_session(&req, client, sessions).await {
             Ok(id) => id,
-            Err(resp) => {
+            Err(refused) => {
                 // Refused requests spend the small anonymous budget.
                 self.check_rate(client, false)?;
-                return Ok(resp);
+                return Err(refused);
             }
         };
         self.check_rate(client, true)?;
@@ -265,7 +265,7 @@ impl Gateway {
         req: Request<RequestBody>,
         rest: &str,
         client: IpAddr,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         own_pages::Pages {
             auth: &self.auth,
             guard: &self.guard,
@@ -286,11 +286,11 @@ impl Gateway {
         req: &Request<B>,
         client: IpAddr,
         sessions: &SessionCache,
-    ) -> Result<Identity, Response<ProxyBody>> {
+    ) -> Result<Identity, ProxyError> {
         // An `Authorization` header is an API client's explicit choice.
         let (header_token, query_token) = api_token(req);
         if let Some(token) = header_token {
-            return self.token_identity(req.headers(), client, token).await;
+            return self.token_identity(client, token).await;
         }
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
             .and_then(|v| self.auth.check_session_cached(v, sessions));
@@ -303,43 +303,20 @@ impl Gateway {
         // logged-in browser's request into a refused token check. (The
         // parameter never reaches Jupyter either way.)
         if let Some(token) = query_token {
-            return self.token_identity(req.headers(), client, token).await;
+            return self.token_identity(client, token).await;
         }
         let navigation = matches!(*req.method(), Method::GET | Method::HEAD)
             && error::wants_html(req.headers())
             && !headers::is_websocket_upgrade(req.headers());
-        if navigation {
+        let login = navigation.then(|| {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let next: String = form_urlencoded::byte_serialize(target.as_bytes()).collect();
-            let mut r = Response::new(empty());
-            *r.status_mut() = StatusCode::SEE_OTHER;
-            if let Ok(v) = HeaderValue::from_str(&format!("{}login?next={next}", self.prefix)) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return Err(r);
-        }
-        let mut r = error_response(
-            req.headers(),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Log in or send an API token.",
-            None,
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"nbgate\""),
-        );
-        Err(r)
+            format!("{}login?next={next}", self.prefix)
+        });
+        Err(ProxyError::LoginRequired { login })
     }
 
-    async fn token_identity(
-        &self,
-        req_headers: &HeaderMap,
-        client: IpAddr,
-        token: String,
-    ) -> Result<Identity, Response<ProxyBody>> {
+    async fn token_identity(&self, client: IpAddr, token: String) -> Result<Identity, ProxyError> {
         // A token verified moments ago costs nothing to accept again, so
         // it is let through even from a locked-out address (a shared
         // NAT address must not lock out working API clients).
@@ -348,41 +325,30 @@ impl Gateway {
         }
         // Verifying a new token (PBKDF2, refusal timers) is rare: boxed,
         // so that its state does not enlarge the future of every request.
-        Box::pin(self.verify_token(req_headers, client, token)).await
+        Box::pin(self.verify_token(client, token)).await
     }
 
     /// A token not verified recently: checked against the users' tokens,
     /// subject to the anonymous rate budget and the lockout.
-    async fn verify_token(
-        &self,
-        req_headers: &HeaderMap,
-        client: IpAddr,
-        token: String,
-    ) -> Result<Identity, Response<ProxyBody>> {
+    async fn verify_token(&self, client: IpAddr, token: String) -> Result<Identity, ProxyError> {
         let now = std::time::Instant::now();
         // Unverified tokens cost PBKDF2: they spend the anonymous budget
         // first, like any other request without a session.
-        if let Err(secs) = self.guard.check_rate(client, false) {
-            return Err(ProxyError::RateLimited(secs).into_response(req_headers));
-        }
+        self.guard
+            .check_rate(client, false)
+            .map_err(ProxyError::RateLimited)?;
         let attempt = match self.guard.lockout.begin(client, None, now) {
             Ok(attempt) => attempt,
             Err(Refused::Locked(locked)) => {
                 let secs = guard::locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
                 self.guard.hold_refusal().await;
-                return Err(error_response(
-                    req_headers,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "locked_out",
-                    "Too many invalid tokens from this address; retry later.",
-                    Some(secs),
-                ));
+                return Err(ProxyError::LockedOut(secs));
             }
             Err(Refused::InFlight) => {
                 tracing::info!(target: "nbgate::audit", event = "token_busy", %client, reason = "in_flight", "api token refused: attempts from this address are still being verified");
                 self.guard.hold_refusal().await;
-                return Err(busy_response(req_headers));
+                return Err(ProxyError::Busy);
             }
         };
         match self.auth.check_token(&token).await {
@@ -396,19 +362,13 @@ impl Gateway {
                 if let Some(locked) = attempt.failed(None, now) {
                     tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
                 }
-                Err(error_response(
-                    req_headers,
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "The API token is not valid.",
-                    None,
-                ))
+                Err(ProxyError::InvalidToken)
             }
             Check::Busy => {
                 drop(attempt);
                 tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
                 self.guard.hold_refusal().await;
-                Err(busy_response(req_headers))
+                Err(ProxyError::Busy)
             }
         }
     }
@@ -740,17 +700,6 @@ fn api_token<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
     (None, query)
 }
 
-/// 429 for an authentication attempt that must wait for others to finish.
-fn busy_response(req_headers: &HeaderMap) -> Response<ProxyBody> {
-    error_response(
-        req_headers,
-        StatusCode::TOO_MANY_REQUESTS,
-        "busy",
-        "Too many authentication attempts; retry shortly.",
-        Some(1),
-    )
-}
-
 /// Removes nbgate's own cookies before a request goes to Jupyter.
 fn strip_own_cookies(h: &mut HeaderMap) {
     let is_own = |kv: &str| {
@@ -921,13 +870,7 @@ pub fn https_redirect<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBod
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
-        return error_response(
-            req.headers(),
-            StatusCode::BAD_REQUEST,
-            "bad_host",
-            "The request has no valid Host header.",
-            None,
-        );
+        return ProxyError::BadHost.into_response(req.headers());
     };
     let name = host.host();
     let authority = if https_port == 443 {
@@ -943,7 +886,7 @@ pub fn https_redirect<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBod
         Ok(v) => {
             resp.headers_mut().insert(header::LOCATION, v);
         }
-        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+        Err(_) => return ProxyError::BadRequestTarget.into_response(req.headers()),
     }
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

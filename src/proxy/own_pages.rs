@@ -1,6 +1,10 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, health.
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
+//! Refusals (not found, a form too large or expired) are `ProxyError`s,
+//! rendered where every refusal is (`error`); the login form's feedback
+//! (wrong password, locked out, busy, bad CSRF) is the form again with a
+//! notice and the matching status.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::body::{full, ProxyBody, RequestBody};
+use super::error::ProxyError;
 use super::guard::{locked_secs, Guard};
 use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
@@ -112,8 +117,8 @@ impl Pages<'_> {
         req: Request<RequestBody>,
         rest: &str,
         client: IpAddr,
-    ) -> Response<ProxyBody> {
-        match (req.method(), rest) {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        Ok(match (req.method(), rest) {
             (&Method::GET, "health") => {
                 let mut r = Response::new(full(Bytes::from_static(b"ok\n")));
                 r.headers_mut()
@@ -127,17 +132,11 @@ impl Pages<'_> {
                 );
                 self.login_page(req.headers(), &next, "", None, StatusCode::OK)
             }
-            (&Method::POST, "login") => self.login_submit(req, client).await,
+            (&Method::POST, "login") => self.login_submit(req, client).await?,
             (&Method::GET, "logout") => self.logout_page(req.headers()),
-            (&Method::POST, "logout") => self.logout_submit(req, client).await,
-            _ => super::error::error_response(
-                req.headers(),
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Not found.",
-                None,
-            ),
-        }
+            (&Method::POST, "logout") => self.logout_submit(req, client).await?,
+            _ => return Err(ProxyError::NotFound),
+        })
     }
 
     fn login_href(&self) -> String {
@@ -185,16 +184,12 @@ impl Pages<'_> {
         Some((parts.headers, form))
     }
 
-    async fn login_submit(&self, req: Request<RequestBody>, client: IpAddr) -> Response<ProxyBody> {
-        let Some((headers, form)) = Self::read_form(req).await else {
-            return super::error::error_response(
-                &HeaderMap::new(),
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "form_too_large",
-                "The form is too large.",
-                None,
-            );
-        };
+    async fn login_submit(
+        &self,
+        req: Request<RequestBody>,
+        client: IpAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (headers, form) = Self::read_form(req).await.ok_or(ProxyError::FormTooLarge)?;
         let field = |n: &str| {
             form.iter()
                 .find(|(k, _)| k == n)
@@ -210,13 +205,13 @@ impl Pages<'_> {
         let binding = cookie(&headers, csrf::CSRF_COOKIE).unwrap_or("");
         if !csrf::verify(self.auth.csrf_key(), binding, field("csrf")) {
             tracing::info!(target: "nbgate::audit", event = "login_csrf_failed", %client, user_agent = agent, "login refused: bad CSRF token");
-            return self.login_page(
+            return Ok(self.login_page(
                 &headers,
                 &next,
                 "",
                 Some(Notice::CsrfFailed),
                 StatusCode::FORBIDDEN,
-            );
+            ));
         }
         let user_shown = if user.len() <= 64 { user } else { "" };
         // Checked before hashing: a locked-out guesser costs no PBKDF2.
@@ -226,50 +221,52 @@ impl Pages<'_> {
                 let secs = locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
                 self.guard.hold_refusal().await;
-                return self.locked_page(&headers, &next, user_shown, secs);
+                return Ok(self.locked_page(&headers, &next, user_shown, secs));
             }
             Err(Refused::InFlight) => {
                 tracing::info!(target: "nbgate::audit", event = "login_busy", user = %user_shown, %client, reason = "in_flight", "login refused: attempts from this address or for this name are still being verified");
                 self.guard.hold_refusal().await;
-                return self.busy_page(&headers, &next, user_shown);
+                return Ok(self.busy_page(&headers, &next, user_shown));
             }
         };
-        match self.auth.check_password(user, field("password")).await {
-            Check::Valid(name) => {
-                attempt.succeeded(&name, Instant::now());
-                let (claims, set) = self.auth.start_session(&name);
-                tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
-                let mut r = see_other(&next);
-                set_cookie(&mut r, &set);
-                r
-            }
-            Check::Invalid { unknown_user } => {
-                let reason = if unknown_user {
-                    "unknown_user"
-                } else {
-                    "wrong_password"
-                };
-                tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
-                if let Some(locked) = attempt.failed(Some(user), Instant::now()) {
-                    let secs = locked_secs(&locked);
-                    tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
-                    return self.locked_page(&headers, &next, user_shown, secs);
+        Ok(
+            match self.auth.check_password(user, field("password")).await {
+                Check::Valid(name) => {
+                    attempt.succeeded(&name, Instant::now());
+                    let (claims, set) = self.auth.start_session(&name);
+                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
+                    let mut r = see_other(&next);
+                    set_cookie(&mut r, &set);
+                    r
                 }
-                self.login_page(
-                    &headers,
-                    &next,
-                    user_shown,
-                    Some(Notice::WrongCredentials),
-                    StatusCode::UNAUTHORIZED,
-                )
-            }
-            Check::Busy => {
-                drop(attempt);
-                tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
-                self.guard.hold_refusal().await;
-                self.busy_page(&headers, &next, user_shown)
-            }
-        }
+                Check::Invalid { unknown_user } => {
+                    let reason = if unknown_user {
+                        "unknown_user"
+                    } else {
+                        "wrong_password"
+                    };
+                    tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
+                    if let Some(locked) = attempt.failed(Some(user), Instant::now()) {
+                        let secs = locked_secs(&locked);
+                        tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
+                        return Ok(self.locked_page(&headers, &next, user_shown, secs));
+                    }
+                    self.login_page(
+                        &headers,
+                        &next,
+                        user_shown,
+                        Some(Notice::WrongCredentials),
+                        StatusCode::UNAUTHORIZED,
+                    )
+                }
+                Check::Busy => {
+                    drop(attempt);
+                    tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
+                    self.guard.hold_refusal().await;
+                    self.busy_page(&headers, &next, user_shown)
+                }
+            },
+        )
     }
 
     /// 429 with the login page asking to retry in a second.
@@ -331,25 +328,19 @@ impl Pages<'_> {
         &self,
         req: Request<RequestBody>,
         client: IpAddr,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some((headers, form)) = Self::read_form(req).await else {
-            return see_other(&self.login_href());
+            return Ok(see_other(&self.login_href()));
         };
         let Some(claims) = self.session_of(&headers) else {
-            return see_other(&self.login_href());
+            return Ok(see_other(&self.login_href()));
         };
         let token = form
             .iter()
             .find(|(k, _)| k == "csrf")
             .map_or("", |(_, v)| v.as_str());
         if !csrf::verify(self.auth.csrf_key(), &claims.sid, token) {
-            return super::error::error_response(
-                &headers,
-                StatusCode::FORBIDDEN,
-                "csrf",
-                "The logout form expired; reload and try again.",
-                None,
-            );
+            return Err(ProxyError::FormExpired);
         }
         let everywhere = form.iter().any(|(k, v)| k == "everywhere" && v == "1");
         if everywhere {
@@ -368,7 +359,7 @@ impl Pages<'_> {
             pages::render_logged_out(lang(&headers), &self.login_href()),
         );
         set_cookie(&mut r, &session::clear_cookie());
-        r
+        Ok(r)
     }
 }
 
