@@ -47,6 +47,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::coalesce::coalesce;
+use super::frame_budget::{FrameBudget, Served};
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
 
 /// Connection settings, from `[server]` in the configuration.
@@ -127,7 +128,8 @@ where
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS);
-    let (io, flusher) = coalesce(io);
+    let served = Arc::new(Served::default());
+    let (io, flusher) = coalesce(FrameBudget::new(io, Arc::clone(&served)));
     let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
         .await
         .map_err(|_| Http2Error::PrefaceTimeout(settings.preface_timeout))??;
@@ -195,7 +197,12 @@ where
                 };
                 let body = RequestBody::Http2(body);
                 let response = handle(Request::from_parts(parts, body));
-                tokio::spawn(serve_stream(response, respond, Arc::clone(&resets)));
+                tokio::spawn(serve_stream(
+                    response,
+                    respond,
+                    Arc::clone(&resets),
+                    Arc::clone(&served),
+                ));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
             Event::WriteFailed(e) => return Err(Http2Error::Write(e)),
@@ -353,8 +360,12 @@ impl KeepAlive {
 }
 
 /// One stream: the handler's response, then its body.
-async fn serve_stream<F>(response: F, mut respond: SendResponse<Bytes>, resets: Arc<ResetBudget>)
-where
+async fn serve_stream<F>(
+    response: F,
+    mut respond: SendResponse<Bytes>,
+    resets: Arc<ResetBudget>,
+    served: Arc<Served>,
+) where
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut response = pin!(response);
@@ -395,7 +406,7 @@ where
         }
     };
     if !end {
-        if let Err(e) = send_body(body, &mut send).await {
+        if let Err(e) = send_body(body, &mut send, &served).await {
             tracing::debug!(error = %e, "response body not sent whole");
             if is_client_reset(&e) {
                 resets.note_premature();
@@ -406,7 +417,11 @@ where
 }
 
 /// Sends `body` on `send` as the peer's flow control allows.
-async fn send_body(mut body: ProxyBody, send: &mut SendStream<Bytes>) -> Result<(), BoxError> {
+async fn send_body(
+    mut body: ProxyBody,
+    send: &mut SendStream<Bytes>,
+    served: &Served,
+) -> Result<(), BoxError> {
     loop {
         let frame = poll_fn(|cx| {
             if let Poll::Ready(f) = std::pin::Pin::new(&mut body).poll_frame(cx) {
@@ -434,6 +449,7 @@ async fn send_body(mut body: ProxyBody, send: &mut SendStream<Bytes>) -> Result<
                 let end = body.is_end_stream();
                 if !data.is_empty() {
                     wait_for_capacity(send).await?;
+                    served.add(data.len());
                 }
                 if !data.is_empty() || end {
                     send.send_data(data, end)?;
