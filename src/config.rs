@@ -23,7 +23,7 @@ pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 /// Errors from loading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: PathBuf,
         #[source]

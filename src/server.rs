@@ -40,6 +40,7 @@ use crate::policy::{self, ProxyHeader};
 use crate::proxy::body::RequestBody;
 use crate::proxy::guard::SWEEP_EVERY;
 use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
+use crate::telemetry::Chain;
 use crate::tls::challenge::{self, Challenges};
 use crate::tls::{self, CertResolver};
 use balance::{Balancer, Open};
@@ -47,7 +48,7 @@ use balance::{Balancer, Open};
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -630,7 +631,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         })
         .await;
         if let Err(e) = served {
-            tracing::debug!(%peer, error = %e, "connection ended with error");
+            tracing::debug!(%peer, error = %Chain(&e), "connection ended with error");
         }
         // Held until here: the shutdown drain waits for this connection.
         drop(watcher);
@@ -666,7 +667,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         }
     };
     if let Err(e) = served {
-        tracing::debug!(%peer, error = %e, "connection ended with error");
+        tracing::debug!(%peer, error = %Chain(&e), "connection ended with error");
     }
     // Held until here: the shutdown drain waits for this connection.
     drop(watcher);

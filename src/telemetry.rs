@@ -36,3 +36,51 @@ pub fn init(format: LogFormat) {
     // A second init (tests calling into the library) keeps the first one.
     let _ = result;
 }
+
+/// An error and its causes on one line, `what failed: why: root cause`, as
+/// `anyhow`'s `{:#}` prints them. nbgate's error types name their cause
+/// through `source()` and never repeat it in their own message (which
+/// would print it twice here); log them as `error = %Chain(&e)`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: cannot read")]
+    struct ReadError {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let e = ReadError {
+            path: "/etc/nbgate.toml",
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(
+            Chain(&e).to_string(),
+            "/etc/nbgate.toml: cannot read: permission denied"
+        );
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(e)),
+            "/etc/nbgate.toml: cannot read: permission denied",
+            "the same line main prints for a fatal error"
+        );
+    }
+}

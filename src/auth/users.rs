@@ -18,13 +18,13 @@ use crate::state;
 /// Errors loading users or session state. Each names its source.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("{source_name}: cannot read: {source}")]
+    #[error("{source_name}: cannot read")]
     Read {
         source_name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{source_name}: user {user:?}: invalid hash: {source}")]
+    #[error("{source_name}: user {user:?}: invalid hash")]
     BadHash {
         source_name: String,
         user: String,
@@ -36,13 +36,13 @@ pub enum AuthError {
         source_name: String,
         message: String,
     },
-    #[error("{source_name}: the password is not acceptable: {source}")]
+    #[error("{source_name}: the password is not acceptable")]
     WeakPassword {
         source_name: String,
         #[source]
         source: PasswordError,
     },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write")]
     Write {
         path: PathBuf,
         #[source]

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 /// Errors reading a Jupyter config file that exists.
 #[derive(Debug, thiserror::Error)]
 pub enum JupyterConfigError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not valid JSON: {source}", path.display())]
+    #[error("{}: not valid JSON", path.display())]
     Parse {
         path: PathBuf,
         #[source]

@@ -16,7 +16,7 @@ use crate::config::UpstreamAddr;
 /// Why no usable token was found. Never holds a token.
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
-    #[error("cannot read Jupyter's runtime directory {}: {source}", dir.display())]
+    #[error("cannot read Jupyter's runtime directory {}", dir.display())]
     Unreadable {
         dir: PathBuf,
         #[source]

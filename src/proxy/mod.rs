@@ -43,6 +43,7 @@ use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, Via};
 use crate::config::Config;
 use crate::policy::Refused;
+use crate::telemetry::Chain;
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -138,9 +139,9 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 if e.is_upstream_failure() {
-                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), path = %uri.path(), "upstream failed");
+                    tracing::warn!(error = %Chain(&e), path = %uri.path(), "upstream failed");
                 } else {
-                    tracing::debug!(error = %e, %client, path = %uri.path(), "request refused");
+                    tracing::debug!(error = %Chain(&e), %client, path = %uri.path(), "request refused");
                 }
                 e.into_response(&prefs.headers())
             }

@@ -19,6 +19,7 @@ use http::StatusCode;
 
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::jupyter::runtime::{self, FindError};
+use crate::telemetry::Chain;
 
 /// Fewest time between two lookups of the runtime files: a burst of refused
 /// requests (JupyterLab opening) costs one directory scan, not one each.
@@ -188,7 +189,7 @@ impl UpstreamToken {
                         FindError::PasswordOnly { .. } => "",
                         _ => "; set upstream.token_file (or token_env) to Jupyter's token, or let nbgate start Jupyter: nbgate run -- jupyter lab",
                     };
-                    tracing::error!(error = %e, "cannot authenticate to jupyter{fix}");
+                    tracing::error!(error = %Chain(&e), "cannot authenticate to jupyter{fix}");
                 }
             }
         }

@@ -71,7 +71,7 @@ pub enum Http2Error {
     #[error(transparent)]
     Protocol(#[from] h2::Error),
     /// Writing what a poll of the connection gathered failed.
-    #[error("cannot write to the client: {0}")]
+    #[error("cannot write to the client")]
     Write(#[source] std::io::Error),
 }
 

@@ -24,13 +24,13 @@ const KEPT_LINES: usize = 40;
 pub enum ChildError {
     #[error("user {name:?} does not exist")]
     NoSuchUser { name: String },
-    #[error("cannot look up user {name:?}: {source}")]
+    #[error("cannot look up user {name:?}")]
     UserLookup {
         name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Spawn {
         program: String,
         #[source]

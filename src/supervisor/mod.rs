@@ -81,7 +81,7 @@ pub enum SuperviseError {
     },
     #[error(transparent)]
     Child(#[from] ChildError),
-    #[error("{}: cannot create Jupyter's private directory: {source}", path.display())]
+    #[error("{}: cannot create Jupyter's private directory", path.display())]
     PrivateDir {
         path: PathBuf,
         #[source]
@@ -89,7 +89,7 @@ pub enum SuperviseError {
     },
     #[error(transparent)]
     JupyterConfig(#[from] crate::jupyter::password::JupyterConfigError),
-    #[error("{}: Jupyter's stored password is in a format nbgate cannot verify: {source}", file.display())]
+    #[error("{}: Jupyter's stored password is in a format nbgate cannot verify", file.display())]
     JupyterHash {
         file: PathBuf,
         #[source]

@@ -44,6 +44,7 @@ use super::challenge::Challenges;
 use super::{files, serial_hex, CertResolver, TlsError};
 use crate::config::{AcmeChallenge, AcmeConfig, AcmeKeyType, Config};
 use crate::state;
+use crate::telemetry::Chain;
 
 /// The longest wait between two failed attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(4 * 3600);
@@ -63,9 +64,9 @@ const TEMPORARY_VALIDITY_DAYS: i64 = 7;
 /// Why an ACME attempt failed. The task logs it and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("ACME request failed: {0}")]
+    #[error("ACME request failed")]
     Protocol(#[from] instant_acme::Error),
-    #[error("{path}: cannot read the CA bundle: {source}")]
+    #[error("{path}: cannot read the CA bundle")]
     CaBundle {
         path: PathBuf,
         #[source]
@@ -73,7 +74,7 @@ pub enum AcmeError {
     },
     #[error("{path}: no usable PEM certificate in the CA bundle")]
     CaBundleEmpty { path: PathBuf },
-    #[error("{path}: cannot read the EAB HMAC key: {source}")]
+    #[error("{path}: cannot read the EAB HMAC key")]
     EabKey {
         path: PathBuf,
         #[source]
@@ -81,13 +82,13 @@ pub enum AcmeError {
     },
     #[error("{path}: the EAB HMAC key is not base64url")]
     EabKeyEncoding { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot read or write")]
     Storage {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: stored account is unreadable: {source}")]
+    #[error("{path}: stored account is unreadable")]
     AccountFile {
         path: PathBuf,
         #[source]
@@ -106,9 +107,9 @@ pub enum AcmeError {
         status: OrderStatus,
         detail: String,
     },
-    #[error("cannot build the certificate request: {0}")]
+    #[error("cannot build the certificate request")]
     Csr(#[from] rcgen::Error),
-    #[error("the issued certificate does not load: {0}")]
+    #[error("the issued certificate does not load")]
     Issued(#[from] TlsError),
     #[error("attempt timed out after {0:?}")]
     Timeout(Duration),
@@ -458,7 +459,7 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                 ));
                 match issued.as_deref().and_then(validity) {
                     None => tracing::error!(
-                        error = %e,
+                        error = %Chain(&e),
                         failures,
                         %retry_in,
                         "acme: no certificate from the CA yet; still serving the temporary one"
@@ -466,10 +467,10 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                     Some((_, not_after)) => {
                         let left = not_after - now_unix();
                         if left < ERROR_BEFORE_EXPIRY {
-                            tracing::error!(error = %e, failures, %retry_in, expires_in_secs = left,
+                            tracing::error!(error = %Chain(&e), failures, %retry_in, expires_in_secs = left,
                                 "acme: renewal failed and the certificate expires soon");
                         } else {
-                            tracing::warn!(error = %e, failures, %retry_in, expires_in_secs = left,
+                            tracing::warn!(error = %Chain(&e), failures, %retry_in, expires_in_secs = left,
                                 "acme: renewal failed; still serving the current certificate");
                         }
                     }
@@ -507,7 +508,7 @@ impl Client {
         let account = match self.account().await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "acme: cannot reach the CA for its renewal window");
+                tracing::warn!(error = %Chain(&e), "acme: cannot reach the CA for its renewal window");
                 return None;
             }
         };
@@ -515,7 +516,7 @@ impl Client {
             Ok(r) => r,
             Err(instant_acme::Error::Unsupported(_)) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, "acme: renewal information (ARI) request failed");
+                tracing::warn!(error = %Chain(&e), "acme: renewal information (ARI) request failed");
                 return None;
             }
         };
@@ -550,7 +551,7 @@ impl Client {
             match result {
                 Ok(key) => return Ok(key),
                 Err(e) => {
-                    tracing::warn!(challenge = %kind, error = %e, "acme: attempt with this challenge failed");
+                    tracing::warn!(challenge = %kind, error = %Chain(&e), "acme: attempt with this challenge failed");
                     last = Some(e);
                 }
             }

@@ -27,13 +27,13 @@ use challenge::Challenges;
 /// Errors that stop nbgate from serving TLS. Each names the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write")]
     Write {
         path: PathBuf,
         #[source]
@@ -43,7 +43,7 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path}: no PEM private key found (PKCS#8, RSA or EC)")]
     NoKey { path: PathBuf },
-    #[error("{path}: invalid PEM: {source}")]
+    #[error("{path}: invalid PEM")]
     BadPem {
         path: PathBuf,
         #[source]
@@ -51,7 +51,7 @@ pub enum TlsError {
     },
     #[error("{path}: cannot parse certificate: {message}")]
     BadCertificate { path: PathBuf, message: String },
-    #[error("{path}: unsupported or invalid private key: {source}")]
+    #[error("{path}: unsupported or invalid private key")]
     BadKey {
         path: PathBuf,
         #[source]
@@ -63,7 +63,7 @@ pub enum TlsError {
     Expired { path: PathBuf, not_after: String },
     #[error("{path}: certificate is not valid before {not_before}")]
     NotYetValid { path: PathBuf, not_before: String },
-    #[error("cannot generate a self-signed certificate: {0}")]
+    #[error("cannot generate a self-signed certificate")]
     Generate(#[from] rcgen::Error),
 }
 

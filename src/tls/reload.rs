@@ -20,6 +20,7 @@ use tokio::signal::unix::Signal;
 
 use super::{files, fingerprint, serial_hex, CertResolver};
 use crate::config::Config;
+use crate::telemetry::Chain;
 
 /// How often the files' metadata is compared.
 const POLL: Duration = Duration::from_secs(2);
@@ -92,7 +93,7 @@ pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
             let current = resolver.current();
             tracing::error!(
                 trigger,
-                error = %e,
+                error = %Chain(&e),
                 serial = %serial_hex(&current),
                 "cannot reload certificate; still serving the current one"
             );
