@@ -6,8 +6,8 @@
 //! `h2` answers or applies every valid control frame, so 100k SETTINGS or
 //! PING frames cost nbgate 100k acknowledgements and never end the
 //! connection. Counting frames by type would misjudge long downloads (their
-//! WINDOW_UPDATEs) and chatty-but-honest clients, so this counts bytes, as
-//! nginx's "http2 flood detected" rule does: every frame header and every
+//! WINDOW_UPDATEs) and chatty-but-honest clients, so this counts bytes (a
+//! ratio like nginx's "http2 flood detected" rule): every frame header and every
 //! control-frame payload the client sends is overhead; request headers and
 //! request bodies it sends, and response bodies it is sent, are useful.
 //! Overhead may exceed useful bytes by `ALLOWANCE` and no more. An honest
