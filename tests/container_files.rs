@@ -40,28 +40,16 @@ fn parse_dockerfile(name: &str) -> Vec<Instruction> {
     let path = container_dir().join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut instructions = Vec::new();
-    let mut logical = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') || (trimmed.is_empty() && logical.is_empty()) {
-            continue;
-        }
-        if let Some(continued) = trimmed.strip_suffix('\\') {
-            logical.push_str(continued);
-            logical.push(' ');
-            continue;
-        }
-        logical.push_str(trimmed);
-        let full = std::mem::take(&mut logical);
-        let (keyword, rest) = full.split_once(char::is_whitespace).unwrap_or((&full, ""));
-        instructions.push(Instruction {
-            keyword: keyword.to_ascii_uppercase(),
-            rest: rest.trim().to_owned(),
-        });
-    }
-    assert!(logical.is_empty(), "{name}: ends inside a continued line");
-    instructions
+    common::logical_lines(name, &text, &['#'])
+        .into_iter()
+        .map(|full| {
+            let (keyword, rest) = full.split_once(char::is_whitespace).unwrap_or((&full, ""));
+            Instruction {
+                keyword: keyword.to_ascii_uppercase(),
+                rest: rest.trim().to_owned(),
+            }
+        })
+        .collect()
 }
 
 fn all<'a>(instructions: &'a [Instruction], keyword: &str) -> Vec<&'a str> {

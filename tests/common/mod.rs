@@ -109,3 +109,27 @@ pub fn file_mode(path: &std::path::Path) -> u32 {
         .mode()
         & 0o777
 }
+
+/// The logical lines of a file that continues lines with a trailing `\` (Dockerfiles, systemd
+/// units): continued lines joined with a space, blank lines between logical lines dropped, and
+/// lines starting with one of `comment` dropped even inside a continuation, as both Docker and
+/// systemd do. `name` is for the panic when the file ends inside a continued line.
+pub fn logical_lines(name: &str, text: &str, comment: &[char]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut logical = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with(comment) || (trimmed.is_empty() && logical.is_empty()) {
+            continue;
+        }
+        if let Some(continued) = trimmed.strip_suffix('\\') {
+            logical.push_str(continued);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(trimmed);
+        lines.push(std::mem::take(&mut logical));
+    }
+    assert!(logical.is_empty(), "{name}: ends inside a continued line");
+    lines
+}
