@@ -23,9 +23,13 @@
 //!   with a fresh token; signals, reaping, readiness. `main` wires it to
 //!   `server::run`; it imports neither.
 //! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
+//! - `systemd`: the notify protocol (ready, reloading, stopping, status, the watchdog
+//!   with its liveness probe of workers and accept loops) and socket activation;
+//!   imports nothing else of the crate.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
-//! `server -> tls -> state`, and everything may read `config`.
+//! `server -> tls -> state`, `server -> systemd` and `tls -> systemd` (the
+//! SIGHUP reload tells systemd), and everything may read `config`.
 
 pub mod auth;
 pub mod cli;
@@ -38,5 +42,6 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod supervisor;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;

@@ -157,6 +157,8 @@ fn run(
         // Listeners first: a port already taken fails before Jupyter starts.
         let (config, listeners, resolver) = start_listening(config).await?;
         let grace = config.server.shutdown_grace;
+        // READY=1 follows once Jupyter answers and the listeners serve.
+        nbgate::systemd::status("starting Jupyter");
         let mut jupyter = supervisor::start(prepared, grace)?;
         if let Err(e) = jupyter.ready().await {
             jupyter.stop(grace).await;

@@ -40,6 +40,7 @@ use crate::policy::{self, ProxyHeader};
 use crate::proxy::body::RequestBody;
 use crate::proxy::guard::SWEEP_EVERY;
 use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
+use crate::systemd::{self, Liveness};
 use crate::telemetry::Chain;
 use crate::tls::challenge::{self, Challenges};
 use crate::tls::{self, CertResolver};
@@ -54,6 +55,10 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
+    #[error("cannot use a socket systemd passed: {0}")]
+    Register(#[source] std::io::Error),
 }
 
 /// The bound sockets. Bound before `run` so that a test (or systemd) can
@@ -65,11 +70,40 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every configured listener and logs each bound address.
+    /// Binds every configured listener and logs each bound address, or,
+    /// under socket activation (`LISTEN_FDS`), takes the sockets systemd
+    /// passed instead: those win over `server.listen` and
+    /// `server.http_listen`, and a configured address that none of them has
+    /// is named in a warning (`systemd::assign` says how roles are decided).
     ///
     /// # Errors
-    /// `ServerError::Bind` naming the address that could not be bound.
+    /// `ServerError::Bind` naming the address that could not be bound;
+    /// `ServerError::Activation` naming a passed socket nbgate cannot use.
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let s = &config.server;
+        if let Some(passed) = systemd::take_listeners(&s.listen, &s.http_listen)? {
+            tracing::info!(
+                https = passed.https.len(),
+                http = passed.http.len(),
+                matched_by = ?passed.matched_by,
+                "socket activation: serving the sockets systemd passed"
+            );
+            for (key, addr) in &passed.unserved {
+                tracing::warn!(
+                    "{key} = {addr}: no socket systemd passed has this address; \
+                     nbgate listens only on the sockets systemd passed"
+                );
+            }
+            let register = |l: Vec<std::net::TcpListener>| {
+                l.into_iter()
+                    .map(|l| TcpListener::from_std(l).map_err(ServerError::Register))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            return Ok(Listeners {
+                https: register(passed.https)?,
+                http: register(passed.http)?,
+            });
+        }
         let mut https = Vec::new();
         for addr in &config.server.listen {
             https.push(bind_one(*addr).await?);
@@ -111,6 +145,13 @@ async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// Runs until `shutdown` resolves, then drains: listeners close at once (new
 /// connections are refused), WebSocket tunnels get a close frame, in-flight
 /// requests get up to `server.shutdown_grace` to finish.
+///
+/// Under systemd (`NOTIFY_SOCKET`) it sends `READY=1` once every worker
+/// runs its accept loops (the certificate was loaded before: in ACME mode
+/// the stored one or the temporary one, since the order itself needs these
+/// listeners to answer its challenges), `STOPPING=1` when the drain starts,
+/// `STATUS=` lines, and watchdog pings while every worker and accept loop
+/// responds (`systemd::keep_alive`).
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
@@ -120,7 +161,7 @@ pub async fn run(
 ) {
     let gateway = Arc::new(Gateway::new(Arc::clone(&config), auth));
     let acme_challenges = resolver.challenges().cloned();
-    let acceptor = TlsAcceptor::from(tls::server_config(resolver));
+    let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&resolver)));
     let https_port = listeners.https_port();
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
     let graceful = Arc::new(GracefulShutdown::new());
@@ -130,6 +171,15 @@ pub async fn run(
     let finished = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let listening: Vec<(&'static str, SocketAddr)> = listeners
+        .https
+        .iter()
+        .map(|l| ("https", l))
+        .chain(listeners.http.iter().map(|l| ("http", l)))
+        .filter_map(|(scheme, l)| l.local_addr().ok().map(|a| (scheme, a)))
+        .collect();
+    let mut liveness = Liveness::default();
+    liveness.watch_runtime(tokio::runtime::Handle::current());
     let tls = listeners
         .https
         .into_iter()
@@ -178,11 +228,11 @@ pub async fn run(
         let mut loops: Vec<WorkerLoop> = Vec::new();
         for (std, ctx) in &sockets {
             match std.try_clone() {
-                Ok(dup) => loops.push(Box::pin(tracker.track_future(accept_on(
+                Ok(dup) => loops.push(Box::pin(tracker.track_future(liveness.track(accept_on(
                     dup,
                     ctx.clone(),
                     accept.clone(),
-                )))),
+                ))))),
                 Err(e) => tracing::warn!(error = %e, "cannot share a listening socket"),
             }
         }
@@ -192,7 +242,10 @@ pub async fn run(
             serve_handover,
         ))));
         match spawn_worker(index, loops, finished.clone()) {
-            Ok(handle) => workers.push(handle),
+            Ok((thread, runtime)) => {
+                workers.push(thread);
+                liveness.watch_runtime(runtime);
+            }
             // Fewer workers, still serving: the calling runtime accepts too.
             Err(e) => {
                 balancer.retire(index);
@@ -200,6 +253,12 @@ pub async fn run(
             }
         }
     }
+    let status = StatusSource {
+        listening,
+        resolver: Arc::clone(&resolver),
+        balancer: Arc::clone(&balancer),
+        gateway: Arc::clone(&gateway),
+    };
     {
         // Scoped: the drain below needs `graceful` back from every holder.
         let accept = Accept {
@@ -210,7 +269,7 @@ pub async fn run(
             stop: stop.clone(),
         };
         for (std, ctx) in sockets {
-            tracker.spawn(accept_on(std, ctx, accept.clone()));
+            tracker.spawn(liveness.track(accept_on(std, ctx, accept.clone())));
         }
     }
     if let Some(inbox) = own_inbox {
@@ -231,9 +290,11 @@ pub async fn run(
         })
     };
     tracker.close();
+    let keep_alive = tell_systemd_ready(liveness, &status, &stop).await;
 
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections");
+    systemd::stopping(&status.now());
     stop.cancel();
     tracker.wait().await;
     let _ = sweeper.await;
@@ -271,6 +332,11 @@ pub async fn run(
     while gateway.tunnels.count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some((done, task)) = keep_alive {
+        // The workers stop next: a probe could not reach them any more.
+        done.cancel();
+        let _ = task.await;
+    }
     finished.cancel();
     let joined = tokio::task::spawn_blocking(move || {
         for w in workers {
@@ -303,15 +369,18 @@ fn worker_count() -> usize {
 /// streams, its WebSocket tunnel and its upstream connections (a pool per
 /// thread, `proxy::upstream`) all stay on the one thread that serves it
 /// (the accepting worker first hands it to the least-loaded one, `balance`).
+///
+/// Returns the thread and its runtime's handle (for the watchdog's probe).
 fn spawn_worker(
     index: usize,
     loops: Vec<WorkerLoop>,
     finished: CancellationToken,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<(std::thread::JoinHandle<()>, tokio::runtime::Handle)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::Builder::new()
+    let handle = runtime.handle().clone();
+    let thread = std::thread::Builder::new()
         .name(format!("nbgate-worker-{index}"))
         .spawn(move || {
             runtime.block_on(async move {
@@ -320,7 +389,77 @@ fn spawn_worker(
                 }
                 finished.cancelled().await;
             });
-        })
+        })?;
+    Ok((thread, handle))
+}
+
+/// How long the workers may take to first run their accept loops before
+/// `READY=1` is sent anyway (with the reason logged): systemd's start
+/// timeout, not this, decides about a worker that never starts.
+const READY_PROBE: Duration = Duration::from_secs(10);
+
+/// Under systemd: waits until every worker runtime ran a probe task (so it
+/// has polled the accept loops spawned before it, which are then
+/// registered with its reactor), sends `READY=1` with the first status and
+/// starts `systemd::keep_alive`. Returns what stops that task.
+async fn tell_systemd_ready(
+    liveness: Liveness,
+    status: &StatusSource,
+    stop: &CancellationToken,
+) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    if !systemd::enabled() {
+        return None;
+    }
+    if let Err(e) = liveness.probe(READY_PROBE, false).await {
+        tracing::warn!(error = %e, "not every worker runs yet; telling systemd ready anyway");
+    }
+    systemd::ready(&status.now().to_string());
+    let watchdog = systemd::watchdog();
+    if let Some(period) = watchdog {
+        tracing::info!(
+            watchdog = ?period,
+            every = ?(period / 2),
+            "systemd watchdog: pinging while every worker and accept loop responds"
+        );
+    }
+    let done = CancellationToken::new();
+    let status = status.clone();
+    let task = tokio::spawn(systemd::keep_alive(
+        liveness,
+        watchdog,
+        stop.clone(),
+        done.clone(),
+        move || status.now().to_string(),
+    ));
+    Some((done, task))
+}
+
+/// What `systemctl status` shows, read from counters the server keeps
+/// anyway (nothing is added to the request path).
+#[derive(Clone)]
+struct StatusSource {
+    listening: Vec<(&'static str, SocketAddr)>,
+    resolver: Arc<CertResolver>,
+    balancer: Arc<Balancer<Handover>>,
+    gateway: Arc<Gateway>,
+}
+
+impl StatusSource {
+    fn now(&self) -> systemd::Status {
+        let current = self.resolver.current();
+        let certificate_expires = current
+            .cert
+            .first()
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()).ok())
+            .and_then(|(_, cert)| u64::try_from(cert.validity().not_after.timestamp()).ok())
+            .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        systemd::Status {
+            listening: self.listening.clone(),
+            certificate_expires,
+            connections: self.balancer.open_total(),
+            tunnels: self.gateway.tunnels.count(),
+        }
+    }
 }
 
 fn log_listening(listener: &TcpListener, scheme: &str) {

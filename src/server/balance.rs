@@ -76,6 +76,14 @@ impl<T> Balancer<T> {
         best.0
     }
 
+    /// Open connections over all workers (`systemctl status`).
+    pub(super) fn open_total(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Counts a connection as open on `worker` until the guard drops.
     pub(super) fn open(self: &Arc<Self>, worker: usize) -> Open<T> {
         self.workers[worker].open.fetch_add(1, Ordering::Relaxed);

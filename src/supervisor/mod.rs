@@ -41,7 +41,7 @@ pub const PASSWORD_ENV: [&str; 2] = ["NBGATE_PASSWORD", "JUPYTER_PASSWORD"];
 /// Variables Jupyter must not inherit: passwords (a notebook could read
 /// them from `os.environ`), tokens that would override nbgate's, and
 /// systemd's hand-over variables meant for nbgate alone.
-const REMOVED_ENV: [&str; 9] = [
+const REMOVED_ENV: [&str; 12] = [
     "NBGATE_PASSWORD",
     "JUPYTER_PASSWORD",
     "JUPYTER_TOKEN",
@@ -51,6 +51,9 @@ const REMOVED_ENV: [&str; 9] = [
     "NOTIFY_SOCKET",
     "LISTEN_FDS",
     "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// What the user asked to run.
@@ -528,6 +531,13 @@ pub fn banner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jupyter_gets_none_of_the_variables_systemd_hands_nbgate() {
+        for var in crate::systemd::HANDOVER_ENV {
+            assert!(REMOVED_ENV.contains(&var), "{var} would reach Jupyter");
+        }
+    }
 
     #[test]
     fn the_banner_names_a_reachable_url_and_the_first_password() {

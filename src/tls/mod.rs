@@ -247,7 +247,9 @@ pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
 
 async fn ignore_hangup(mut hup: tokio::signal::unix::Signal, mode: TlsMode) {
     while hup.recv().await.is_some() {
+        crate::systemd::reloading();
         tracing::info!(?mode, "SIGHUP: nothing to reload in this tls.mode");
+        crate::systemd::reloaded(Ok(()));
     }
 }
 

@@ -11,6 +11,10 @@
 //! The "keep the last good one" rule: a pair that fails to load (garbage,
 //! mismatched key, expired) is logged as an error and the current
 //! certificate keeps being served.
+//!
+//! A SIGHUP (`systemctl reload`) is told to systemd around the reload
+//! (`RELOADING=1`, then `READY=1` with the outcome in `STATUS=`); a change
+//! the poll finds is not a reload systemd asked for and is not told.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -72,12 +76,32 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>, mut hup: Opti
         };
         loaded = signature(&[&cert, &key]);
         seen = loaded.clone();
-        reload(&resolver, &cert, &key, trigger);
+        let asked_by_systemd = trigger == "sighup";
+        if asked_by_systemd {
+            crate::systemd::reloading();
+        }
+        let result = reload(&resolver, &cert, &key, trigger);
+        if asked_by_systemd {
+            crate::systemd::reloaded(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| e as &dyn std::error::Error),
+            );
+        }
     }
 }
 
 /// Loads the pair and swaps it in, or logs why not and keeps the current one.
-pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
+///
+/// # Errors
+/// Why the pair was not loaded (already logged; the current one is kept).
+pub fn reload(
+    resolver: &CertResolver,
+    cert: &Path,
+    key: &Path,
+    trigger: &str,
+) -> Result<(), super::TlsError> {
     match files::load(cert, key) {
         Ok(new) => {
             tracing::info!(
@@ -88,6 +112,7 @@ pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
                 "reloaded certificate"
             );
             resolver.replace(new);
+            Ok(())
         }
         Err(e) => {
             let current = resolver.current();
@@ -97,6 +122,7 @@ pub fn reload(resolver: &CertResolver, cert: &Path, key: &Path, trigger: &str) {
                 serial = %serial_hex(&current),
                 "cannot reload certificate; still serving the current one"
             );
+            Err(e)
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct NbgateBuilder {
     run_command: Option<Vec<String>>,
     /// A command nbgate runs under, e.g. `unshare --pid --fork` to make it PID 1.
     wrapper: Vec<String>,
+    /// A socket the process gets as fd 3, as systemd passes a listener (see `listen_fd`).
+    listen_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Default for NbgateBuilder {
@@ -137,6 +139,7 @@ format = "text"
             token,
             run_command: None,
             wrapper: Vec::new(),
+            listen_fd: None,
         }
     }
 
@@ -180,6 +183,14 @@ format = "text"
     pub fn remove(mut self, key: &str) -> Self {
         let (table, last) = self.table_for(key);
         table.remove(last);
+        self
+    }
+
+    /// Gives the started process `socket` as fd 3 (inheritable), as systemd's socket activation
+    /// does; the test sets `LISTEN_FDS` and makes `LISTEN_PID` the exec'd nbgate's pid (e.g.
+    /// with the wrapper `sh -c 'LISTEN_PID=$$ exec "$0" "$@"'`).
+    pub fn listen_fd(mut self, socket: impl Into<std::os::fd::OwnedFd>) -> Self {
+        self.listen_fd = Some(socket.into());
         self
     }
 
@@ -320,6 +331,21 @@ format = "text"
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(socket) = &self.listen_fd {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = socket.as_raw_fd();
+            // SAFETY: between fork and exec this makes only async-signal-safe calls (dup2,
+            // fcntl) on an fd the builder keeps open until after the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn nbgate");
         let log = Arc::new(Mutex::new(OutputLog::default()));
