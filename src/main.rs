@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             return match run(config.as_deref(), &overrides, child) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
-                    eprintln!("nbgate: {e:#}");
+                    eprintln!("nbgate: {}", one_line(&e));
                     ExitCode::FAILURE
                 }
             };
@@ -80,9 +80,81 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nbgate: {e:#}");
+            eprintln!("nbgate: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `error` and its causes on one line, each said once. nbgate's errors say
+/// their cause in their own message too (so that a log field showing only
+/// the error still says why), which anyhow's `{:#}` would repeat:
+/// `…/session.key: Read-only file system (os error 30): Read-only file
+/// system (os error 30)`.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Raises the soft limit on open files to the hard limit.
+///
+/// Why: every proxied connection holds two descriptors (the client's and
+/// Jupyter's), so `server.max_connections` (4096 by default) needs
+/// thousands, while systemd starts services with a soft limit of 1024 (hard
+/// limit 524288) and expects a program that needs more to raise it itself,
+/// as nginx (`worker_rlimit_nofile`) and Go programs do. At 1024, a few
+/// hundred slow downloads made accepts and upstream connects fail with
+/// EMFILE for everyone (tests/slow_clients.rs).
+fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the valid pointer it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one valid `rlimit`; raising the soft limit
+        // up to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(
+                from = limit.rlim_cur,
+                to = raised.rlim_cur,
+                "open-file limit raised"
+            );
+            limit = raised;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            max_connections,
+            "the open-file limit is below two per connection of server.max_connections: \
+             raise it (systemd: LimitNOFILE=) or lower server.max_connections"
+        );
     }
 }
 
@@ -112,6 +184,7 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
     let config = load_config(path, overrides)?;
+    raise_fd_limit(config.server.max_connections);
     // Before the runtime starts threads: loading may remove a plain
     // password from the environment.
     let (auth, initial) = nbgate::auth::Authenticator::try_new(&config)?;
@@ -146,6 +219,7 @@ fn run(
 ) -> anyhow::Result<u8> {
     use nbgate::supervisor;
     let mut config = load_config(path, overrides)?;
+    raise_fd_limit(config.server.max_connections);
     // All before the runtime starts threads: these read and remove
     // password variables from the environment.
     let password_source = supervisor::choose_login(&mut config)?;

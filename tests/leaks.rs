@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::login::{bare_client, login, session_cookie};
+use common::login::{bare_client, login, session_cookie, ws_connect_with_cookie};
 use common::nbgate::{TEST_API_TOKEN, TEST_PASSWORD};
 use common::upstream::{echoed_header, html_page};
 use common::{within, Jupyter, Nbgate, TestUpstream};
@@ -186,25 +186,9 @@ async fn jupyter_login_cookie_never_reaches_the_browser() {
     }
 
     // A real WebSocket (101) is filtered too.
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "wss://localhost:{port}/api/events/subscribe"
-        ))
-        .expect("ws request");
-    request
-        .headers_mut()
-        .insert("cookie", cookie.parse().expect("cookie"));
-    request
-        .headers_mut()
-        .insert("origin", gate.origin().parse().expect("origin"));
-    let tls = gate.tls_connect().await;
-    let (_ws, answer) = within(
-        T,
-        "WebSocket handshake",
-        tokio_tungstenite::client_async(request, tls),
-    )
-    .await
-    .expect("WebSocket through nbgate");
+    let (_ws, answer) = ws_connect_with_cookie(&gate, "/api/events/subscribe", &cookie)
+        .await
+        .expect("WebSocket through nbgate");
     for c in answer.headers().get_all("set-cookie") {
         let c = c.to_str().unwrap_or_default();
         assert!(!c.starts_with("username-"), "101: Jupyter's cookie {c}");

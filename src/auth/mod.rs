@@ -134,9 +134,14 @@ impl Authenticator {
     /// # Errors
     /// An unreadable source, an invalid hash, an unwritable state directory.
     pub fn try_new(config: &Config) -> Result<(Self, Option<InitialPassword>), AuthError> {
-        let (users, initial) = users::load(config)?;
         let state_dir = &config.server.state_dir;
+        // The session key before the users: on a first start without a
+        // configured user, `users::load` stores the hash of a password the
+        // caller shows only once this returns. Were the key written after
+        // it and failed (a full disk), the hash would stay and later starts
+        // would reuse a password nobody was shown (tests/state_faults.rs).
         let keys = SessionKeys::load_or_create(state_dir)?;
+        let (users, initial) = users::load(config)?;
         let revocations = Revocations::load(state_dir);
         let auth = Authenticator {
             users,

@@ -18,7 +18,7 @@ use base64::Engine;
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use serde::{Deserialize, Serialize};
 
-use crate::state;
+use crate::state::{self, StateFile};
 
 /// The session cookie's name. `__Host-` makes browsers refuse it unless it
 /// is `Secure`, has `Path=/` and no `Domain`: a sibling subdomain cannot
@@ -99,9 +99,26 @@ impl SessionKeys {
     pub fn rotate(state_dir: &Path) -> Result<(), SessionError> {
         let keys = Self::load_or_create(state_dir)?;
         let (cur, prev) = Self::paths(state_dir);
-        write_key(&prev, &keys.current)?;
-        write_key(&cur, &Key::generate())?;
-        Ok(())
+        let (old, new) = (encode_key(&keys.current), encode_key(&Key::generate()));
+        // Both staged before either is replaced: a full or read-only state
+        // directory leaves both keys as they were (written one by one, the
+        // previous key could be replaced and the rotation still fail).
+        state::write_atomic_all(&[
+            StateFile {
+                path: &prev,
+                bytes: old.as_bytes(),
+                mode: 0o600,
+            },
+            StateFile {
+                path: &cur,
+                bytes: new.as_bytes(),
+                mode: 0o600,
+            },
+        ])
+        .map_err(|e| SessionError::Io {
+            path: e.path,
+            source: e.source,
+        })
     }
 
     /// Keys for tests and benches, not persisted.
@@ -182,11 +199,17 @@ fn read_key(path: &Path) -> Result<Option<Key>, SessionError> {
     }
 }
 
+/// A key as stored: base64 of its 64 bytes.
+fn encode_key(key: &Key) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.master())
+}
+
 fn write_key(path: &Path, key: &Key) -> Result<(), SessionError> {
-    let text = base64::engine::general_purpose::STANDARD.encode(key.master());
-    state::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| SessionError::Io {
-        path: path.to_path_buf(),
-        source,
+    state::write_atomic(path, encode_key(key).as_bytes(), 0o600).map_err(|source| {
+        SessionError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 

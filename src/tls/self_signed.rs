@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 
 use super::{files, fingerprint, TlsError};
 use crate::config::Config;
-use crate::state;
+use crate::state::{self, StateFile};
 
 /// How long a generated certificate is valid. Short enough to follow current
 /// browser limits (398 days), and regenerated before it runs out.
@@ -74,15 +74,25 @@ pub fn load_or_generate(config: &Config) -> Result<Arc<CertifiedKey>, TlsError> 
         source,
     })?;
     let (cert_pem, key_pem) = generate(&names)?;
-    // Key first, so a crash between the two writes never leaves a
-    // certificate whose key is missing and would be regenerated anyway.
-    state::write_atomic(&key, key_pem.as_bytes(), 0o600).map_err(|source| TlsError::Write {
-        path: key.clone(),
-        source,
-    })?;
-    state::write_atomic(&crt, cert_pem.as_bytes(), 0o644).map_err(|source| TlsError::Write {
-        path: crt.clone(),
-        source,
+    // Both staged before either replaces its old file: a full or read-only
+    // state directory keeps the old pair whole (never a new key next to the
+    // old certificate). Key first, so a crash between the two renames never
+    // leaves a certificate whose key is missing.
+    state::write_atomic_all(&[
+        StateFile {
+            path: &key,
+            bytes: key_pem.as_bytes(),
+            mode: 0o600,
+        },
+        StateFile {
+            path: &crt,
+            bytes: cert_pem.as_bytes(),
+            mode: 0o644,
+        },
+    ])
+    .map_err(|e| TlsError::Write {
+        path: e.path,
+        source: e.source,
     })?;
     let k = files::load(&crt, &key)?;
     tracing::info!(

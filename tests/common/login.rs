@@ -145,3 +145,35 @@ pub async fn logout(
         .await
         .expect("logout")
 }
+
+/// Opens a WebSocket to `path` as a browser with the session `cookie` would: the cookie and a
+/// same-origin `Origin`, no API token. Returns the socket and nbgate's 101 answer.
+pub async fn ws_connect_with_cookie(
+    gate: &Nbgate,
+    path: &str,
+    cookie: &str,
+) -> Result<
+    (
+        super::nbgate::WsStream,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("wss://localhost:{}{path}", gate.https_addr().port())
+        .into_client_request()
+        .expect("WebSocket request");
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().expect("cookie"));
+    request
+        .headers_mut()
+        .insert("origin", gate.origin().parse().expect("origin"));
+    let tls = gate.tls_connect().await;
+    super::within(
+        T,
+        "WebSocket handshake with a session cookie",
+        tokio_tungstenite::client_async(request, tls),
+    )
+    .await
+}
