@@ -419,12 +419,6 @@ async fn default_limits_hold_one_address_to_its_share_and_serve_others() {
 /// `server.header_read_timeout` as a dribbled head (or an idle HTTP/1.1 keep-alive connection)
 /// is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: held forever: (1) a TLS client silent after the handshake (ALPN http/1.1 \
-            or none) or sending part of the HTTP/2 preface: hyper-util's auto::Builder reads \
-            the first 24 bytes to choose HTTP/1 or HTTP/2 without a timeout, before hyper's \
-            header_read_timeout starts (src/server.rs serve_connection); (2) an HTTP/2 \
-            connection that never opens a stream and answers PINGs: no idle timeout \
-            (src/server/http2.rs serve)"]
 async fn a_client_silent_after_the_handshake_is_closed_by_header_read_timeout() {
     let gate = Nbgate::builder()
         .set("server.header_read_timeout", "2s")

@@ -31,7 +31,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +59,11 @@ pub struct Settings {
     pub keep_alive_timeout: Duration,
     /// For the client's 24-byte connection preface.
     pub preface_timeout: Duration,
+    /// A connection with no open stream for this long is closed (GOAWAY),
+    /// as an idle HTTP/1.1 keep-alive connection is: otherwise a client
+    /// that answers PINGs and never asks anything holds a connection slot
+    /// for ever.
+    pub idle_timeout: Duration,
 }
 
 /// Why a connection ended other than by either side closing it.
@@ -140,10 +145,18 @@ where
     let mut stopped = pin!(stop.cancelled_owned());
     let mut closing = false;
     let resets = Arc::new(ResetBudget::default());
+    let streams = Arc::new(OpenStreams::new());
+    let mut idle = pin!(tokio::time::sleep(settings.idle_timeout));
     loop {
         let event = poll_fn(|cx| {
             if !closing && stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
+            }
+            while !closing && idle.as_mut().poll(cx).is_ready() {
+                match streams.idle_until(settings.idle_timeout) {
+                    None => return Poll::Ready(Event::Idle),
+                    Some(later) => idle.as_mut().reset(later),
+                }
             }
             if let Some(k) = keep_alive.as_mut() {
                 if k.poll_expired(cx).is_ready() {
@@ -169,6 +182,11 @@ where
             }
             Event::Unanswered => {
                 return Err(Http2Error::KeepAliveTimeout(settings.keep_alive_timeout));
+            }
+            Event::Idle => {
+                tracing::debug!(idle = ?settings.idle_timeout, "h2 connection idle: closing");
+                conn.graceful_shutdown();
+                closing = true;
             }
             Event::Stream(Some(Ok((req, respond)))) => {
                 if let Some(k) = &keep_alive {
@@ -202,6 +220,7 @@ where
                     respond,
                     Arc::clone(&resets),
                     Arc::clone(&served),
+                    OpenStreams::start(&streams),
                 ));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
@@ -223,12 +242,62 @@ where
 enum Event {
     Stop,
     Unanswered,
+    Idle,
     WriteFailed(std::io::Error),
     Stream(Option<Result<NewStream, h2::Error>>),
 }
 
 /// A client's request and the handle its response is sent on.
 type NewStream = (Request<h2::RecvStream>, SendResponse<Bytes>);
+
+/// The streams of one connection still being answered, and when the last
+/// one ended: what the idle timeout looks at.
+struct OpenStreams {
+    open: AtomicUsize,
+    /// Milliseconds after `origin` when a stream last ended.
+    last_end_ms: AtomicU64,
+    origin: Instant,
+}
+
+impl OpenStreams {
+    fn new() -> Self {
+        OpenStreams {
+            open: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn start(this: &Arc<Self>) -> OpenStream {
+        this.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(Arc::clone(this))
+    }
+
+    /// `None` when the connection has had no open stream for `timeout`;
+    /// else when to look again.
+    fn idle_until(&self, timeout: Duration) -> Option<Instant> {
+        let now = Instant::now();
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Some(now + timeout);
+        }
+        let last_end =
+            self.origin + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        let until = last_end + timeout;
+        (until > now).then_some(until)
+    }
+}
+
+/// One stream being answered; dropped when its task ends.
+struct OpenStream(Arc<OpenStreams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let ms = u64::try_from(s.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        s.last_end_ms.store(ms, Ordering::Relaxed);
+        s.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Premature resets of one connection: streams the client reset after
 /// nbgate accepted them and before their answer ended (Envoy's rule for
@@ -365,6 +434,8 @@ async fn serve_stream<F>(
     mut respond: SendResponse<Bytes>,
     resets: Arc<ResetBudget>,
     served: Arc<Served>,
+    // Held until the stream's answer is sent or abandoned.
+    _open: OpenStream,
 ) where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -525,6 +596,7 @@ mod tests {
             keep_alive_interval: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(20),
             preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 
@@ -905,6 +977,42 @@ mod tests {
         let (resp, _) = send.send_request(get("/later"), true).expect("send");
         let mut body = resp.await.expect("response").into_body();
         assert_eq!(read_all(&mut body).await.expect("body"), b"still here");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_open_streams_is_closed_after_the_idle_timeout() {
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let idle = Settings {
+            idle_timeout: Duration::from_secs(10),
+            ..settings()
+        };
+        let server = tokio::spawn(async move {
+            serve(server_io, &idle, CancellationToken::new(), |_req| async {
+                // Answers after 15 s: longer than the idle timeout.
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                Response::new(full("slow"))
+            })
+            .await
+        });
+        let (mut send, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // A stream open past the timeout keeps the connection, and the
+        // timeout counts from its end.
+        let (resp, _) = send.send_request(get("/slow"), true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"slow");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!server.is_finished(), "closed before the idle timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        // GOAWAY, after which the client hangs up (its close may beat the
+        // server's final flush: either end is fine).
+        assert!(
+            matches!(ended, Ok(Ok(_))),
+            "an idle connection is closed: {ended:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
