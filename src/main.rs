@@ -225,6 +225,10 @@ fn run(
     let password_source = supervisor::choose_login(&mut config)?;
     let prepared = supervisor::prepare(&mut config, child)?;
     let (auth, initial) = nbgate::auth::Authenticator::try_new(&config)?;
+    // The banner shows a first-start password only once Jupyter is ready;
+    // a start that fails before that must not keep its hash, or nobody
+    // could ever log in (tests/state_faults.rs).
+    let mut unshown = Unshown(initial.as_ref().map(|i| i.hash_file.clone()));
     supervisor::scrub_password_env();
     let auth = Arc::new(auth);
     let code = runtime()?.block_on(async move {
@@ -250,12 +254,30 @@ fn run(
                 &config.server.state_dir,
             )
         );
+        unshown.shown();
         nbgate::server::run(config, listeners, resolver, auth, jupyter.ended()).await;
         let code = jupyter.exit_code().map_or(1, |c| c.0);
         tracing::info!(exit_code = code, "jupyter ended; nbgate stopped");
         Ok::<u8, anyhow::Error>(code)
     })?;
     Ok(code)
+}
+
+/// A first-start password's hash file, until the password has been shown.
+struct Unshown(Option<std::path::PathBuf>);
+
+impl Unshown {
+    fn shown(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unshown {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {

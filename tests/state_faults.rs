@@ -359,9 +359,6 @@ async fn first_start_with_room_for_one_file_keeps_no_unshown_password() {
 /// that fails before (here: the session key and the hash fit, the certificate does not) must
 /// not keep the hash of a password it never showed.
 #[tokio::test]
-#[ignore = "finding: `nbgate run` stores the first password's hash (Authenticator::try_new) and \
-            shows the password only after Jupyter is ready; a failure in between (certificate \
-            write, bind, Jupyter start) keeps a hash whose password nobody saw (src/main.rs run)"]
 async fn run_first_start_that_fails_keeps_no_unshown_password() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");

@@ -174,6 +174,9 @@ impl UserStore {
 pub struct InitialPassword {
     pub user: String,
     pub password: String,
+    /// Where its hash is stored: removed again if the password cannot be
+    /// shown (a start that fails before it is), or nobody could ever log in.
+    pub hash_file: PathBuf,
 }
 
 impl std::fmt::Debug for InitialPassword {
@@ -360,7 +363,11 @@ fn embedded_default(
                 },
             )?;
             store.add(&source_name, &user, Some(&hash), &[])?;
-            Ok(Some(InitialPassword { user, password: pw }))
+            Ok(Some(InitialPassword {
+                user,
+                password: pw,
+                hash_file: path,
+            }))
         }
         Err(source) => Err(AuthError::Read {
             source_name,
