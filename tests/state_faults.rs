@@ -583,9 +583,6 @@ read_only_and_full!(
 /// discarded certificate counts against the CA's limit on duplicate certificates (Let's
 /// Encrypt: 5 a week for the same names), and every retry would order another.
 #[tokio::test]
-#[ignore = "finding: the renewal orders, finalizes and downloads the certificate, then fails \
-            to store it and discards it; each retry (and each configured challenge type) has \
-            one more issued (src/tls/acme.rs Client::order_with)"]
 async fn an_acme_renewal_that_cannot_be_stored_has_no_certificate_issued() {
     let r = AcmeRenewal::start(Fault::ReadOnly).await;
     r.gate

@@ -184,14 +184,27 @@ impl Store {
 
     fn save_certificate(&self, chain_pem: &str, key_pem: &str) -> Result<(), AcmeError> {
         self.ensure_dir()?;
-        for (path, bytes, mode) in [
-            (self.key_path(), key_pem, 0o600),
-            (self.cert_path(), chain_pem, 0o644),
-        ] {
-            state::write_atomic(&path, bytes.as_bytes(), mode)
-                .map_err(|source| AcmeError::Storage { path, source })?;
-        }
-        Ok(())
+        let (key, cert) = (self.key_path(), self.cert_path());
+        // Staged together (see `state::write_atomic_all`): a failure on the
+        // second file no longer leaves a new key beside the old certificate.
+        // Key first, so a crash between the renames never leaves a
+        // certificate whose key is missing.
+        state::write_atomic_all(&[
+            state::StateFile {
+                path: &key,
+                bytes: key_pem.as_bytes(),
+                mode: 0o600,
+            },
+            state::StateFile {
+                path: &cert,
+                bytes: chain_pem.as_bytes(),
+                mode: 0o644,
+            },
+        ])
+        .map_err(|e| AcmeError::Storage {
+            path: e.path,
+            source: e.source,
+        })
     }
 
     fn load_account(&self) -> Result<Option<AccountCredentials>, AcmeError> {
@@ -227,6 +240,20 @@ impl Store {
             path: self.dir.clone(),
             source,
         })
+    }
+
+    /// Proves, before an order, that a certificate and its key can be
+    /// stored: a certificate the CA issues and nbgate cannot keep is lost,
+    /// and each one counts against the CA's duplicate-certificate limit
+    /// (Let's Encrypt: 5 a week for the same names), so a read-only or
+    /// full state directory must fail the attempt before the CA issues.
+    fn check_writable(&self) -> Result<(), AcmeError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(".write-check");
+        // A chain and a key take a few KiB; staged the way they will be.
+        let result = state::write_atomic(&path, &[0u8; 16 * 1024], 0o600);
+        let _ = std::fs::remove_file(&path);
+        result.map_err(|source| AcmeError::Storage { path, source })
     }
 }
 
@@ -634,6 +661,7 @@ impl Client {
     }
 
     async fn order_with(&mut self, kind: AcmeChallenge) -> Result<Arc<CertifiedKey>, AcmeError> {
+        self.store.check_writable()?;
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = self
             .acme
