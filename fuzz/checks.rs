@@ -31,7 +31,8 @@ use nbgate::policy::cidr::{normalize, Cidr, IpSet};
 use nbgate::policy::client_addr::{client_addr, ForwardedHeader};
 use nbgate::policy::proxy_protocol::{self, ProxyHeader, V1_MAX_LEN, V2_MAX_PAYLOAD};
 use nbgate::proxy::h1;
-use nbgate::proxy::upstream::{no_body, UpstreamStream};
+use nbgate::proxy::transport::UpstreamStream;
+use nbgate::proxy::upstream::no_body;
 
 // 1, 2. Upstream HTTP/1.1 responses (src/proxy/h1.rs)
 

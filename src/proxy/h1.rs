@@ -29,7 +29,8 @@ use http::{Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
-use super::upstream::{UpstreamBody, UpstreamStream};
+use super::body::UpstreamBody;
+use super::transport::UpstreamStream;
 
 /// Most header fields accepted in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -892,7 +893,7 @@ mod tests {
     }
 
     fn no_body() -> UpstreamBody {
-        super::super::upstream::no_body()
+        crate::proxy::body::empty()
     }
 
     /// A body of unknown length (no exact size hint): sent chunked.
