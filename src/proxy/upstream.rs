@@ -33,12 +33,13 @@ use super::h1::{self, BodyReader, Conn, H1Error, Upload};
 use super::transport::UpstreamConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
-/// Why a request did not reach Jupyter, or got no answer.
+/// Why a request did not reach Jupyter, or got no answer. A message does
+/// not print its source: a log that prints the chain would show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream connect failed: {0}")]
+    #[error("upstream connect failed")]
     Connect(#[source] io::Error),
-    #[error("upstream exchange failed: {0}")]
+    #[error("upstream exchange failed")]
     Protocol(#[source] H1Error),
 }
 
@@ -328,7 +329,11 @@ impl Body for PooledBody {
                 Poll::Ready(Ok(())) => this.upload = None,
                 // The response goes on; the connection will not be reused.
                 Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "request body not sent in full");
+                    tracing::debug!(
+                        error = %e,
+                        source = ?std::error::Error::source(&e),
+                        "request body not sent in full"
+                    );
                     this.keep_alive = false;
                     this.upload = None;
                 }
@@ -491,6 +496,16 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"new");
         server.join().expect("server thread");
+    }
+
+    #[test]
+    fn an_error_does_not_repeat_its_source_in_its_message() {
+        let refused = UpstreamError::Connect(io::ErrorKind::ConnectionRefused.into());
+        let invalid = UpstreamError::Protocol(H1Error::Invalid("malformed response head"));
+        for e in [refused, invalid] {
+            let source = std::error::Error::source(&e).expect("a source").to_string();
+            assert!(!e.to_string().contains(&source), "{e}");
+        }
     }
 
     #[tokio::test]

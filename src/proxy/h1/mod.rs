@@ -49,7 +49,8 @@ const MAX_HEADERS: usize = 100;
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
-/// Why an exchange failed.
+/// Why an exchange failed. A variant with a source does not print it in
+/// its message: a log that prints the chain would show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
     /// The connection closed or reset before any byte of a response: the
@@ -58,11 +59,11 @@ pub enum H1Error {
     Closed(#[source] Option<io::Error>),
     #[error("upstream closed the connection in the middle of a response")]
     Incomplete,
-    #[error("upstream i/o error: {0}")]
+    #[error("upstream i/o error")]
     Io(#[from] io::Error),
     #[error("invalid response from upstream: {0}")]
     Invalid(&'static str),
-    #[error("request body from the client failed: {0}")]
+    #[error("request body from the client failed")]
     RequestBody(#[source] crate::proxy::body::BoxError),
     #[error("upstream sent no complete answer within {0:?} of the request")]
     Timeout(std::time::Duration),
@@ -434,5 +435,19 @@ mod tests {
         let (resp, keep_alive, _) = r.expect("exchange");
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(!keep_alive, "the rest of the body is still to send");
+    }
+
+    #[test]
+    fn an_error_with_a_source_does_not_repeat_it_in_its_message() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let cases = [
+            H1Error::Io(reset()),
+            H1Error::Closed(Some(reset())),
+            H1Error::RequestBody(reset().into()),
+        ];
+        for e in cases {
+            let source = std::error::Error::source(&e).expect("a source").to_string();
+            assert!(!e.to_string().contains(&source), "{e}");
+        }
     }
 }
