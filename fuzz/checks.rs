@@ -31,11 +31,12 @@ use nbgate::policy::cidr::{normalize, Cidr, IpSet};
 use nbgate::policy::client_addr::{client_addr, ForwardedHeader};
 use nbgate::policy::proxy_protocol::{self, ProxyHeader, V1_MAX_LEN, V2_MAX_PAYLOAD};
 use nbgate::proxy::h1;
-use nbgate::proxy::upstream::{no_body, UpstreamStream};
+use nbgate::proxy::transport::UpstreamStream;
+use nbgate::proxy::upstream::no_body;
 
-// 1, 2. Upstream HTTP/1.1 responses (src/proxy/h1.rs)
+// 1, 2. Upstream HTTP/1.1 responses (src/proxy/h1/)
 
-/// Limits nbgate documents for a response (src/proxy/h1.rs), restated here
+/// Limits nbgate documents for a response (src/proxy/h1/), restated here
 /// as part of the contract the reference reader enforces.
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
@@ -306,7 +307,7 @@ async fn exchange(
 /// How chunk extensions are read by the reference.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Extensions {
-    /// As src/proxy/h1.rs documents: after the size, a CR, `;`, SP or HTAB,
+    /// As src/proxy/h1/body.rs documents: after the size, a CR, `;`, SP or HTAB,
     /// then anything but control bytes (HTAB allowed) up to CRLF.
     AsDocumented,
     /// The RFC 9112 §7.1.1 grammar: `*( BWS ";" BWS name [ BWS "=" BWS

@@ -7,8 +7,10 @@
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
 //!   (reloaded on SIGHUP), ACME certificates with their challenges and renewal.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
-//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client, WebSocket tunnels,
-//!   the filter every upstream answer passes (`proxy::response`, with the streaming token scrubber).
+//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client (`proxy::upstream`
+//!   the keep-alive pool, `proxy::h1` one HTTP/1.1 exchange, `proxy::transport` the byte stream),
+//!   WebSocket tunnels, the filter every upstream answer passes (`proxy::response`, with the
+//!   streaming token scrubber).
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
@@ -29,7 +31,8 @@
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
 //! `server -> tls -> state`, `server -> systemd` and `tls -> systemd` (the
-//! SIGHUP reload tells systemd), and everything may read `config`.
+//! SIGHUP reload tells systemd), and everything may read `config`; inside
+//! `proxy`, `upstream -> h1 -> transport`.
 
 pub mod auth;
 pub mod cli;

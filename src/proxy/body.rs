@@ -1,5 +1,6 @@
 //! Bodies: a client's request body as it arrives (`RequestBody`, HTTP/1.1
-//! or HTTP/2), the boxed body type of responses, and a wrapper that counts
+//! or HTTP/2), the boxed body types of responses and of requests sent to
+//! Jupyter, and a wrapper that counts
 //! bytes as they stream and writes the access-log event when the body is
 //! finished (or abandoned), so the log reports what was really sent.
 
@@ -20,6 +21,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response nbgate returns.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body type of a request sent to Jupyter: the client's body, streamed.
+/// Here rather than with the pool, so that the exchange (`h1`) and the pool
+/// (`upstream`) both name it without importing each other.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A client's request body, from whichever connection it came on: hyper's
 /// for HTTP/1.1, nbgate's own `h2` stream for HTTP/2 (`server::http2`).

@@ -1,8 +1,8 @@
-//! The connection to Jupyter: a TCP or Unix-socket connector and a pool of
-//! keep-alive HTTP/1.1 connections on it (the exchange itself is `h1`).
+//! The pool of keep-alive HTTP/1.1 connections to Jupyter (the exchange
+//! itself is `h1`, the byte stream and its connector `transport`).
 //!
-//! Owns how bytes reach the upstream; it does not decide what is sent
-//! (that is `headers` and the router).
+//! Owns which connection a request goes out on; it does not decide what is
+//! sent (that is `headers` and the router).
 //!
 //! Each thread that forwards requests gets its own pool. The server runs one
 //! single-threaded runtime per core (`server::run`), so a request and the
@@ -16,7 +16,6 @@
 //! connection: one that Jupyter closed is noticed when it is checked out.
 
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -24,145 +23,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Request, Response};
 use thread_local::ThreadLocal;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
 
-use super::body::BoxError;
+use super::body::{BoxError, UpstreamBody};
 use super::h1::{self, BodyReader, Conn, H1Error, Upload};
+use super::transport::UpstreamConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
-/// Request body type sent upstream: the client's body, streamed.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A byte stream to Jupyter over TCP or a Unix socket.
-pub enum UpstreamStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl UpstreamStream {
-    /// Reads what is there without waiting (`WouldBlock` if nothing is).
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            UpstreamStream::Tcp(s) => s.try_read(buf),
-            UpstreamStream::Unix(s) => s.try_read(buf),
-        }
-    }
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamStream::Tcp(s) => s.is_write_vectored(),
-            UpstreamStream::Unix(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-/// Connects to the configured upstream whatever the request URI says: the
-/// URI only carries the path, so a request can never steer nbgate to
-/// another host (no open proxy).
-#[derive(Clone)]
-pub struct UpstreamConnector {
-    target: Arc<Target>,
-    connect_timeout: Duration,
-}
-
-enum Target {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-impl UpstreamConnector {
-    pub fn new(addr: &UpstreamAddr, connect_timeout: Duration) -> Self {
-        let target = match addr {
-            UpstreamAddr::Tcp { authority } => Target::Tcp(authority.clone()),
-            UpstreamAddr::Unix { path } => Target::Unix(path.clone()),
-        };
-        UpstreamConnector {
-            target: Arc::new(target),
-            connect_timeout,
-        }
-    }
-
-    /// Opens a fresh connection (used directly for WebSocket tunnels, which
-    /// never return to the pool).
-    pub async fn connect(&self) -> io::Result<UpstreamStream> {
-        tokio::time::timeout(self.connect_timeout, self.connect_now())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))?
-    }
-
-    async fn connect_now(&self) -> io::Result<UpstreamStream> {
-        match &*self.target {
-            Target::Tcp(authority) => {
-                let s = TcpStream::connect(authority.as_str()).await?;
-                // Small WebSocket frames (kernel messages, keystrokes in a
-                // terminal) must not wait for Nagle's algorithm.
-                s.set_nodelay(true)?;
-                Ok(UpstreamStream::Tcp(s))
-            }
-            Target::Unix(path) => Ok(UpstreamStream::Unix(UnixStream::connect(path).await?)),
-        }
-    }
-}
-
-/// Why a request did not reach Jupyter, or got no answer.
+/// Why a request did not reach Jupyter, or got no answer. A message does
+/// not print its source: a log that prints the chain would show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream connect failed: {0}")]
+    #[error("upstream connect failed")]
     Connect(#[source] io::Error),
-    #[error("upstream exchange failed: {0}")]
+    #[error("upstream exchange failed")]
     Protocol(#[source] H1Error),
 }
 
@@ -452,7 +329,11 @@ impl Body for PooledBody {
                 Poll::Ready(Ok(())) => this.upload = None,
                 // The response goes on; the connection will not be reused.
                 Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "request body not sent in full");
+                    tracing::debug!(
+                        error = %e,
+                        source = ?std::error::Error::source(&e),
+                        "request body not sent in full"
+                    );
                     this.keep_alive = false;
                     this.upload = None;
                 }
@@ -615,6 +496,16 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"new");
         server.join().expect("server thread");
+    }
+
+    #[test]
+    fn an_error_does_not_repeat_its_source_in_its_message() {
+        let refused = UpstreamError::Connect(io::ErrorKind::ConnectionRefused.into());
+        let invalid = UpstreamError::Protocol(H1Error::Invalid("malformed response head"));
+        for e in [refused, invalid] {
+            let source = std::error::Error::source(&e).expect("a source").to_string();
+            assert!(!e.to_string().contains(&source), "{e}");
+        }
     }
 
     #[tokio::test]
