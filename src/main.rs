@@ -10,6 +10,7 @@ use clap::Parser;
 
 use nbgate::cli::{Cli, Command};
 use nbgate::config::{Config, LogFormat, Overrides};
+use nbgate::telemetry::Chain;
 
 /// mimalloc instead of glibc malloc: a proxied request allocates and frees
 /// dozens of small buffers across threads' lifetimes, and glibc's
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
             return match run(config.as_deref(), &overrides, child) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
-                    eprintln!("nbgate: {}", one_line(&e));
+                    eprintln!("nbgate: {}", Chain(e.as_ref()));
                     ExitCode::FAILURE
                 }
             };
@@ -80,30 +81,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nbgate: {}", one_line(&e));
+            eprintln!("nbgate: {}", Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// `error` and its causes on one line, each said once. nbgate's errors say
-/// their cause in their own message too (so that a log field showing only
-/// the error still says why), which anyhow's `{:#}` would repeat:
-/// `…/session.key: Read-only file system (os error 30): Read-only file
-/// system (os error 30)`.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 /// Raises the soft limit on open files to the hard limit.

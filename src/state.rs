@@ -45,7 +45,7 @@ pub struct StateFile<'a> {
 /// one whose write failed (with [`write_atomic_all`], the others of its set
 /// are then untouched too, unless a rename failed half-way).
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
+#[error("{}: cannot write", path.display())]
 pub struct WriteError {
     pub path: PathBuf,
     #[source]

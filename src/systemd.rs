@@ -399,9 +399,9 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 /// Why the sockets systemd passed cannot be used. Each names the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
-    #[error("socket activation (LISTEN_FDS, LISTEN_FDNAMES): {0}")]
+    #[error("socket activation (LISTEN_FDS, LISTEN_FDNAMES)")]
     Environment(#[source] io::Error),
-    #[error("socket activation: fd {fd} is not a listening TCP socket: {source}")]
+    #[error("socket activation: fd {fd} is not a listening TCP socket")]
     NotTcpListener {
         fd: RawFd,
         #[source]

@@ -37,21 +37,26 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// An error and its causes on one line, `what failed: why: root cause`, as
-/// `anyhow`'s `{:#}` prints them. nbgate's error types name their cause
-/// through `source()` and never repeat it in their own message (which
-/// would print it twice here); log them as `error = %Chain(&e)`.
+/// An error and its causes on one line, `what failed: why: root cause`:
+/// how nbgate prints every error, in logs (`error = %Chain(&e)`) and as the
+/// fatal line `main` prints. nbgate's error types name their cause through
+/// `source()` and never repeat it in their own message; some library errors
+/// do, so a cause whose text the line already holds is not said again.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut line = self.0.to_string();
         let mut cause = self.0.source();
         while let Some(e) = cause {
-            write!(f, ": {e}")?;
+            let text = e.to_string();
+            if !text.is_empty() && !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
             cause = e.source();
         }
-        Ok(())
+        f.write_str(&line)
     }
 }
 
@@ -77,10 +82,14 @@ mod tests {
             Chain(&e).to_string(),
             "/etc/nbgate.toml: cannot read: permission denied"
         );
-        assert_eq!(
-            format!("{:#}", anyhow::Error::new(e)),
-            "/etc/nbgate.toml: cannot read: permission denied",
-            "the same line main prints for a fatal error"
-        );
+    }
+
+    #[test]
+    fn a_cause_a_library_error_already_says_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = Repeats(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(Chain(&e).to_string(), "request failed: timed out");
     }
 }

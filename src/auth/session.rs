@@ -28,7 +28,7 @@ pub const SESSION_COOKIE: &str = "__Host-nbgate-session";
 /// Errors reading or writing session state.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
