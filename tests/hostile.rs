@@ -822,18 +822,16 @@ async fn an_upstream_response_cut_or_overlong_never_reaches_the_next_request() {
     up.take();
 }
 
-/// Finding (reported, not fixed here): bytes an upstream sends unasked on an idle pooled
-/// connection are found by `Conn::is_reusable` only if the runtime has already seen the
-/// socket become readable. tokio's `try_read` makes no system call while its cached
-/// readiness says "not readable", and a busy single-threaded worker polls epoll only now
-/// and then; so the connection can be checked out, and the next user's request answered
-/// with the forged response. Passes alone, fails under load (the whole battery in
-/// parallel). Jupyter does not send unasked responses, so this matters only for an
-/// upstream that is itself compromised or buggy. Fix: a real non-blocking
-/// `recv(MSG_PEEK | MSG_DONTWAIT)` in `Conn::is_reusable` (src/proxy/h1.rs), one system
-/// call per checkout; left to the owners of the pool, who chose to avoid that call.
+/// Bytes an upstream sends unasked on an idle pooled connection must never answer the
+/// next request (it may be another user's). Found by this test: `Conn::is_reusable`
+/// asked tokio, whose `try_read` makes no system call while its cached readiness says
+/// "not readable", and a busy single-threaded worker polls epoll only now and then; so
+/// the connection could be checked out and the forged response read as the answer
+/// (passed alone, failed under load). Fixed: every checkout peeks at the socket itself
+/// (`UpstreamStream::is_quiet` in src/proxy/transport.rs, one `recv(MSG_PEEK |
+/// MSG_DONTWAIT)`); src/proxy/upstream.rs has the exact unit test. Jupyter does not send
+/// unasked responses, so this matters for an upstream that is compromised or buggy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: unasked upstream bytes on an idle pooled connection can answer the next request (readiness-gated is_reusable)"]
 async fn unasked_bytes_on_an_idle_upstream_connection_never_answer_the_next_request() {
     let up = RecordingUpstream::start().await;
     let gate = builder(&up).env("TOKIO_WORKER_THREADS", "1").start().await;

@@ -7,6 +7,7 @@
 //! It does not decide what is sent.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,12 +26,34 @@ pub enum UpstreamStream {
 }
 
 impl UpstreamStream {
-    /// Reads what is there without waiting (`WouldBlock` if nothing is).
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            UpstreamStream::Tcp(s) => s.try_read(buf),
-            UpstreamStream::Unix(s) => s.try_read(buf),
-        }
+    /// Whether nothing waits to be read and the peer has not closed: one
+    /// `recv(2)` with `MSG_PEEK | MSG_DONTWAIT`, which neither waits nor
+    /// consumes.
+    ///
+    /// Asked of the kernel every time, not of tokio: `try_read` makes no
+    /// system call while tokio's cached readiness says "not readable", and
+    /// a busy worker thread polls epoll only now and then, so bytes already
+    /// in the socket went unseen (tests/hostile.rs,
+    /// `unasked_bytes_on_an_idle_upstream_connection_never_answer_the_next_request`).
+    pub fn is_quiet(&self) -> bool {
+        let fd = match self {
+            UpstreamStream::Tcp(s) => s.as_raw_fd(),
+            UpstreamStream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut probe = 0u8;
+        // SAFETY: `fd` is the socket `self` owns, open for the whole call,
+        // and the buffer is one writable byte.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::addr_of_mut!(probe).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 1: bytes nobody asked for; 0: the peer closed; an error other
+        // than "nothing yet" (a reset): the connection is broken.
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 }
 

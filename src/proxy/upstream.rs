@@ -13,7 +13,9 @@
 //! until the connection is idle again (issue 6's profile). Here a connection
 //! goes back to its pool when the response body it carried has ended —
 //! nothing per request but the exchange itself. No task drives an idle
-//! connection: one that Jupyter closed is noticed when it is checked out.
+//! connection: one that Jupyter closed, or that holds bytes nobody asked
+//! for, is noticed when it is checked out (one `recv` peek per reuse,
+//! `Conn::is_reusable`) and dropped.
 
 use std::io;
 use std::pin::Pin;
@@ -234,8 +236,9 @@ struct Idle {
 }
 
 impl Pool {
-    /// An idle connection ready for a request. Closed and expired ones are
-    /// dropped on the way.
+    /// An idle connection ready for a request. Expired ones, and ones that
+    /// Jupyter closed or sent bytes on unasked, are dropped on the way (one
+    /// system call each).
     fn checkout(&self) -> Option<(Conn, Duration)> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,7 +371,8 @@ mod tests {
     //! what the upstream sends, and when, is exact.
 
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::net::TcpListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
     use std::sync::mpsc;
 
     use http_body_util::BodyExt;
@@ -376,9 +380,14 @@ mod tests {
     use super::*;
 
     fn upstream_at(listener: &TcpListener) -> Upstream {
-        Upstream::new(&UpstreamConfig {
+        let addr = listener.local_addr().expect("addr").to_string();
+        Upstream::new(&config_at(&addr))
+    }
+
+    fn config_at(authority: &str) -> UpstreamConfig {
+        UpstreamConfig {
             url: UpstreamAddr::Tcp {
-                authority: listener.local_addr().expect("addr").to_string(),
+                authority: authority.to_owned(),
             },
             token_file: None,
             token_env: None,
@@ -388,7 +397,7 @@ mod tests {
             websocket_idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 8,
-        })
+        }
     }
 
     fn get(up: &Upstream) -> Request<UpstreamBody> {
@@ -400,7 +409,7 @@ mod tests {
     }
 
     /// Reads one request head (these requests have no body).
-    fn read_head(s: &mut StdStream) {
+    fn read_head(s: &mut impl Read) {
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -411,6 +420,18 @@ mod tests {
             );
             head.push(b[0]);
         }
+    }
+
+    /// Reads a request head and answers it with `body`, keeping the
+    /// connection open (no `Connection: close`).
+    fn answer(s: &mut (impl Read + Write), body: &str) {
+        read_head(s);
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
     }
 
     fn idle(up: &Upstream) -> usize {
@@ -454,41 +475,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_on_a_connection_closed_unnoticed_is_sent_on_a_new_one() {
+    async fn a_request_unanswered_on_a_connection_closed_as_it_went_out_is_sent_again() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let up = upstream_at(&listener);
-        let (close_tx, close_rx) = mpsc::channel::<()>();
-        let (closed_tx, closed_rx) = mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
+            answer(&mut s, "ok");
+            // The next request arrives as the upstream closes the idle
+            // connection (its keep-alive timeout): no answer.
             read_head(&mut s);
-            // A keep-alive answer (no `Connection: close`), then the
-            // upstream closes the idle connection, as on its idle timeout.
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .expect("write");
-            close_rx.recv().expect("test says when");
-            // Idle long enough for a replay to be allowed.
-            std::thread::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100));
             drop(s);
-            closed_tx.send(()).expect("test waits");
             let (mut s, _) = listener.accept().expect("accept the second connection");
-            read_head(&mut s);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew")
-                .expect("write");
+            answer(&mut s, "new");
         });
 
         let resp = up.send(get(&up)).await.expect("first exchange");
         resp.into_body().collect().await.expect("body");
         assert_eq!(idle(&up), 1);
-        // The reaper's look at the idle connection finds it open (and
-        // leaves its readiness cleared).
-        up.pool().evict_expired();
-        assert_eq!(idle(&up), 1);
-        close_tx.send(()).expect("server waits");
-        // Blocks this single-threaded runtime: its reactor cannot learn of
-        // the close before the next request, so the checkout finds the
-        // connection open and the request goes out on a closed connection.
-        closed_rx.recv().expect("server closed");
+        // Idle long enough for a replay to be allowed.
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
         let resp = up
             .send(get(&up))
             .await
@@ -496,6 +501,70 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"new");
         server.join().expect("server thread");
+    }
+
+    /// One keep-alive exchange with an upstream on a Unix socket, then
+    /// `spoil` done to the idle connection while this single-threaded
+    /// runtime is blocked, so that its reactor cannot have seen it; then a
+    /// second request, which must go out on a new connection and get the
+    /// upstream's answer there. (A Unix socket: what the upstream writes or
+    /// closes is in nbgate's socket once the call returns, where loopback
+    /// TCP may defer it.)
+    async fn assert_next_request_on_a_new_connection_after(
+        spoil: fn(UnixStream) -> Option<UnixStream>,
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("up.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let up = Upstream::new(&UpstreamConfig {
+            url: UpstreamAddr::Unix { path },
+            ..config_at("127.0.0.1:1")
+        });
+        let (spoil_tx, spoil_rx) = mpsc::channel::<()>();
+        let (spoiled_tx, spoiled_rx) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            answer(&mut s, "ok");
+            spoil_rx.recv().expect("test says when");
+            let _kept = spoil(s);
+            spoiled_tx.send(()).expect("test waits");
+            let (mut s, _) = listener.accept().expect("accept a second connection");
+            answer(&mut s, "new");
+        });
+
+        let resp = up.send(get(&up)).await.expect("first exchange");
+        resp.into_body().collect().await.expect("body");
+        assert_eq!(idle(&up), 1);
+        spoil_tx.send(()).expect("server waits");
+        // Blocks the runtime until the upstream is done.
+        spoiled_rx.recv().expect("server spoiled the connection");
+        let resp = up.send(get(&up)).await.expect("second exchange");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        // Before the join: the upstream waits for a second connection.
+        assert_eq!(String::from_utf8_lossy(&body), "new");
+        server.join().expect("server thread");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_reused_though_the_runtime_never_saw_it() {
+        // Idle for less than REPLAY_AFTER_IDLE: a request sent on the
+        // closed connection would fail, not be sent again, so the checkout
+        // itself must see the close.
+        let close = |s| {
+            drop(s);
+            None
+        };
+        assert_next_request_on_a_new_connection_after(close).await;
+    }
+
+    #[tokio::test]
+    async fn unasked_bytes_on_an_idle_connection_never_answer_the_next_request() {
+        let forge = |mut s: UnixStream| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+                .expect("write");
+            Some(s)
+        };
+        assert_next_request_on_a_new_connection_after(forge).await;
     }
 
     #[test]

@@ -92,18 +92,12 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: Jupyter has not
-    /// closed it and sent nothing unasked. Reads without waiting (a system
-    /// call only when the socket was reported readable).
+    /// closed it and sent nothing unasked. Bytes nobody asked for (a late
+    /// or forged response) would otherwise be read as the next request's
+    /// answer, and that request may be another user's. One system call
+    /// (`UpstreamStream::is_quiet`).
     pub fn is_reusable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        match self.io.try_read(&mut probe) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-            // End of stream, or bytes no request asked for.
-            Ok(_) => false,
-        }
+        self.buf.is_empty() && self.io.is_quiet()
     }
 
     /// Drops a large read buffer (left by a big download) before the
