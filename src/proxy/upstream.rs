@@ -34,6 +34,7 @@ use super::body::{BoxError, UpstreamBody};
 use super::h1::{self, BodyReader, Conn, H1Error, Upload};
 use super::transport::UpstreamConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::telemetry::Chain;
 
 /// Why a request did not reach Jupyter, or got no answer. A message does
 /// not print its source: a log that prints the chain would show it twice.
@@ -332,11 +333,7 @@ impl Body for PooledBody {
                 Poll::Ready(Ok(())) => this.upload = None,
                 // The response goes on; the connection will not be reused.
                 Poll::Ready(Err(e)) => {
-                    tracing::debug!(
-                        error = %e,
-                        source = ?std::error::Error::source(&e),
-                        "request body not sent in full"
-                    );
+                    tracing::debug!(error = %Chain(&e), "request body not sent in full");
                     this.keep_alive = false;
                     this.upload = None;
                 }
