@@ -57,7 +57,7 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Activation(#[from] systemd::ActivationError),
-    #[error("cannot use a socket systemd passed: {0}")]
+    #[error("cannot use a socket systemd passed")]
     Register(#[source] std::io::Error),
 }
 

@@ -4,7 +4,8 @@
 //! (plain HTTP or WebSocket), then `response_filter` and the access log.
 //!
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
-//! to Jupyter), `upstream_token` (the token presented to Jupyter, configured
+//! to Jupyter), `transport` (the byte stream to Jupyter and its
+//! connector), `upstream_token` (the token presented to Jupyter, configured
 //! or discovered), `h1` (one HTTP/1.1 exchange on a pooled connection),
 //! `websocket` (tunnels), `body` (response body + access log),
 //! `response` (the filter every upstream answer passes, whatever the

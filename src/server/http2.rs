@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::coalesce;
 use super::frame_budget::{FrameBudget, Served};
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
+use crate::telemetry::Chain;
 
 /// Connection settings, from `[server]` in the configuration.
 #[derive(Debug, Clone)]
@@ -478,7 +479,7 @@ async fn serve_stream<F>(
     };
     if !end {
         if let Err(e) = send_body(body, &mut send, &served).await {
-            tracing::debug!(error = %e, "response body not sent whole");
+            tracing::debug!(error = %Chain(&*e), "response body not sent whole");
             if is_client_reset(&e) {
                 resets.note_premature();
             }
