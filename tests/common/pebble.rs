@@ -59,12 +59,21 @@ pub fn free_port(udp: bool) -> u16 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
         ^ std::process::id().wrapping_mul(2_654_435_761);
+    // A port is free only until its server binds it: tests running in parallel in this
+    // process must never be handed the same one in between ("Address already in use" for
+    // an ACME test's nbgate once, in a targeted run).
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..u32::from(span) {
         let port = start + ((seed.wrapping_add(i.wrapping_mul(7919)) % u32::from(span)) as u16);
+        if handed_out.contains(&port) {
+            continue;
+        }
         let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
             continue;
         };
         if !udp || UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
