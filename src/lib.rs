@@ -5,7 +5,11 @@
 //! - `config`: TOML file -> validated `Config`; imports nothing else of the crate.
 //! - `state`: the state directory; private, atomic file writes.
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
-//!   (reloaded on SIGHUP), ACME certificates with their challenges and renewal.
+//!   (re-read when the files change), ACME certificates with their challenges and renewal;
+//!   `tls::Maintenance` keeps the certificate current.
+//! - `reload`: SIGHUP re-reads the whole configuration (the same validation as a start),
+//!   prepares users and certificate, then swaps the request path's configuration
+//!   (`proxy::Gateway::reload`) with nothing dropped; owns `tls::Maintenance`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client (`proxy::upstream`
 //!   the keep-alive pool, `proxy::h1` one HTTP/1.1 exchange, `proxy::transport` the byte stream),
@@ -18,7 +22,7 @@
 //!   what one poll of such a connection writes into one TLS write; `server::frame_budget`
 //!   closes one that floods frames carrying no requests), hyper's HTTP/1.1 server the
 //!   others (HTTP/2 without ALPN is refused).
-//! - `telemetry`: logging setup; access and audit targets.
+//! - `telemetry`: logging setup (its level changes at a reload); access and audit targets.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
 //!   server's token) and the password hash `jupyter server password` stores.
 //! - `supervisor`: `nbgate run`: Jupyter as a child on a private Unix socket
@@ -30,9 +34,10 @@
 //!   imports nothing else of the crate.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
-//! `server -> tls -> state`, `server -> systemd` and `tls -> systemd` (the
-//! SIGHUP reload tells systemd), and everything may read `config`; inside
-//! `proxy`, `upstream -> h1 -> transport`.
+//! `server -> reload -> (proxy, tls, auth, telemetry, systemd)` (the reload
+//! tells systemd), `supervisor -> reload` (only its `Source` type),
+//! `server -> tls -> state`, `server -> systemd`, and everything may read
+//! `config`; inside `proxy`, `upstream -> h1 -> transport`.
 
 pub mod auth;
 pub mod cli;
@@ -42,6 +47,7 @@ pub mod nginx_import;
 pub mod pages;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod supervisor;

@@ -2,6 +2,7 @@
 //! start logging and the runtime, run the chosen command, map errors to an
 //! exit code.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
                 upstream,
                 state_dir,
             };
-            serve(config.as_deref(), &overrides)
+            serve(config, overrides)
         }
         Command::Run {
             config,
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
                 user,
                 allow_root,
             };
-            return match run(config.as_deref(), &overrides, child) {
+            return match run(config, overrides, child) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("nbgate: {}", Chain(e.as_ref()));
@@ -163,8 +164,8 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
-    let config = load_config(path, overrides)?;
+fn serve(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let config = load_config(path.as_deref(), &overrides)?;
     raise_fd_limit(config.server.max_connections);
     // Before the runtime starts threads: loading may remove a plain
     // password from the environment.
@@ -182,9 +183,21 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
         );
     }
     let auth = Arc::new(auth);
+    // A reload reads the file, the environment and the overrides as this
+    // start did.
+    let source: nbgate::reload::Source =
+        Arc::new(move || Ok(Config::load(path.as_deref(), &overrides)?));
     runtime()?.block_on(async move {
-        let (config, listeners, resolver) = start_listening(config).await?;
-        nbgate::server::run(config, listeners, resolver, auth, shutdown_signal()).await;
+        let (config, listeners, resolver, reloader) = start_listening(config, source).await?;
+        nbgate::server::run(
+            config,
+            listeners,
+            reloader,
+            resolver,
+            auth,
+            shutdown_signal(),
+        )
+        .await;
         Ok::<(), anyhow::Error>(())
     })?;
     tracing::info!("nbgate stopped");
@@ -194,12 +207,12 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Resul
 /// `nbgate run`: Jupyter as a child behind nbgate; nbgate exits with
 /// Jupyter's exit code.
 fn run(
-    path: Option<&std::path::Path>,
-    overrides: &Overrides,
+    path: Option<PathBuf>,
+    overrides: Overrides,
     child: nbgate::supervisor::ChildSpec,
 ) -> anyhow::Result<u8> {
     use nbgate::supervisor;
-    let mut config = load_config(path, overrides)?;
+    let mut config = load_config(path.as_deref(), &overrides)?;
     raise_fd_limit(config.server.max_connections);
     // All before the runtime starts threads: these read and remove
     // password variables from the environment.
@@ -212,9 +225,12 @@ fn run(
     let mut unshown = Unshown(initial.as_ref().map(|i| i.hash_file.clone()));
     supervisor::scrub_password_env();
     let auth = Arc::new(auth);
+    let source = supervisor::reload_source(&config, move || {
+        Ok(Config::load(path.as_deref(), &overrides)?)
+    });
     let code = runtime()?.block_on(async move {
         // Listeners first: a port already taken fails before Jupyter starts.
-        let (config, listeners, resolver) = start_listening(config).await?;
+        let (config, listeners, resolver, reloader) = start_listening(config, source).await?;
         let grace = config.server.shutdown_grace;
         // READY=1 follows once Jupyter answers and the listeners serve.
         nbgate::systemd::status("starting Jupyter");
@@ -236,7 +252,7 @@ fn run(
             )
         );
         unshown.shown();
-        nbgate::server::run(config, listeners, resolver, auth, jupyter.ended()).await;
+        nbgate::server::run(config, listeners, reloader, resolver, auth, jupyter.ended()).await;
         let code = jupyter.exit_code().map_or(1, |c| c.0);
         tracing::info!(exit_code = code, "jupyter ended; nbgate stopped");
         Ok::<u8, anyhow::Error>(code)
@@ -264,11 +280,11 @@ impl Drop for Unshown {
 fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     match Config::load(path, overrides) {
         Ok(c) => {
-            nbgate::telemetry::init(c.log.format);
+            nbgate::telemetry::init(c.log.format, "info");
             Ok(c)
         }
         Err(e) => {
-            nbgate::telemetry::init(LogFormat::Text);
+            nbgate::telemetry::init(LogFormat::Text, "info");
             Err(e.into())
         }
     }
@@ -284,26 +300,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Loads the certificate, binds the listeners and starts certificate
-/// maintenance: everything before the first connection is served.
+/// Loads the certificate, binds the listeners, registers SIGHUP and
+/// starts certificate maintenance: everything before the first connection
+/// is served.
 async fn start_listening(
     config: Config,
+    source: nbgate::reload::Source,
 ) -> anyhow::Result<(
     Arc<Config>,
     nbgate::server::Listeners,
     Arc<nbgate::tls::CertResolver>,
+    nbgate::reload::Reloader,
 )> {
     let config = Arc::new(config);
     let resolver = nbgate::tls::load_resolver(&config)?;
     let listeners = nbgate::server::Listeners::bind(&config).await?;
-    nbgate::tls::spawn_maintenance(&config, &resolver);
+    let reloader = nbgate::reload::Reloader::start(source, &config, &resolver);
     tracing::info!(
         upstream = %config.upstream.url,
         state_dir = %config.server.state_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
         "nbgate started"
     );
-    Ok((config, listeners, resolver))
+    Ok((config, listeners, resolver, reloader))
 }
 
 /// Resolves on SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C).

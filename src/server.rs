@@ -40,6 +40,7 @@ use crate::policy::{self, ProxyHeader};
 use crate::proxy::body::RequestBody;
 use crate::proxy::guard::SWEEP_EVERY;
 use crate::proxy::{client_ip, https_redirect, ConnInfo, Gateway};
+use crate::reload::Reloader;
 use crate::systemd::{self, Liveness};
 use crate::telemetry::Chain;
 use crate::tls::challenge::{self, Challenges};
@@ -151,10 +152,12 @@ async fn bind_one(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// the stored one or the temporary one, since the order itself needs these
 /// listeners to answer its challenges), `STOPPING=1` when the drain starts,
 /// `STATUS=` lines, and watchdog pings while every worker and accept loop
-/// responds (`systemd::keep_alive`).
+/// responds (`systemd::keep_alive`). Meanwhile `reloader` puts a reloaded
+/// configuration in force on each SIGHUP.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
+    reloader: Reloader,
     resolver: Arc<CertResolver>,
     auth: Arc<crate::auth::Authenticator>,
     shutdown: impl Future<Output = ()>,
@@ -196,7 +199,6 @@ pub async fn run(
             },
         );
         let ctx = ConnCtx {
-            config: Arc::clone(&config),
             gateway: Arc::clone(&gateway),
             acceptor: tls_acceptor,
             https_port,
@@ -277,27 +279,31 @@ pub async fn run(
     }
     // Forget rate-limit and lockout state that no longer decides anything.
     let sweeper = {
-        let guard = Arc::clone(&gateway.guard);
+        let gateway = Arc::clone(&gateway);
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => guard.sweep(),
+                    _ = tick.tick() => gateway.guard().sweep(),
                     _ = stop.cancelled() => return,
                 }
             }
         })
     };
     tracker.close();
+    let reloads = tokio::spawn(reloader.run(Arc::clone(&gateway), stop.clone()));
     let keep_alive = tell_systemd_ready(liveness, &status, &stop).await;
 
     shutdown.await;
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections");
+    // The grace period in force now (a reload may have changed it).
+    let grace = gateway.live().config.server.shutdown_grace;
+    tracing::info!(?grace, "shutting down: no new connections");
     systemd::stopping(&status.now());
     stop.cancel();
     tracker.wait().await;
     let _ = sweeper.await;
+    let _ = reloads.await;
     let tunnels = gateway.tunnels.close_all();
     if tunnels > 0 {
         tracing::info!(tunnels, "closing websocket tunnels");
@@ -323,7 +329,7 @@ pub async fn run(
         drop(arc);
         GracefulShutdown::new()
     });
-    match tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown()).await {
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections finished"),
         Err(_) => tracing::warn!("grace period over: closing remaining connections"),
     }
@@ -472,7 +478,6 @@ fn log_listening(listener: &TcpListener, scheme: &str) {
 /// What a connection task needs.
 #[derive(Clone)]
 struct ConnCtx {
-    config: Arc<Config>,
     gateway: Arc<Gateway>,
     /// `None` for the plain-HTTP redirect listener.
     acceptor: Option<TlsAcceptor>,
@@ -621,7 +626,7 @@ async fn accept_loop(listener: TcpListener, ctx: ConnCtx, accept: Accept) {
         // refused client costs an accept and a close. A trusted proxy speaks
         // for others; their addresses are checked once known.
         let peer_ip = client_ip(peer);
-        let guard = &ctx.gateway.guard;
+        let guard = ctx.gateway.guard();
         let trusted = guard.is_trusted(peer_ip);
         if guard.proxy_protocol && !trusted {
             guard.audit_refusal(peer_ip, "proxy_protocol_from_untrusted_peer");
@@ -674,11 +679,16 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, watcher: Watcher) {
     let _ = tcp.set_nodelay(true);
-    let handshake_timeout = ctx.config.server.tls_handshake_timeout;
+    // The configuration in force when the connection arrived decides its
+    // limits for its whole life (a reload applies to later connections).
+    let live = ctx.gateway.live();
+    let config = Arc::clone(&live.config);
+    let guard = Arc::clone(&live.guard);
+    drop(live);
+    let handshake_timeout = config.server.tls_handshake_timeout;
     // One budget for PROXY header, sniffing and TLS handshake together: a
     // slow peer cannot hold a connection for a multiple of the timeout.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
-    let guard = Arc::clone(&ctx.gateway.guard);
     let peer_ip = client_ip(peer);
     let client = if guard.proxy_protocol {
         // Only trusted peers got here (accept loop). Their header names the
@@ -714,7 +724,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     };
     let conn = ConnInfo { peer, client };
     let Some(acceptor) = ctx.acceptor.clone() else {
-        serve_plain_redirect(tcp, ctx, watcher).await;
+        serve_plain_redirect(tcp, ctx, &config, watcher).await;
         return;
     };
     let mut first = [0u8; 1];
@@ -723,7 +733,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
             // Someone typed http://host:port: answer with a redirect rather
             // than a TLS alert the browser shows as a broken page.
-            serve_plain_redirect(tcp, ctx, watcher).await;
+            serve_plain_redirect(tcp, ctx, &config, watcher).await;
             return;
         }
         Ok(Ok(1)) => {}
@@ -754,13 +764,13 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     let gateway = Arc::clone(&ctx.gateway);
     let sessions = Arc::new(SessionCache::default());
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let settings = http2_settings(&ctx.config);
+        let settings = http2_settings(&config);
         let served = http2::serve(tls, &settings, ctx.stop.clone(), move |req| {
             // Boxed once here: the stream's task cell would otherwise hold
             // (and tokio move) the ~2.4 KB request state; moving a pointer
             // saves 4% of a proxied HTTP/2 request's instructions
             // (callgrind, fix 9).
-            let handled = Box::pin(Arc::clone(&gateway).handle(req, conn, Arc::clone(&sessions)));
+            let handled = Box::pin(gateway.handle(req, conn, Arc::clone(&sessions)));
             async move {
                 match handled.await {
                     Ok(resp) => resp,
@@ -781,16 +791,12 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     // over TLS, HTTP/2 is only ever chosen by ALPN (RFC 9113 §3.2; prior
     // knowledge, §3.3, is for cleartext), so HTTP/2 has one implementation,
     // `server::http2`, which the hostile battery covers.
-    let builder = http1_builder(&ctx.config);
+    let builder = http1_builder(&config);
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // Boxed once here: hyper moves the service future whole into its
         // connection's state and tokio moves that inside its task cell.
         // No wrapping `async` block: it would copy the state once more.
-        Box::pin(Arc::clone(&gateway).handle(
-            req.map(RequestBody::from),
-            conn,
-            Arc::clone(&sessions),
-        ))
+        Box::pin(gateway.handle(req.map(RequestBody::from), conn, Arc::clone(&sessions)))
     });
     let connection = builder
         .serve_connection(TokioIo::new(tls), service)
@@ -852,7 +858,7 @@ fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     builder
 }
 
-async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
+async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, config: &Config, watcher: Watcher) {
     let port = ctx.https_port;
     let acme = ctx.acme_challenges.clone();
     let service = service_fn(move |req| {
@@ -866,9 +872,9 @@ async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, watcher: Watcher) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.config.server.header_read_timeout)
-        .max_header_size(ctx.config.server.max_header_bytes)
-        .max_buf_size(ctx.config.server.max_header_bytes.max(8192))
+        .header_read_timeout(config.server.header_read_timeout)
+        .max_header_size(config.server.max_header_bytes)
+        .max_buf_size(config.server.max_header_bytes.max(8192))
         .keep_alive(false);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     let _ = watcher.watch(conn).await;

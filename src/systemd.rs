@@ -123,10 +123,10 @@ pub fn reloading() {
 /// `READY=1` after the reload [`reloading`] announced. A failed reload
 /// still ends with `READY=1` (nbgate keeps serving what it served before)
 /// and shows why in `STATUS=` until a later reload succeeds.
-pub fn reloaded(result: Result<(), &dyn std::error::Error>) {
+pub fn reloaded(result: Result<(), String>) {
     let text = {
         let mut s = shown();
-        s.reload_error = result.err().map(|e| e.to_string());
+        s.reload_error = result.err();
         s.text()
     };
     if enabled() {

@@ -7,34 +7,88 @@
 //! them (query strings, cookies, authorization headers) are never logged.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` wins over the default level.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Puts a new filter in force; set once by `init`.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// Why a log level could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    #[error("invalid log level {0:?}")]
+    Invalid(String, #[source] tracing_subscriber::filter::ParseError),
+    #[error("cannot change the log level: {0}")]
+    Reload(String),
+}
+
+/// The filter for `level` (an `EnvFilter` directive string, `log.level`),
+/// or for `RUST_LOG` when that is set: an operator's `RUST_LOG` wins over
+/// the configuration, at start and at every reload.
+fn filter(level: &str) -> Result<EnvFilter, LevelError> {
+    let base = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => {
+            EnvFilter::try_new(level).map_err(|e| LevelError::Invalid(level.to_owned(), e))?
+        }
+    };
     // rustls warns about what any client can trigger at will (an IP
     // address as SNI, as wrk and many scripts send, is one WARN line per
     // handshake): a client must not be able to flood the log. Shown only
-    // when RUST_LOG names rustls explicitly.
-    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"));
-    let filter = if names_rustls {
-        filter
+    // when the directives name rustls explicitly.
+    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
+        || (std::env::var_os("RUST_LOG").is_none() && level.contains("rustls"));
+    Ok(if names_rustls {
+        base
     } else {
-        filter.add_directive("rustls=error".parse().expect("a valid directive"))
-    };
+        base.add_directive("rustls=error".parse().expect("a valid directive"))
+    })
+}
+
+/// Installs the global subscriber at `level` (`RUST_LOG` wins when set);
+/// an invalid level falls back to `info` (configuration validation has
+/// already refused one).
+pub fn init(format: LogFormat, level: &str) {
+    let filter = filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.try_init().map(|()| set)
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.try_init().map(|()| set)
+        }
     };
     // A second init (tests calling into the library) keeps the first one.
-    let _ = result;
+    if let Ok(set) = result {
+        let _ = SET_FILTER.set(set);
+    }
+}
+
+/// Puts `level` in force for every later event (a configuration reload).
+///
+/// # Errors
+/// An invalid level (nothing changes then).
+pub fn set_level(level: &str) -> Result<(), LevelError> {
+    let filter = filter(level)?;
+    match SET_FILTER.get() {
+        Some(set) => set(filter).map_err(LevelError::Reload),
+        None => Ok(()),
+    }
 }
 
 /// An error and its causes on one line, `what failed: why: root cause`:

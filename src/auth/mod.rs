@@ -27,7 +27,7 @@ use self::session::{Claims, Lifetime, Revocations, SessionKeys, Verdict};
 use self::users::{User, UserStore};
 use crate::config::Config;
 
-pub use self::users::{AuthError, InitialPassword};
+pub use self::users::{AuthError, InitialPassword, UserChanges};
 
 /// The outcome of a password or token check.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,12 +107,16 @@ const TOKEN_CACHE_MAX: usize = 1024;
 
 pub struct Authenticator {
     users: UserStore,
-    keys: SessionKeys,
-    revocations: Revocations,
+    /// Shared with the authenticator a reload makes: the same keys open
+    /// the same cookies, and logouts recorded before it stay recorded.
+    keys: Arc<SessionKeys>,
+    revocations: Arc<Revocations>,
     life: Lifetime,
     /// Caps password/token verifications in flight (each is ~0.1 s of a
     /// core): a guessing flood cannot take every core from proxying.
     verify_slots: Arc<Semaphore>,
+    /// The number `verify_slots` was made with.
+    verify_slots_max: usize,
     /// std Mutex: short critical sections, never held across `.await`.
     token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
 }
@@ -145,13 +149,14 @@ impl Authenticator {
         let revocations = Revocations::load(state_dir);
         let auth = Authenticator {
             users,
-            keys,
-            revocations,
+            keys: Arc::new(keys),
+            revocations: Arc::new(revocations),
             life: Lifetime {
                 idle: config.auth.idle_timeout,
                 max: config.auth.max_lifetime,
             },
             verify_slots: Arc::new(Semaphore::new(config.auth.max_concurrent_verifications)),
+            verify_slots_max: config.auth.max_concurrent_verifications,
             token_cache: Mutex::new(HashMap::new()),
         };
         Ok((auth, initial))
@@ -161,16 +166,61 @@ impl Authenticator {
     pub fn for_tests(users: UserStore, life: Lifetime) -> Self {
         Authenticator {
             users,
-            keys: SessionKeys::ephemeral(),
-            revocations: Revocations::in_memory(),
+            keys: Arc::new(SessionKeys::ephemeral()),
+            revocations: Arc::new(Revocations::in_memory()),
             life,
             verify_slots: Arc::new(Semaphore::new(2)),
+            verify_slots_max: 2,
             token_cache: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn users(&self) -> &UserStore {
         &self.users
+    }
+
+    /// The authenticator for a reloaded configuration: users read again
+    /// (`users::reload`), the new session lifetime and verification cap,
+    /// the same session keys and revocations. Sessions of a removed user,
+    /// or one whose password changed, stop being valid through the
+    /// fingerprint check every request makes; remembered token checks of
+    /// users whose tokens changed are forgotten.
+    ///
+    /// Hashes a changed password file: call it off the async workers.
+    ///
+    /// # Errors
+    /// What `users::reload` finds wrong; nothing is changed then.
+    pub fn reloaded(&self, config: &Config) -> Result<(Authenticator, UserChanges), AuthError> {
+        let users = users::reload(config, &self.users)?;
+        let changes = self.users.changes(&users);
+        let revoked: Vec<&str> = changes.revoked().collect();
+        let token_cache = self
+            .token_cache
+            .lock()
+            .expect("token cache lock never poisoned")
+            .iter()
+            .filter(|(_, (user, _))| !revoked.contains(&user.as_str()))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let slots = config.auth.max_concurrent_verifications;
+        let verify_slots = if slots == self.verify_slots_max {
+            Arc::clone(&self.verify_slots)
+        } else {
+            Arc::new(Semaphore::new(slots))
+        };
+        let auth = Authenticator {
+            users,
+            keys: Arc::clone(&self.keys),
+            revocations: Arc::clone(&self.revocations),
+            life: Lifetime {
+                idle: config.auth.idle_timeout,
+                max: config.auth.max_lifetime,
+            },
+            verify_slots,
+            verify_slots_max: slots,
+            token_cache: Mutex::new(token_cache),
+        };
+        Ok((auth, changes))
     }
 
     /// Verifies a password on the blocking pool. An unknown user is

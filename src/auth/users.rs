@@ -60,6 +60,9 @@ pub struct User {
     /// Short digest of the password hash string, carried in session
     /// cookies: a password change makes every older cookie invalid.
     fingerprint: String,
+    /// Digest of the token hash strings: a reload compares it to find the
+    /// users whose tokens changed.
+    tokens_fingerprint: String,
 }
 
 impl User {
@@ -81,6 +84,40 @@ impl User {
 #[derive(Default)]
 pub struct UserStore {
     users: HashMap<String, User>,
+    /// Hashes nbgate made from plain passwords (`password_env`,
+    /// `password_file`), by source name. A reload reuses them: the
+    /// variable was removed from the environment at start, and hashing the
+    /// same file again would give a new salt, hence a new fingerprint that
+    /// would end every session of the user.
+    from_plain: HashMap<String, String>,
+}
+
+/// How the users of a reload differ from the ones before it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub added: Vec<String>,
+    /// Sessions, tokens and tunnels of these users end.
+    pub removed: Vec<String>,
+    /// Their sessions end (the fingerprint in their cookies no longer
+    /// matches) and so do their session tunnels.
+    pub password_changed: Vec<String>,
+    /// Their token tunnels end; their sessions stay.
+    pub tokens_changed: Vec<String>,
+}
+
+impl UserChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == UserChanges::default()
+    }
+
+    /// Users some of whose credentials stopped being valid.
+    pub fn revoked(&self) -> impl Iterator<Item = &str> {
+        self.removed
+            .iter()
+            .chain(&self.password_changed)
+            .chain(&self.tokens_changed)
+            .map(String::as_str)
+    }
 }
 
 impl UserStore {
@@ -109,6 +146,39 @@ impl UserStore {
 
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// What differs between `self` (before a reload) and `new`.
+    pub fn changes(&self, new: &UserStore) -> UserChanges {
+        let mut c = UserChanges::default();
+        for (name, old) in &self.users {
+            match new.users.get(name) {
+                None => c.removed.push(name.clone()),
+                Some(u) => {
+                    if u.fingerprint != old.fingerprint {
+                        c.password_changed.push(name.clone());
+                    }
+                    if u.tokens_fingerprint != old.tokens_fingerprint {
+                        c.tokens_changed.push(name.clone());
+                    }
+                }
+            }
+        }
+        c.added = new
+            .users
+            .keys()
+            .filter(|n| !self.users.contains_key(*n))
+            .cloned()
+            .collect();
+        for list in [
+            &mut c.added,
+            &mut c.removed,
+            &mut c.password_changed,
+            &mut c.tokens_changed,
+        ] {
+            list.sort();
+        }
+        c
     }
 
     /// Every (user, token hash) pair.
@@ -149,14 +219,23 @@ impl UserStore {
                 })
         };
         let password = password_hash.map(parse).transpose()?;
+        let token_texts = tokens;
         let tokens = tokens
             .iter()
             .map(|t| parse(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let fingerprint = password_hash.map_or_else(String::new, |h| {
-            let d = ring::digest::digest(&ring::digest::SHA256, h.trim().as_bytes());
+        let digest = |h: &str| {
+            let d = ring::digest::digest(&ring::digest::SHA256, h.as_bytes());
             hex::encode(&d.as_ref()[..8])
-        });
+        };
+        let fingerprint = password_hash.map_or_else(String::new, |h| digest(h.trim()));
+        let tokens_fingerprint = digest(
+            &token_texts
+                .iter()
+                .map(|t| t.trim())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
         self.users.insert(
             name.to_owned(),
             User {
@@ -164,6 +243,7 @@ impl UserStore {
                 password,
                 tokens,
                 fingerprint,
+                tokens_fingerprint,
             },
         );
         Ok(())
@@ -235,6 +315,31 @@ pub fn scrub_env_var(var: &str) {
 /// # Errors
 /// An unreadable source, an invalid hash or name, a duplicate user.
 pub fn load(config: &Config) -> Result<(UserStore, Option<InitialPassword>), AuthError> {
+    load_with(config, None)
+}
+
+/// Loads users again for a configuration reload, from the same sources and
+/// with the same checks as at start, with three differences: a plain
+/// password from the environment is the one read at start (the variable was
+/// removed then, and a running process's environment cannot change); a
+/// plain password file whose content is unchanged keeps its hash (so its
+/// sessions stay valid); and no first-start password is ever made, since
+/// nobody would see it.
+///
+/// Runs the password hashing of a changed password file: call it off the
+/// async workers. Never touches the environment, so it is sound with
+/// threads running.
+///
+/// # Errors
+/// As `load`, and a source only a restart can provide.
+pub fn reload(config: &Config, previous: &UserStore) -> Result<UserStore, AuthError> {
+    load_with(config, Some(previous)).map(|(store, _)| store)
+}
+
+fn load_with(
+    config: &Config,
+    previous: Option<&UserStore>,
+) -> Result<(UserStore, Option<InitialPassword>), AuthError> {
     let mut store = UserStore::default();
     let auth = &config.auth;
     let src = config.source.display().to_string();
@@ -291,43 +396,80 @@ pub fn load(config: &Config) -> Result<(UserStore, Option<InitialPassword>), Aut
         }
     }
 
-    let plain = if let Some(var) = &auth.password_env {
-        let source_name = format!("environment variable {var}");
-        let pw = std::env::var(var).map_err(|_| AuthError::Invalid {
-            source_name: source_name.clone(),
-            message: "is not set".into(),
-        })?;
-        // Scrubbed and removed so it is neither inherited by children nor
-        // readable in /proc/PID/environ (see the function doc on soundness).
-        scrub_env_var(var);
-        Some((source_name, pw))
-    } else if let Some(path) = &auth.password_file {
-        let source_name = path.display().to_string();
-        let pw = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-            source_name: source_name.clone(),
-            source,
-        })?;
-        Some((source_name, pw.trim_end_matches(['\r', '\n']).to_owned()))
-    } else {
-        None
-    };
-    if let Some((source_name, pw)) = plain {
-        password::check_new_password(&pw).map_err(|source| AuthError::WeakPassword {
-            source_name: source_name.clone(),
-            source,
-        })?;
-        let hash = password::hash_password(&pw).map_err(|source| AuthError::WeakPassword {
-            source_name: source_name.clone(),
-            source,
-        })?;
+    let plain =
+        if let Some(var) = &auth.password_env {
+            let source_name = format!("environment variable {var}");
+            match previous {
+                // Read at start only (see `reload`).
+                Some(previous) => {
+                    let hash = previous.from_plain.get(&source_name).ok_or_else(|| {
+                        AuthError::Invalid {
+                            source_name: source_name.clone(),
+                            message: "is read at start only: restart nbgate to use it".into(),
+                        }
+                    })?;
+                    Some(Plain::Hashed(source_name, hash.clone()))
+                }
+                None => {
+                    let pw = std::env::var(var).map_err(|_| AuthError::Invalid {
+                        source_name: source_name.clone(),
+                        message: "is not set".into(),
+                    })?;
+                    // Scrubbed and removed so it is neither inherited by children nor
+                    // readable in /proc/PID/environ (see the function doc on soundness).
+                    scrub_env_var(var);
+                    Some(Plain::Password(source_name, pw))
+                }
+            }
+        } else if let Some(path) = &auth.password_file {
+            let source_name = path.display().to_string();
+            let pw = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+                source_name: source_name.clone(),
+                source,
+            })?;
+            let pw = pw.trim_end_matches(['\r', '\n']).to_owned();
+            // Unchanged since the last load: the same hash, the same sessions.
+            let kept = previous
+                .and_then(|p| p.from_plain.get(&source_name))
+                .filter(|h| h.parse::<StoredHash>().is_ok_and(|h| h.verify(&pw)));
+            Some(match kept {
+                Some(hash) => Plain::Hashed(source_name, hash.clone()),
+                None => Plain::Password(source_name, pw),
+            })
+        } else {
+            None
+        };
+    if let Some(plain) = plain {
+        let (source_name, hash) = match plain {
+            Plain::Hashed(source_name, hash) => (source_name, hash),
+            Plain::Password(source_name, pw) => {
+                password::check_new_password(&pw).map_err(|source| AuthError::WeakPassword {
+                    source_name: source_name.clone(),
+                    source,
+                })?;
+                let hash =
+                    password::hash_password(&pw).map_err(|source| AuthError::WeakPassword {
+                        source_name: source_name.clone(),
+                        source,
+                    })?;
+                (source_name, hash)
+            }
+        };
         store.add(&source_name, default_user, Some(&hash), &[])?;
+        store.from_plain.insert(source_name, hash);
     }
 
     let mut initial = None;
     if store.is_empty() {
-        initial = embedded_default(config, &mut store)?;
+        initial = embedded_default(config, &mut store, previous.is_none())?;
     }
     Ok((store, initial))
+}
+
+/// A plain password source: the password, or the hash kept from before.
+enum Plain {
+    Password(String, String),
+    Hashed(String, String),
 }
 
 /// No user configured: use (or make, on first start) a generated password
@@ -336,6 +478,7 @@ pub fn load(config: &Config) -> Result<(UserStore, Option<InitialPassword>), Aut
 fn embedded_default(
     config: &Config,
     store: &mut UserStore,
+    may_create: bool,
 ) -> Result<Option<InitialPassword>, AuthError> {
     let dir = config.server.state_dir.join("auth");
     let path = dir.join("initial-password.hash");
@@ -345,6 +488,14 @@ fn embedded_default(
         Ok(hash) => {
             store.add(&source_name, &user, Some(hash.trim()), &[])?;
             Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => {
+            Err(AuthError::Invalid {
+                source_name,
+                message: "no user is configured and there is no first-start password: \
+                          configure a user, or restart nbgate to make one"
+                    .into(),
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let pw = password::generate_password();
@@ -482,5 +633,98 @@ mod tests {
         s.add("a", "x", Some(&fast_hash("password1")), &[])
             .expect("add");
         assert!(s.add("b", "x", Some(&fast_hash("password2")), &[]).is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_password_files_hash_and_sees_a_changed_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "container-secret-1\n").expect("write");
+        let c = config(
+            dir.path(),
+            &format!("[auth]\npassword_file = {:?}\n", file.display().to_string()),
+        );
+        let (first, _) = load(&c).expect("load");
+        let again = reload(&c, &first).expect("reload");
+        assert!(first.changes(&again).is_empty(), "same file, same hash");
+        std::fs::write(&file, "container-secret-2\n").expect("write");
+        let changed = reload(&c, &again).expect("reload");
+        assert_eq!(first.changes(&changed).password_changed, ["jupyter"]);
+        assert!(changed
+            .get("jupyter")
+            .and_then(User::password_hash)
+            .expect("user")
+            .verify("container-secret-2"));
+    }
+
+    #[test]
+    fn a_reload_names_added_removed_and_changed_users() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = |name: &str, pw: &str, token: Option<&str>| {
+            format!(
+                "[[users]]\nname = {name:?}\npassword_hash = {:?}\ntokens = [{}]\n",
+                fast_hash(pw),
+                token
+                    .map(|t| format!("{:?}", fast_hash(t)))
+                    .unwrap_or_default()
+            )
+        };
+        let before = config(
+            dir.path(),
+            &[
+                user("ann", "ann-password-1", Some("ann-token-1234")),
+                user("bob", "bob-password-1", None),
+                user("cid", "cid-password-1", None),
+            ]
+            .concat(),
+        );
+        let (old, _) = load(&before).expect("load");
+        let after = config(
+            dir.path(),
+            &[
+                user("ann", "ann-password-1", Some("ann-token-5678")),
+                user("cid", "cid-password-2", None),
+                user("dee", "dee-password-1", None),
+            ]
+            .concat(),
+        );
+        // Hashes are salted: keep ann's password hash text as it was.
+        let mut after = after;
+        after.users[0].password_hash = before.users[0].password_hash.clone();
+        let new = reload(&after, &old).expect("reload");
+        let c = old.changes(&new);
+        assert_eq!(c.added, ["dee"]);
+        assert_eq!(c.removed, ["bob"]);
+        assert_eq!(c.password_changed, ["cid"]);
+        assert_eq!(c.tokens_changed, ["ann"]);
+    }
+
+    #[test]
+    fn a_reload_never_makes_a_first_start_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), "");
+        let empty = UserStore::default();
+        let e = reload(&c, &empty).err().expect("no user source");
+        assert!(e.to_string().contains("restart nbgate"), "{e}");
+        assert!(!dir.path().join("state/auth/initial-password.hash").exists());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_hash_of_a_password_read_from_the_environment_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(
+            dir.path(),
+            "[auth]\npassword_env = \"NBGATE_TEST_UNSET_VAR\"\n",
+        );
+        let mut start = UserStore::default();
+        let hash = fast_hash("from-the-env-1");
+        let source = "environment variable NBGATE_TEST_UNSET_VAR";
+        start.add(source, "jupyter", Some(&hash), &[]).expect("add");
+        start.from_plain.insert(source.to_owned(), hash);
+        let again = reload(&c, &start).expect("reload");
+        assert!(start.changes(&again).is_empty());
+        // Without a hash from start (the variable was not configured then): a clear refusal.
+        let e = reload(&c, &UserStore::default()).err().expect("refused");
+        assert!(e.to_string().contains("read at start only"), "{e}");
     }
 }

@@ -208,7 +208,9 @@ impl Drop for Attempt<'_> {
 /// already capped by the rate limiter and the verification cap.
 #[derive(Debug)]
 pub struct Lockout {
-    cfg: LockoutConfig,
+    /// Replaced whole by [`Lockout::reconfigure`] (a reload); each table
+    /// keeps its own copy of the numbers it decides with.
+    cfg: Mutex<LockoutConfig>,
     addresses: Mutex<Table<ClientKey>>,
     /// Keyed by a keyed hash of the name, so a record's size does not depend
     /// on attacker-chosen name lengths. The random key makes collisions
@@ -236,13 +238,25 @@ impl Lockout {
             users: Mutex::new(users),
             known: Mutex::new(HashMap::new()),
             user_hasher: RandomState::new(),
-            cfg,
+            cfg: Mutex::new(cfg),
         }
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &LockoutConfig {
-        &self.cfg
+    pub fn config(&self) -> LockoutConfig {
+        lock(&self.cfg).clone()
+    }
+
+    /// Puts new thresholds and durations in force (a configuration reload)
+    /// and keeps every count, lock and known address.
+    ///
+    /// Why keep them: a reload must not hand a guesser a fresh set of
+    /// attempts, nor let a locked address in. A lock already running keeps
+    /// the end it was given; the next one follows the new durations.
+    pub fn reconfigure(&self, cfg: LockoutConfig) {
+        lock(&self.addresses).set_limits(cfg.ip_threshold, cfg.base, cfg.ip_max, &cfg);
+        lock(&self.users).set_limits(cfg.user_threshold, cfg.base, cfg.user_max, &cfg);
+        *lock(&self.cfg) = cfg;
     }
 
     /// Before verifying a password or token: is this address or user name
@@ -360,10 +374,11 @@ impl Lockout {
         let addr = ClientKey::of(ip);
         lock(&self.addresses).forget_unless_locked(&addr, now);
         let key = self.user_key(user);
+        let max_keys = lock(&self.cfg).max_keys;
         let mut known = lock(&self.known);
-        if known.len() >= self.cfg.max_keys && !known.contains_key(&key) {
+        if known.len() >= max_keys && !known.contains_key(&key) {
             known.retain(|_, seen| seen.iter().any(|(_, t)| now.duration_since(*t) < KNOWN_FOR));
-            if known.len() >= self.cfg.max_keys {
+            if known.len() >= max_keys {
                 return;
             }
         }
@@ -468,14 +483,30 @@ struct Table<K> {
 
 impl<K: Hash + Eq + Copy> Table<K> {
     fn new(threshold: u32, base: Duration, max_lock: Duration, cfg: &LockoutConfig) -> Table<K> {
-        Table {
+        let mut table = Table {
             map: HashMap::new(),
-            threshold: threshold.max(1),
+            threshold: 1,
             base,
             max_lock,
             window: cfg.ip_max,
-            max_keys: cfg.max_keys.max(1),
-        }
+            max_keys: 1,
+        };
+        table.set_limits(threshold, base, max_lock, cfg);
+        table
+    }
+
+    fn set_limits(
+        &mut self,
+        threshold: u32,
+        base: Duration,
+        max_lock: Duration,
+        cfg: &LockoutConfig,
+    ) {
+        self.threshold = threshold.max(1);
+        self.base = base;
+        self.max_lock = max_lock;
+        self.window = cfg.ip_max;
+        self.max_keys = cfg.max_keys.max(1);
     }
 
     fn locked_for(&self, key: &K, now: Instant) -> Option<Duration> {
@@ -1059,5 +1090,25 @@ mod tests {
     fn lockout_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Lockout>();
+    }
+
+    #[test]
+    fn a_reconfigure_keeps_counts_and_locks_and_applies_the_new_numbers() {
+        let l = Lockout::new(cfg());
+        let now = Instant::now();
+        let (counting, locked) = (ip("203.0.113.1"), ip("203.0.113.2"));
+        assert!(fail_n(&l, counting, None, now, 4).is_none());
+        assert!(fail_n(&l, locked, None, now, 10).is_some());
+        l.reconfigure(LockoutConfig {
+            ip_threshold: 5,
+            ..cfg()
+        });
+        assert_eq!(l.config().ip_threshold, 5);
+        assert!(
+            l.check(locked, None, now).is_err(),
+            "a running lock survives"
+        );
+        // Four failures were kept: the fifth locks under the new threshold.
+        assert!(fail_n(&l, counting, None, now, 1).is_some());
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,12 @@ pub struct Guard {
     pub trusted: IpSet,
     forwarded_header: policy::ForwardedHeader,
     pub proxy_protocol: bool,
-    limiter: RateLimiter,
-    pub lockout: Lockout,
+    /// The state below is shared with the guard a reload makes
+    /// (`Guard::reloaded`), so counts survive it.
+    limiter: Arc<RateLimiter>,
+    /// The quotas `limiter` was made with.
+    quotas: (RateQuota, RateQuota, usize),
+    pub lockout: Arc<Lockout>,
     conns: Arc<ConnCounts>,
     refusal_lines: DefaultDirectRateLimiter,
     refusals_suppressed: AtomicU64,
@@ -57,14 +61,80 @@ fn non_zero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
+fn quotas(p: &PolicyConfig) -> (RateQuota, RateQuota, usize) {
+    let quota = |rate: u32, burst: u32| RateQuota {
+        per_second: non_zero(rate),
+        burst: non_zero(burst),
+    };
+    let rl = &p.rate_limit;
+    (
+        quota(rl.requests_per_second, rl.burst),
+        quota(rl.logged_in_requests_per_second, rl.logged_in_burst),
+        rl.max_clients,
+    )
+}
+
+fn lockout_config(p: &PolicyConfig) -> LockoutConfig {
+    let l = &p.lockout;
+    LockoutConfig {
+        ip_threshold: l.address_threshold,
+        user_threshold: l.user_threshold,
+        base: l.duration,
+        ip_max: l.address_max,
+        user_max: l.user_max,
+        max_keys: p.rate_limit.max_clients,
+    }
+}
+
 impl Guard {
     pub fn new(p: &PolicyConfig) -> Guard {
-        let quota = |rate: u32, burst: u32| RateQuota {
-            per_second: non_zero(rate),
-            burst: non_zero(burst),
+        let quotas = quotas(p);
+        let limiter = Arc::new(RateLimiter::new(quotas.0, quotas.1, quotas.2));
+        let conns = Arc::new(ConnCounts {
+            max: AtomicUsize::new(p.max_connections_per_client),
+            open: Mutex::new(HashMap::new()),
+        });
+        let lockout = Arc::new(Lockout::new(lockout_config(p)));
+        Guard::with_state(p, limiter, quotas, lockout, conns)
+    }
+
+    /// The guard for a reloaded `[policy]`, sharing this one's state: the
+    /// open connections per client, the lockout's counts and locks (under
+    /// the new thresholds, `Lockout::reconfigure`) and the rate limiter's
+    /// buckets. Only new rate quotas start new buckets (governor fixes a
+    /// limiter's quota when it is made), which is named in the log: a
+    /// bucket refills within seconds anyway, while lockout state, which
+    /// lasts hours, is never lost.
+    pub fn reloaded(&self, p: &PolicyConfig) -> Guard {
+        let quotas = quotas(p);
+        let limiter = if quotas == self.quotas {
+            Arc::clone(&self.limiter)
+        } else {
+            tracing::info!(
+                "policy.rate_limit changed: request budgets start full under the new quotas"
+            );
+            Arc::new(RateLimiter::new(quotas.0, quotas.1, quotas.2))
         };
-        let rl = &p.rate_limit;
-        let l = &p.lockout;
+        self.lockout.reconfigure(lockout_config(p));
+        self.conns
+            .max
+            .store(p.max_connections_per_client, Ordering::Relaxed);
+        Guard::with_state(
+            p,
+            limiter,
+            quotas,
+            Arc::clone(&self.lockout),
+            Arc::clone(&self.conns),
+        )
+    }
+
+    fn with_state(
+        p: &PolicyConfig,
+        limiter: Arc<RateLimiter>,
+        quotas: (RateQuota, RateQuota, usize),
+        lockout: Arc<Lockout>,
+        conns: Arc<ConnCounts>,
+    ) -> Guard {
         Guard {
             access: AccessList {
                 allow: ip_set(&p.allow),
@@ -77,29 +147,16 @@ impl Guard {
                 policy::ForwardedHeader::XForwardedFor
             },
             proxy_protocol: p.proxy_protocol,
-            limiter: RateLimiter::new(
-                quota(rl.requests_per_second, rl.burst),
-                quota(rl.logged_in_requests_per_second, rl.logged_in_burst),
-                rl.max_clients,
-            ),
-            lockout: Lockout::new(LockoutConfig {
-                ip_threshold: l.address_threshold,
-                user_threshold: l.user_threshold,
-                base: l.duration,
-                ip_max: l.address_max,
-                user_max: l.user_max,
-                max_keys: rl.max_clients,
-            }),
-            conns: Arc::new(ConnCounts {
-                max: p.max_connections_per_client,
-                open: Mutex::new(HashMap::new()),
-            }),
+            limiter,
+            quotas,
+            lockout,
+            conns,
             refusal_lines: governor::RateLimiter::direct(
                 Quota::per_second(non_zero(REFUSAL_LINES_PER_SECOND))
                     .allow_burst(non_zero(REFUSAL_LINES_PER_SECOND * 4)),
             ),
             refusals_suppressed: AtomicU64::new(0),
-            refusal_delay: l.refusal_delay,
+            refusal_delay: p.lockout.refusal_delay,
         }
     }
 
@@ -218,7 +275,8 @@ pub fn locked_secs(locked: &Locked) -> u64 {
 /// Open connections per client key (IPv4 address, IPv6 /64). Entries are
 /// removed at zero, so the map never holds more than the open connections.
 struct ConnCounts {
-    max: usize,
+    /// `policy.max_connections_per_client`; a reload changes it in place.
+    max: AtomicUsize,
     /// std Mutex: a counter update, never held across `.await`.
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -249,7 +307,7 @@ impl ConnCounts {
         let key = conn_key(client);
         let mut open = this.lock();
         let n = open.entry(key).or_insert(0);
-        if *n >= this.max {
+        if *n >= this.max.load(Ordering::Relaxed) {
             return None;
         }
         *n += 1;
@@ -352,5 +410,35 @@ mod tests {
             g.check_rate(c, true).is_ok(),
             "logged-in budget is separate"
         );
+    }
+
+    #[test]
+    fn a_reloaded_guard_keeps_locks_and_open_connections_under_new_rules() {
+        let g = guard(
+            "[policy]\nmax_connections_per_client = 2\n[policy.lockout]\naddress_threshold = 2\n",
+        );
+        let now = Instant::now();
+        let locked = ip("203.0.113.9");
+        g.lockout.record_failure(locked, None, now);
+        assert!(g.lockout.record_failure(locked, None, now).is_some());
+        let _a = g.open_connection(ip("127.0.0.2")).expect("first");
+        let _b = g.open_connection(ip("127.0.0.2")).expect("second");
+
+        let c = Config::from_text(
+            "[policy]\nallow = [\"127.0.0.0/8\"]\nmax_connections_per_client = 3\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        let r = g.reloaded(&c.policy);
+        assert!(
+            r.lockout.check(locked, None, now).is_err(),
+            "the lock is kept"
+        );
+        assert!(r.access.permits(ip("127.0.0.5")) && !r.access.permits(ip("10.0.0.1")));
+        // Two slots are still open; the new cap allows one more.
+        let _c = r
+            .open_connection(ip("127.0.0.2"))
+            .expect("third under the new cap");
+        assert!(r.open_connection(ip("127.0.0.2")).is_none());
     }
 }

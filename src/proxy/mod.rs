@@ -30,6 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -42,8 +43,8 @@ use self::upstream::{PooledBody, Upstream};
 use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::Tunnels;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
-use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, Via};
-use crate::config::Config;
+use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via};
+use crate::config::{Config, Secret, UpstreamConfig};
 use crate::policy::Refused;
 use crate::telemetry::Chain;
 
@@ -56,18 +57,36 @@ pub struct ConnInfo {
     pub client: IpAddr,
 }
 
-/// Shared state of the request path (one per running server).
+/// Shared state of the request path (one per running server): the parts a
+/// configuration reload replaces, swapped whole, and the open tunnels.
+///
+/// Why one swap of everything: a request reads one consistent
+/// configuration from its first check to its access line, whatever reload
+/// happens meanwhile; the next request sees the new one. Each request
+/// takes the snapshot once (`ArcSwap::load_full`, one atomic increment);
+/// in-flight requests, uploads, downloads and tunnels keep the one they
+/// started with (the upstream connections they hold are theirs).
 pub struct Gateway {
-    config: Arc<Config>,
-    upstream: Upstream,
-    /// Open WebSocket tunnels: shutdown and logout close them.
+    live: ArcSwap<Live>,
+    /// Open WebSocket tunnels: shutdown, logout and a reload that revokes
+    /// a user close them.
     pub tunnels: Arc<Tunnels>,
+}
+
+/// One configuration's request path: everything `Gateway::handle` needs.
+/// Built at start and at each reload (`Gateway::reload`), sharing state
+/// that must outlive a reload with the one before (the upstream pool and
+/// token when unchanged, the guard's counts, the session keys).
+pub struct Live {
+    pub config: Arc<Config>,
+    upstream: Arc<Upstream>,
+    tunnels: Arc<Tunnels>,
     /// Precomputed `Strict-Transport-Security` value, when enabled.
     hsts: Option<HeaderValue>,
     /// Jupyter's token and its `Authorization: token …` value: configured,
     /// made by `nbgate run`, or found in Jupyter's runtime file.
-    token: UpstreamToken,
-    auth: Arc<Authenticator>,
+    token: Arc<UpstreamToken>,
+    pub auth: Arc<Authenticator>,
     /// `<base_url>_nbgate/`: nbgate's own pages.
     prefix: String,
     /// Allowlist, rate limits, lockout, per-client connection caps.
@@ -85,29 +104,127 @@ pub fn client_ip(peer: SocketAddr) -> IpAddr {
 
 impl Gateway {
     pub fn new(config: Arc<Config>, auth: Arc<Authenticator>) -> Self {
-        let upstream = Upstream::new(&config.upstream);
+        let tunnels = Arc::new(Tunnels::default());
+        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let token = Arc::new(UpstreamToken::new(&config.upstream));
+        let guard = Arc::new(guard::Guard::new(&config.policy));
+        let live = Live::new(config, auth, upstream, token, guard, Arc::clone(&tunnels));
+        Gateway {
+            live: ArcSwap::from_pointee(live),
+            tunnels,
+        }
+    }
+
+    /// The configuration's request path in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The policy in force now (the accept loop asks it first).
+    pub fn guard(&self) -> Arc<guard::Guard> {
+        Arc::clone(&self.live.load().guard)
+    }
+
+    /// Handles one request with the configuration in force when it
+    /// arrives. Never fails: every error becomes a response; the `Result`
+    /// is hyper's service contract.
+    pub fn handle(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+        sessions: Arc<SessionCache>,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
+           + Send
+           + 'static {
+        self.live.load_full().handle(req, conn, sessions)
+    }
+
+    /// Puts a reloaded configuration in force for every later request,
+    /// with its authenticator (made by `Authenticator::reloaded`). The
+    /// upstream pool and Jupyter's token are kept when `[upstream]` did not
+    /// change; the guard keeps its counts (`Guard::reloaded`). Closes the
+    /// tunnels of users whose credentials the reload revoked (their
+    /// sessions and tokens are refused from the next request on).
+    pub fn reload(&self, config: Arc<Config>, auth: Arc<Authenticator>, changes: &UserChanges) {
+        let old = self.live();
+        let same_upstream = upstream_unchanged(&old.config.upstream, &config.upstream);
+        let (upstream, token) = if same_upstream {
+            (Arc::clone(&old.upstream), Arc::clone(&old.token))
+        } else {
+            tracing::info!(upstream = %config.upstream.url, "upstream changed: new requests and tunnels go to it");
+            (
+                Arc::new(Upstream::new(&config.upstream)),
+                Arc::new(UpstreamToken::new(&config.upstream)),
+            )
+        };
+        let guard = Arc::new(old.guard.reloaded(&config.policy));
+        let live = Live::new(
+            config,
+            auth,
+            upstream,
+            token,
+            guard,
+            Arc::clone(&self.tunnels),
+        );
+        self.live.store(Arc::new(live));
+        for user in &changes.removed {
+            self.close_tunnels(user, "user removed", |t| t.close_user(user));
+        }
+        for user in &changes.password_changed {
+            self.close_tunnels(user, "password changed", |t| t.close_user_sessions(user));
+        }
+        for user in &changes.tokens_changed {
+            self.close_tunnels(user, "tokens changed", |t| t.close_user_tokens(user));
+        }
+    }
+
+    fn close_tunnels(&self, user: &str, reason: &str, close: impl Fn(&Tunnels) -> usize) {
+        let closed = close(&self.tunnels);
+        tracing::info!(target: "nbgate::audit", event = "credentials_revoked", user = %user, reason, tunnels_closed = closed, "reload: credentials revoked");
+    }
+}
+
+/// Whether a reload may keep the upstream pool and token: every setting
+/// of `[upstream]` is the same (the token compared by value).
+fn upstream_unchanged(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    a.url == b.url
+        && a.token_file == b.token_file
+        && a.token_env == b.token_env
+        && a.token.as_ref().map(Secret::expose) == b.token.as_ref().map(Secret::expose)
+        && a.connect_timeout == b.connect_timeout
+        && a.response_timeout == b.response_timeout
+        && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.pool_max_idle == b.pool_max_idle
+}
+
+impl Live {
+    fn new(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        upstream: Arc<Upstream>,
+        token: Arc<UpstreamToken>,
+        guard: Arc<guard::Guard>,
+        tunnels: Arc<Tunnels>,
+    ) -> Self {
         let hsts = config.tls.hsts.then(|| {
             HeaderValue::from_str(&format!("max-age={}", config.tls.hsts_max_age.as_secs()))
                 .expect("digits are a valid header value")
         });
-        let token = UpstreamToken::new(&config.upstream);
         let prefix = format!("{}_nbgate/", config.auth.base_url);
-        let guard = Arc::new(guard::Guard::new(&config.policy));
-        Gateway {
+        Live {
             guard,
             auth,
             prefix,
             config,
             upstream,
-            tunnels: Arc::new(Tunnels::default()),
+            tunnels,
             hsts,
             token,
         }
     }
 
-    /// Handles one request from a TLS connection. Never fails: every error
-    /// becomes a response; the `Result` is hyper's service contract.
-    pub async fn handle(
+    /// Handles one request (see `Gateway::handle`).
+    async fn handle(
         self: Arc<Self>,
         req: Request<RequestBody>,
         conn: ConnInfo,

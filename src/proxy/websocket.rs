@@ -95,6 +95,18 @@ impl Tunnels {
         self.close_where(|e| e.user == user)
     }
 
+    /// Closes a user's tunnels opened with a login session (a reload
+    /// changed the password). Returns how many.
+    pub fn close_user_sessions(&self, user: &str) -> usize {
+        self.close_where(|e| e.user == user && e.session.is_some())
+    }
+
+    /// Closes a user's tunnels opened with an API token (a reload changed
+    /// the tokens). Returns how many.
+    pub fn close_user_tokens(&self, user: &str) -> usize {
+        self.close_where(|e| e.user == user && e.session.is_none())
+    }
+
     fn close_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
         let open = self.lock();
         let mut n = 0;
@@ -454,5 +466,18 @@ mod tests {
         assert_eq!(t.close_user("ann"), 2);
         assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
         assert!(!c.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn registry_closes_a_users_session_or_token_tunnels() {
+        let t = Arc::new(Tunnels::default());
+        let session = t.register(Some("s1".into()), "ann");
+        let token = t.register(None, "ann");
+        let other = t.register(None, "bob");
+        assert_eq!(t.close_user_tokens("ann"), 1);
+        assert!(token.cancel.is_cancelled() && !session.cancel.is_cancelled());
+        assert_eq!(t.close_user_sessions("ann"), 1);
+        assert!(session.cancel.is_cancelled());
+        assert!(!other.cancel.is_cancelled());
     }
 }

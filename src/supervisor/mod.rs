@@ -134,15 +134,8 @@ fn lines(output: &[String]) -> String {
 /// # Errors
 /// A Jupyter config that cannot be read, or a hash nbgate cannot verify.
 pub fn choose_login(config: &mut Config) -> Result<Option<String>, SuperviseError> {
-    let auth = &config.auth;
-    let configured = !config.users.is_empty()
-        || auth.users_file.is_some()
-        || auth.password_hash_env.is_some()
-        || auth.password_env.is_some()
-        || auth.password_file.is_some()
-        || std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
     let mut chosen = None;
-    if !configured {
+    if !login_configured(config) {
         if let Some(var) = PASSWORD_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
             // users::load reads, hashes and scrubs it.
             config.auth.password_env = Some((*var).to_owned());
@@ -169,6 +162,73 @@ pub fn choose_login(config: &mut Config) -> Result<Option<String>, SuperviseErro
         }
     }
     Ok(chosen)
+}
+
+/// Whether the configuration names a login source of its own.
+fn login_configured(config: &Config) -> bool {
+    let auth = &config.auth;
+    !config.users.is_empty()
+        || auth.users_file.is_some()
+        || auth.password_hash_env.is_some()
+        || auth.password_env.is_some()
+        || auth.password_file.is_some()
+        || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
+}
+
+/// How `nbgate run` reads its configuration again at a reload: `load` (the
+/// file and overrides, as at start), then what `run` decided at start and
+/// Jupyter depends on, taken from `running` (the configuration after
+/// `choose_login` and `prepare`):
+/// - `[upstream]` is Jupyter's private socket and token, whatever the file
+///   says (as at start); a token source in the file is refused as at start;
+/// - `auth.base_url` is the one Jupyter was started with: a change is named
+///   in a warning and waits for a restart;
+/// - without a login source in the file, the one `choose_login` chose: the
+///   password variable read at start (its hash is kept, `users::reload`), or
+///   Jupyter's own password, read again.
+pub fn reload_source(
+    running: &Config,
+    load: impl Fn() -> Result<Config, crate::reload::LoadError> + Send + Sync + 'static,
+) -> crate::reload::Source {
+    let upstream = running.upstream.clone();
+    let base_url = running.auth.base_url.clone();
+    let env_choice = running
+        .auth
+        .password_env
+        .clone()
+        .filter(|v| PASSWORD_ENV.contains(&v.as_str()));
+    Arc::new(move || {
+        let mut config = load()?;
+        for (key, set) in [
+            ("upstream.token_file", config.upstream.token_file.is_some()),
+            ("upstream.token_env", config.upstream.token_env.is_some()),
+        ] {
+            if set {
+                return Err(SuperviseError::UpstreamConfigured {
+                    key,
+                    source_file: config.source.clone(),
+                }
+                .into());
+            }
+        }
+        config.upstream = upstream.clone();
+        if config.auth.base_url != base_url {
+            tracing::warn!(
+                "auth.base_url changed in {}: Jupyter runs with {base_url:?} until the next restart",
+                config.source.display()
+            );
+            config.auth.base_url.clone_from(&base_url);
+        }
+        if !login_configured(&config) {
+            match &env_choice {
+                Some(var) => config.auth.password_env = Some(var.clone()),
+                None => {
+                    choose_login(&mut config)?;
+                }
+            }
+        }
+        Ok(config)
+    })
 }
 
 /// Removes the plain-password variables nbgate did not use from its own

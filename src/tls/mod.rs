@@ -173,83 +173,103 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
 /// # Errors
 /// A `TlsError` naming the file that is missing, unreadable or invalid.
 pub fn load_resolver(config: &Config) -> Result<Arc<CertResolver>, TlsError> {
-    let key = match config.tls.mode {
-        TlsMode::SelfSigned => self_signed::load_or_generate(config)?,
+    if config.tls.mode == TlsMode::Acme {
+        let challenges = Arc::new(Challenges::new());
+        let key = acme::initial_certificate(config)?;
+        return Ok(Arc::new(CertResolver::with_challenges(key, challenges)));
+    }
+    Ok(Arc::new(CertResolver::new(load_certificate(config)?)))
+}
+
+/// The certificate of `self-signed` or `files` mode (ACME mode starts with
+/// `acme::initial_certificate`). Reads files and may generate a key: call
+/// it off the async workers once they serve (a reload does).
+///
+/// # Errors
+/// A `TlsError` naming the file that is missing, unreadable or invalid.
+///
+/// # Panics
+/// In ACME mode, which has no certificate of its own to load.
+pub fn load_certificate(config: &Config) -> Result<Arc<CertifiedKey>, TlsError> {
+    match config.tls.mode {
+        TlsMode::SelfSigned => self_signed::load_or_generate(config),
         TlsMode::Files => {
-            let cert = config
-                .tls
-                .cert_file
-                .as_deref()
-                .expect("config validation requires cert_file in files mode");
-            let key = config
-                .tls
-                .key_file
-                .as_deref()
-                .expect("config validation requires key_file in files mode");
+            let (cert, key) = cert_files(config);
             let loaded = files::load(cert, key)?;
             tracing::info!(
                 cert = %cert.display(),
                 sha256_fingerprint = %fingerprint(&loaded),
                 "loaded certificate"
             );
-            loaded
+            Ok(loaded)
         }
-        TlsMode::Acme => {
-            let challenges = Arc::new(Challenges::new());
-            let key = acme::initial_certificate(config)?;
-            return Ok(Arc::new(CertResolver::with_challenges(key, challenges)));
-        }
-    };
-    Ok(Arc::new(CertResolver::new(key)))
+        TlsMode::Acme => unreachable!("ACME mode starts with acme::initial_certificate"),
+    }
 }
 
-/// Starts what keeps the certificate current: the ACME order and renewal
-/// task, or the file watcher (SIGHUP and mtime polling) in files mode.
-/// Call after the listeners are bound, so a challenge can be answered from
-/// the first request. Tasks run until the runtime stops.
-pub fn spawn_maintenance(config: &Arc<Config>, resolver: &Arc<CertResolver>) {
-    match config.tls.mode {
-        TlsMode::SelfSigned | TlsMode::Acme => {
-            // SIGHUP's default action is to terminate: `systemctl reload`
-            // (or a stray `kill -HUP`) must not take the gate down in the
-            // modes that have nothing to re-read.
-            // Registered here, before the listeners serve, not in the task:
-            // a SIGHUP right after start must already be caught.
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hup) => {
-                    tokio::spawn(ignore_hangup(hup, config.tls.mode));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+/// `tls.cert_file` and `tls.key_file` of files mode.
+pub fn cert_files(config: &Config) -> (&std::path::Path, &std::path::Path) {
+    let cert = config
+        .tls
+        .cert_file
+        .as_deref()
+        .expect("config validation requires cert_file in files mode");
+    let key = config
+        .tls
+        .key_file
+        .as_deref()
+        .expect("config validation requires key_file in files mode");
+    (cert, key)
+}
+
+/// What keeps the certificate current: the ACME order and renewal task, or
+/// the file watcher (mtime polling) in files mode; nothing in self-signed
+/// mode. A reload that changes the TLS settings restarts it.
+pub struct Maintenance {
+    resolver: Arc<CertResolver>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Maintenance {
+    /// Starts maintenance for `config`. Call after the listeners are bound,
+    /// so a challenge can be answered from the first request.
+    pub fn start(config: &Arc<Config>, resolver: &Arc<CertResolver>) -> Maintenance {
+        let mut m = Maintenance {
+            resolver: Arc::clone(resolver),
+            task: None,
+        };
+        m.restart(config);
+        m
+    }
+
+    /// Stops the running task and starts the one `config` asks for.
+    pub fn restart(&mut self, config: &Arc<Config>) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let resolver = Arc::clone(&self.resolver);
+        self.task = match config.tls.mode {
+            TlsMode::SelfSigned => None,
+            TlsMode::Files => {
+                Some(tokio::spawn(reload::run(Arc::clone(config), resolver)).abort_handle())
             }
-        }
-        TlsMode::Files => {}
+            TlsMode::Acme => {
+                Some(tokio::spawn(acme::run(Arc::clone(config), resolver)).abort_handle())
+            }
+        };
     }
-    match config.tls.mode {
-        TlsMode::SelfSigned => {}
-        TlsMode::Files => {
-            // Registered here, not in the task, for the same reason: a
-            // SIGHUP sent before the task first runs would otherwise end
-            // the process (seen once in CI under load).
-            let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hup) => Some(hup),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGHUP; certificate files are still polled");
-                    None
-                }
-            };
-            tokio::spawn(reload::run(Arc::clone(config), Arc::clone(resolver), hup));
-        }
-        TlsMode::Acme => {
-            tokio::spawn(acme::run(Arc::clone(config), Arc::clone(resolver)));
-        }
+
+    /// The resolver this maintenance keeps current.
+    pub fn resolver(&self) -> &Arc<CertResolver> {
+        &self.resolver
     }
 }
 
-async fn ignore_hangup(mut hup: tokio::signal::unix::Signal, mode: TlsMode) {
-    while hup.recv().await.is_some() {
-        crate::systemd::reloading();
-        tracing::info!(?mode, "SIGHUP: nothing to reload in this tls.mode");
-        crate::systemd::reloaded(Ok(()));
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

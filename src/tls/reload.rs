@@ -1,5 +1,6 @@
-//! `tls.mode = "files"`: re-reads the certificate and key on SIGHUP and when
-//! the files change, and swaps the new pair into the resolver.
+//! `tls.mode = "files"`: re-reads the certificate and key when the files
+//! change, and swaps the new pair into the resolver. (A SIGHUP re-reads
+//! them too, with the rest of the configuration: `crate::reload`.)
 //!
 //! Change detection polls modification times and sizes every few seconds
 //! rather than using inotify: it needs no extra crate, works the same on
@@ -12,15 +13,12 @@
 //! mismatched key, expired) is logged as an error and the current
 //! certificate keeps being served.
 //!
-//! A SIGHUP (`systemctl reload`) is told to systemd around the reload
-//! (`RELOADING=1`, then `READY=1` with the outcome in `STATUS=`); a change
-//! the poll finds is not a reload systemd asked for and is not told.
+//! A change the poll finds is not a reload systemd asked for and is not
+//! told to it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use tokio::signal::unix::Signal;
 
 use super::{files, fingerprint, serial_hex, CertResolver};
 use crate::config::Config;
@@ -44,10 +42,9 @@ fn signature(paths: &[&Path]) -> Signature {
         .collect()
 }
 
-/// Runs until the runtime stops.
-/// `hup` is the SIGHUP stream, registered by the caller before the
-/// listeners serve (`None` if that failed: files are still polled).
-pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>, mut hup: Option<Signal>) {
+/// Runs until the runtime stops or the task is aborted (a reload that
+/// changes the TLS settings starts another).
+pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
     let (Some(cert), Some(key)) = (config.tls.cert_file.clone(), config.tls.key_file.clone())
     else {
         return;
@@ -57,38 +54,16 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>, mut hup: Opti
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let trigger = tokio::select! {
-            Some(()) = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => "sighup",
-            _ = tick.tick() => {
-                let now = signature(&[&cert, &key]);
-                let stable_and_new = now == seen && now != loaded;
-                seen = now;
-                if !stable_and_new {
-                    continue;
-                }
-                "files changed"
-            }
-        };
+        tick.tick().await;
+        let now = signature(&[&cert, &key]);
+        let stable_and_new = now == seen && now != loaded;
+        seen = now;
+        if !stable_and_new {
+            continue;
+        }
         loaded = signature(&[&cert, &key]);
         seen = loaded.clone();
-        let asked_by_systemd = trigger == "sighup";
-        if asked_by_systemd {
-            crate::systemd::reloading();
-        }
-        let result = reload(&resolver, &cert, &key, trigger);
-        if asked_by_systemd {
-            crate::systemd::reloaded(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| e as &dyn std::error::Error),
-            );
-        }
+        let _ = reload(&resolver, &cert, &key, "files changed");
     }
 }
 
