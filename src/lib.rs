@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - `cli`: the command line (clap); parsing only.
-//! - `config`: TOML file -> validated `Config`; imports nothing else of the crate.
+//! - `config`: TOML file -> validated `Config` (`config::raw` the serde structs, `config::load`
+//!   file and environment reads, one file per section's type and validation); imports nothing
+//!   else of the crate. `Config::load` is the one path for a start and a reload.
 //! - `state`: the state directory; private, atomic file writes.
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
 //!   (re-read when the files change), ACME certificates with their challenges and renewal;

@@ -1,0 +1,411 @@
+//! Configuration: the TOML file as written (`RawConfig`), and the validated
+//! `Config` the rest of nbgate runs on.
+//!
+//! Parse, then validate: serde mirrors the file with `deny_unknown_fields`
+//! (a typo is an error, not a silently ignored key), and `Config::try_from_raw`
+//! applies defaults, parses durations, sizes and addresses, and rejects bad
+//! combinations with a message naming the key. Only `Config` leaves this
+//! module. This module imports nothing else of the crate.
+//!
+//! [`Config::load`] is the one way in, for a start and for a reload alike:
+//! it reads the file and everything the file points at (the upstream token),
+//! then runs every section's validation, so a reload can never accept what a
+//! start would refuse.
+//!
+//! Layout: `raw` (serde structs), `load` (file and environment reads),
+//! `values` (value parsers), and one file per section with its validated
+//! type and its validation: `server`, `tls`, `upstream`, `logging`, `auth`,
+//! `policy`.
+
+mod auth;
+mod load;
+mod logging;
+mod policy;
+mod raw;
+mod server;
+mod tls;
+mod upstream;
+mod values;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use auth::{AuthConfig, UserEntry};
+pub use load::default_state_dir;
+pub use logging::{LogConfig, LogFormat};
+pub use policy::{LockoutConfig, PolicyConfig, RateLimitConfig};
+pub use raw::RawConfig;
+pub use server::{ServerConfig, DEFAULT_HTTPS_PORT};
+pub use tls::{
+    AcmeChallenge, AcmeConfig, AcmeEab, AcmeKeyType, TlsConfig, TlsMode, LETSENCRYPT_DIRECTORY,
+    LETSENCRYPT_STAGING_DIRECTORY,
+};
+pub use upstream::{UpstreamAddr, UpstreamConfig};
+pub use values::{
+    parse_cidr, parse_duration, parse_size, parse_upstream, valid_upstream_token, valid_user_name,
+};
+
+/// Errors from loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Command-line values that override the file (`--listen`, `--upstream`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the configuration came from ("<defaults>" when no file was given).
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserEntry>,
+}
+
+/// The Jupyter token, kept out of `Debug` and serialized output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// What every section's validation needs to report a problem: the file it
+/// came from.
+struct Ctx {
+    source: PathBuf,
+}
+
+impl Ctx {
+    /// A validation error naming the file and the dotted key.
+    fn invalid(&self, key: &'static str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key,
+            message,
+        }
+    }
+
+    /// The duration at `key`, or `default` when the key is absent.
+    fn duration(
+        &self,
+        key: &'static str,
+        value: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(t) => parse_duration(&t).map_err(|m| self.invalid(key, m)),
+            None => Ok(default),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or embedded defaults when `None`), applies CLI overrides
+    /// and validates. The upstream token is read here, from a file or an
+    /// environment variable, never from the command line. A reload calls
+    /// this again: everything a start checks, a reload checks.
+    ///
+    /// # Errors
+    /// A `ConfigError` that names the file, the key and the problem.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (raw, source) = match path {
+            Some(p) => (load::read_file(p)?, p.to_path_buf()),
+            None => (RawConfig::default(), PathBuf::from("<defaults>")),
+        };
+        Self::try_from_raw(raw, source, overrides)
+    }
+
+    /// Parses and validates configuration text as if read from `path`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::try_from_raw(
+            load::parse(text, path)?,
+            path.to_path_buf(),
+            &Overrides::default(),
+        )
+    }
+
+    /// Validates a parsed file, section by section; `source` is used in
+    /// error messages.
+    pub fn try_from_raw(
+        raw: RawConfig,
+        source: PathBuf,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let ctx = Ctx { source };
+        let server = server::validate(raw.server, overrides, &ctx)?;
+        let tls = tls::validate(raw.tls, !server.http_listen.is_empty(), &ctx)?;
+        let upstream = upstream::validate(raw.upstream, overrides, &ctx)?;
+        let log = logging::validate(raw.log, &ctx)?;
+        let auth = auth::validate(raw.auth, &ctx)?;
+        let policy = policy::validate(raw.policy, &ctx)?;
+        let users = auth::users(raw.users, &ctx)?;
+        Ok(Config {
+            source: ctx.source,
+            server,
+            tls,
+            upstream,
+            log,
+            auth,
+            policy,
+            users,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = load_str("").expect("defaults are valid");
+        assert_eq!(c.server.listen, vec!["0.0.0.0:8443".parse().expect("addr")]);
+        assert_eq!(c.tls.mode, TlsMode::SelfSigned);
+        assert!(!c.tls.hsts, "no HSTS with a self-signed certificate");
+        assert_eq!(
+            c.upstream.url,
+            UpstreamAddr::Tcp {
+                authority: "127.0.0.1:8888".into()
+            }
+        );
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_line_and_key() {
+        let e = load_str("[server]\nlisten = [\"127.0.0.1:1\"]\nlistne = 3\n")
+            .expect_err("typo must fail");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml:3:"), "{msg}");
+        assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_dotted_key() {
+        let e = load_str("[server]\nmax_connections = \"many\"\n").expect_err("bad type");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("test.toml:2:") && msg.contains("server.max_connections"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = load_str("[server]\nheader_read_timeout = \"ten seconds\"\n").expect_err("bad");
+        assert!(e.to_string().contains("server.header_read_timeout"), "{e}");
+    }
+
+    #[test]
+    fn policy_cidrs_are_parsed_masked_and_bad_ones_name_the_key() {
+        let c = load_str("[policy]\nallow = [\"10.1.2.3/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n")
+            .expect("valid policy");
+        let shown: Vec<String> = c.policy.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+        assert!(c.policy.deny.is_empty() && !c.policy.proxy_protocol);
+        let e = load_str("[policy]\ndeny = [\"10.0.0.0/33\"]\n").expect_err("bad prefix");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("policy.deny") && msg.contains("10.0.0.0/33"),
+            "{msg}"
+        );
+        let e = load_str("[policy]\nallow = [\"example.com\"]\n").expect_err("not an address");
+        assert!(e.to_string().contains("policy.allow"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_without_trusted_proxies_is_refused() {
+        let e = load_str("[policy]\nproxy_protocol = true\n").expect_err("no trusted proxies");
+        assert!(e.to_string().contains("policy.trusted_proxies"), "{e}");
+        let c = load_str("[policy]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n")
+            .expect("valid");
+        assert!(c.policy.proxy_protocol);
+    }
+
+    #[test]
+    fn rate_limit_and_lockout_defaults_and_bounds() {
+        let c = load_str("").expect("defaults");
+        assert_eq!(c.policy.rate_limit.requests_per_second, 10);
+        assert!(c.policy.rate_limit.logged_in_burst > c.policy.rate_limit.burst);
+        assert!(c.policy.lockout.user_threshold > c.policy.lockout.address_threshold);
+        assert!(load_str("[policy.rate_limit]\nburst = 0\n").is_err());
+        assert!(load_str("[policy.lockout]\nduration = \"2h\"\n").is_err());
+        assert!(load_str("[policy.lockout]\nunknown = 1\n").is_err());
+        // Bounded: Instant + duration must never overflow.
+        assert!(load_str("[policy.lockout]\naddress_max = \"1000000000years\"\n").is_err());
+        assert_eq!(c.policy.lockout.refusal_delay, Duration::from_secs(1));
+        let off = load_str("[policy.lockout]\nrefusal_delay = \"0s\"\n").expect("0s");
+        assert!(off.policy.lockout.refusal_delay.is_zero());
+        let e = load_str("[policy.lockout]\nrefusal_delay = \"1m\"\n").expect_err("too long");
+        assert!(
+            e.to_string().contains("policy.lockout.refusal_delay"),
+            "{e}"
+        );
+        let e = load_str("[policy]\nforwarded_header = \"x-real-ip\"\n").expect_err("header");
+        assert!(e.to_string().contains("policy.forwarded_header"), "{e}");
+        assert_eq!(
+            load_str("").expect("defaults").policy.forwarded_header,
+            "x-forwarded-for"
+        );
+    }
+
+    #[test]
+    fn files_mode_requires_cert_and_key() {
+        let e = load_str("[tls]\nmode = \"files\"\n").expect_err("missing cert");
+        assert!(e.to_string().contains("tls.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn acme_mode_without_domains_names_the_key() {
+        let e = load_str("[tls]\nmode = \"acme\"\n").expect_err("no domains");
+        assert!(
+            e.to_string()
+                .contains("tls.acme.domains: must be set when tls.mode = \"acme\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn acme_defaults_are_letsencrypt_p256_and_challenges_follow_the_listeners() {
+        let c = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"NB.Example.org\"]\n")
+            .expect("valid");
+        let a = c.tls.acme.expect("acme section");
+        assert_eq!(a.domains, ["nb.example.org"]);
+        assert_eq!(a.directory, LETSENCRYPT_DIRECTORY);
+        assert_eq!(a.key_type, AcmeKeyType::EcdsaP256);
+        assert_eq!(a.challenges, [AcmeChallenge::TlsAlpn01]);
+        assert!(c.tls.hsts, "a CA-issued certificate gets HSTS by default");
+        let c = load_str(
+            "[server]\nhttp_listen = [\"0.0.0.0:80\"]\n[tls]\nmode = \"acme\"\n\
+             [tls.acme]\ndomains = [\"nb.example.org\"]\ncontact = \"ops@example.org\"\n\
+             directory = \"letsencrypt-staging\"\n",
+        )
+        .expect("valid");
+        let a = c.tls.acme.expect("acme section");
+        assert_eq!(
+            a.challenges,
+            [AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01]
+        );
+        assert_eq!(a.contact, ["mailto:ops@example.org"]);
+        assert_eq!(a.directory, LETSENCRYPT_STAGING_DIRECTORY);
+    }
+
+    #[test]
+    fn acme_rejects_wildcards_ip_addresses_dns01_and_half_an_eab() {
+        let base = "[tls]\nmode = \"acme\"\n[tls.acme]\n";
+        for (extra, key) in [
+            ("domains = [\"*.example.org\"]", "tls.acme.domains"),
+            ("domains = [\"10.0.0.1\"]", "tls.acme.domains"),
+            (
+                "domains = [\"a.example.org\"]\nchallenges = [\"dns-01\"]",
+                "tls.acme.challenges",
+            ),
+            (
+                "domains = [\"a.example.org\"]\neab_key_id = \"kid\"",
+                "tls.acme.eab_hmac_key_file",
+            ),
+            (
+                "domains = [\"a.example.org\"]\ndirectory = \"http://ca.example\"",
+                "tls.acme.directory",
+            ),
+        ] {
+            let e = load_str(&format!("{base}{extra}\n")).expect_err(extra);
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        let e = load_str("[tls.acme]\ndomains = [\"a.example.org\"]\n").expect_err("wrong mode");
+        assert!(e.to_string().contains("tls.acme"), "{e}");
+    }
+
+    #[test]
+    fn upstream_tokens_are_limited_to_characters_no_page_escapes() {
+        assert!(valid_upstream_token("0123abcdef"));
+        assert!(valid_upstream_token("base64url-_token~x.y"));
+        for bad in ["", "a\"b", "a<b", "a&b", "a+b", "a/b", "a b", "a%20"] {
+            assert!(!valid_upstream_token(bad), "{bad:?}");
+        }
+        std::env::set_var("NBGATE_TEST_TOKEN_CHARS", "tok/en");
+        let err =
+            load_str("[upstream]\ntoken_env = \"NBGATE_TEST_TOKEN_CHARS\"\n").expect_err("refused");
+        assert!(err.to_string().contains("letters, digits"), "{err}");
+    }
+
+    #[test]
+    fn check_config_output_redacts_the_token() {
+        std::env::set_var("NBGATE_TEST_TOKEN_CONFIG", "s3cr3t-token");
+        let c = load_str("[upstream]\ntoken_env = \"NBGATE_TEST_TOKEN_CONFIG\"\n").expect("valid");
+        let out = c.to_toml();
+        assert!(!out.contains("s3cr3t-token"), "{out}");
+        assert!(out.contains("<redacted>"), "{out}");
+        assert!(!format!("{c:?}").contains("s3cr3t-token"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nbgate.example.toml");
+        Config::load(Some(&path), &Overrides::default()).expect("example is valid");
+    }
+}

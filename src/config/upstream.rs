@@ -1,0 +1,116 @@
+//! `[upstream]`: where Jupyter listens, its token, and the timeouts and
+//! pool sizes of the connection to it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::load::read_upstream_token;
+use super::raw::RawUpstream;
+use super::values::{parse_upstream, ser_duration};
+use super::{ConfigError, Ctx, Overrides, Secret};
+
+/// Where Jupyter listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `http://host:port` — the authority is what Jupyter sees as `Host`.
+    Tcp { authority: String },
+    /// `unix:/path` — Jupyter's `--ServerApp.sock`.
+    Unix { path: PathBuf },
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { authority } => write!(f, "http://{authority}"),
+            UpstreamAddr::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for UpstreamAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where the upstream token is read from. The token itself is read at
+/// startup by `load_upstream_token`, never from argv.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub url: UpstreamAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The token value, loaded from `token_file` or `token_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// How long Jupyter may take to answer a request once it has been
+    /// sent whole: a Jupyter that accepts and never answers (or trickles
+    /// its answer) must not hold a client's request forever.
+    #[serde(serialize_with = "ser_duration")]
+    pub response_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub websocket_idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+/// Validates `[upstream]` and reads the token it names; `--upstream` wins
+/// over the file.
+pub(super) fn validate(
+    u: RawUpstream,
+    overrides: &Overrides,
+    ctx: &Ctx,
+) -> Result<UpstreamConfig, ConfigError> {
+    let url_text = overrides
+        .upstream
+        .clone()
+        .or(u.url)
+        .unwrap_or_else(|| "http://127.0.0.1:8888".to_owned());
+    let url = parse_upstream(&url_text).map_err(|m| ctx.invalid("upstream.url", m))?;
+    if u.token_file.is_some() && u.token_env.is_some() {
+        return Err(ctx.invalid(
+            "upstream.token_file",
+            "set either token_file or token_env, not both".into(),
+        ));
+    }
+    let token = read_upstream_token(u.token_file.as_deref(), u.token_env.as_deref(), ctx)?;
+    Ok(UpstreamConfig {
+        url,
+        token_file: u.token_file,
+        token_env: u.token_env,
+        token: token.map(Secret::new),
+        connect_timeout: ctx.duration(
+            "upstream.connect_timeout",
+            u.connect_timeout,
+            Duration::from_secs(5),
+        )?,
+        // Minutes, not nginx's 60 s: saving a large notebook or an
+        // nbconvert export can take longer than a minute.
+        response_timeout: ctx.duration(
+            "upstream.response_timeout",
+            u.response_timeout,
+            Duration::from_secs(300),
+        )?,
+        // Far above Jupyter's 30 s WebSocket pings: nginx's 60 s default
+        // is a known cause of dropped kernels.
+        websocket_idle_timeout: ctx.duration(
+            "upstream.websocket_idle_timeout",
+            u.websocket_idle_timeout,
+            Duration::from_secs(3600),
+        )?,
+        pool_idle_timeout: ctx.duration(
+            "upstream.pool_idle_timeout",
+            u.pool_idle_timeout,
+            Duration::from_secs(60),
+        )?,
+        pool_max_idle: u.pool_max_idle.unwrap_or(64),
+    })
+}
