@@ -264,9 +264,15 @@ async fn a_bad_file_changes_nothing_and_its_error_names_file_and_line() {
         .lines()
         .find(|l| l.contains("configuration not reloaded"))
         .expect("the error line");
+    let allow_line = std::fs::read_to_string(&path)
+        .expect("config")
+        .lines()
+        .position(|l| l.starts_with("allow = "))
+        .expect("the allow line")
+        + 1;
     assert!(
-        error.contains(path.to_str().expect("utf-8")) && error.contains("policy.allow"),
-        "the error names the file and key: {error}"
+        error.contains(&format!("{}:{allow_line}: policy.allow", path.display())),
+        "the error names the file, line and key: {error}"
     );
 
     // Nothing changed: the test user's cookie, token and tunnel all still work; the new user

@@ -10,20 +10,22 @@ use super::raw::RawConfig;
 use super::values::valid_upstream_token;
 use super::{ConfigError, Ctx};
 
-/// Reads and parses `path`.
+/// Reads `path`.
 ///
 /// # Errors
-/// `ConfigError::Read` when the file cannot be read, `ConfigError::Parse`
-/// (file, line, column, key) when it is not valid TOML for nbgate.
-pub(super) fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// `ConfigError::Read` when the file cannot be read.
+pub(super) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// Parses configuration text as if read from `path`.
+///
+/// # Errors
+/// `ConfigError::Parse` (file, line, column, key) when it is not valid TOML
+/// for nbgate.
 pub(super) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
@@ -128,6 +130,36 @@ fn key_at(text: &str, line: usize) -> Option<String> {
         Some(s) if !s.is_empty() => format!("{s}.{key}"),
         _ => key.to_owned(),
     })
+}
+
+/// The line (1-based) that sets the dotted `key` (`policy.allow`,
+/// `tls.acme.domains`), the inverse of `key_at`; the first one for keys of
+/// an array of tables (`users.name`). `None` when the file does not set it.
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().trim_matches('"');
+        let full = if section.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{section}.{name}")
+        };
+        if full == key {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -64,12 +64,43 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {key}: {message}")]
+    #[error("{}: {key}: {message}", located(.path, .line))]
     Invalid {
         path: PathBuf,
+        /// The line that sets `key`, when the file sets it (a default or a
+        /// command-line override has none).
+        line: Option<usize>,
         key: &'static str,
         message: String,
     },
+}
+
+/// `path:line`, or `path` alone.
+fn located(path: &Path, line: &Option<usize>) -> String {
+    match line {
+        Some(n) => format!("{}:{n}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+impl ConfigError {
+    /// Places an `Invalid` error at the line of `text` that sets its key.
+    fn placed_in(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                path,
+                line: None,
+                key,
+                message,
+            } => ConfigError::Invalid {
+                line: load::line_of(text, key),
+                path,
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Command-line values that override the file (`--listen`, `--upstream`, ...).
@@ -132,6 +163,7 @@ impl Ctx {
     fn invalid(&self, key: &'static str, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone(),
+            line: None,
             key,
             message,
         }
@@ -160,11 +192,16 @@ impl Config {
     /// # Errors
     /// A `ConfigError` that names the file, the key and the problem.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let (raw, source) = match path {
-            Some(p) => (load::read_file(p)?, p.to_path_buf()),
-            None => (RawConfig::default(), PathBuf::from("<defaults>")),
+        let Some(p) = path else {
+            return Self::try_from_raw(
+                RawConfig::default(),
+                PathBuf::from("<defaults>"),
+                overrides,
+            );
         };
-        Self::try_from_raw(raw, source, overrides)
+        let text = load::read_file(p)?;
+        Self::try_from_raw(load::parse(&text, p)?, p.to_path_buf(), overrides)
+            .map_err(|e| e.placed_in(&text))
     }
 
     /// Parses and validates configuration text as if read from `path`.
@@ -177,6 +214,7 @@ impl Config {
             path.to_path_buf(),
             &Overrides::default(),
         )
+        .map_err(|e| e.placed_in(text))
     }
 
     /// Validates a parsed file, section by section; `source` is used in
@@ -242,6 +280,23 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("test.toml:3:"), "{msg}");
         assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn an_invalid_value_names_file_line_and_key() {
+        let e =
+            load_str("[server]\nlisten = [\"127.0.0.1:1\"]\n\n[policy]\nallow = [\"nonsense\"]\n")
+                .expect_err("bad network");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml:5: policy.allow: "), "{msg}");
+        // A value the file does not set (an override, a default) has no line.
+        let e = ConfigError::Invalid {
+            path: "t.toml".into(),
+            line: None,
+            key: "server.listen",
+            message: "m".into(),
+        };
+        assert_eq!(e.placed_in("").to_string(), "t.toml: server.listen: m");
     }
 
     #[test]
