@@ -444,3 +444,75 @@ async fn twenty_reloads_under_steady_load_fail_no_request_and_no_tunnel() {
         gate.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_from_self_signed_to_certificate_files_applies_to_new_handshakes() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    // A connection made before the switch (it trusts the self-signed certificate).
+    let before = gate.client_http1();
+    let r = within(
+        T,
+        "GET before",
+        before
+            .get(gate.url("/api/status"))
+            .headers(gate.auth_headers())
+            .send(),
+    )
+    .await
+    .expect("GET before the switch");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("strict-transport-security").is_none(),
+        "no HSTS when self-signed"
+    );
+
+    let pair = common::certs::localhost();
+    let (cert, key) = (gate.dir().join("files.crt"), gate.dir().join("files.key"));
+    std::fs::write(&cert, &pair.cert_pem).expect("write cert");
+    std::fs::write(&key, &pair.key_pem).expect("write key");
+    edit_config(&gate, |c| {
+        let tls = section(c, "tls");
+        tls.insert("mode".into(), "files".into());
+        tls.insert("cert_file".into(), cert.display().to_string().into());
+        tls.insert("key_file".into(), key.display().to_string().into());
+    });
+    reload_ok(&gate).await;
+
+    let trusting_files = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pair.cert_pem.as_bytes()).expect("PEM"),
+        )
+        .resolve("localhost", gate.https_addr())
+        .build()
+        .expect("client");
+    let r = within(
+        T,
+        "GET with the files certificate",
+        trusting_files
+            .get(gate.url("/api/status"))
+            .headers(gate.auth_headers())
+            .send(),
+    )
+    .await
+    .expect("a new handshake gets the certificate from the files");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("strict-transport-security").is_some(),
+        "HSTS is on by default with certificate files"
+    );
+    // The connection opened before the switch goes on.
+    let r = within(
+        T,
+        "GET after",
+        before
+            .get(gate.url("/api/status"))
+            .headers(gate.auth_headers())
+            .send(),
+    )
+    .await
+    .expect("the old connection still serves");
+    assert_eq!(r.status(), 200);
+}
