@@ -109,6 +109,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `--acme-ip`: an ACME certificate for this IP address.
+    pub acme_ip: Option<String>,
 }
 
 /// The validated configuration.
@@ -226,7 +228,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let ctx = Ctx { source };
         let server = server::validate(raw.server, overrides, &ctx)?;
-        let tls = tls::validate(raw.tls, !server.http_listen.is_empty(), &ctx)?;
+        let tls = tls::validate(
+            raw.tls,
+            !server.http_listen.is_empty(),
+            overrides.acme_ip.as_deref(),
+            &ctx,
+        )?;
         let upstream = upstream::validate(raw.upstream, overrides, &ctx)?;
         let log = logging::validate(raw.log, &ctx)?;
         let auth = auth::validate(raw.auth, &ctx)?;
@@ -280,6 +287,75 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("test.toml:3:"), "{msg}");
         assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn acme_identifiers_may_be_public_ip_addresses() {
+        let c = load_str(
+            "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"203.0.113.7\", \"2001:DB8:0::1\", \"nb.example.com\"]\n",
+        )
+        .expect("public addresses");
+        let acme = c.tls.acme.expect("acme");
+        assert_eq!(
+            acme.domains,
+            ["203.0.113.7", "2001:db8::1", "nb.example.com"]
+        );
+        assert!(acme.has_ip());
+        for private in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:8.8.8.8",
+        ] {
+            let e = load_str(&format!(
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"{private}\"]\n"
+            ))
+            .expect_err(private);
+            assert!(
+                e.to_string().contains("not a public address"),
+                "{private}: {e}"
+            );
+        }
+        // A test CA on this machine (Pebble) validates here: loopback is fine.
+        let c = load_str(
+            "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"127.0.0.1\"]\ndirectory = \"https://127.0.0.1:14000/dir\"\n",
+        )
+        .expect("loopback with a local directory");
+        assert_eq!(c.tls.acme.expect("acme").domains, ["127.0.0.1"]);
+    }
+
+    #[test]
+    fn acme_ip_on_the_command_line_is_an_ip_certificate() {
+        let o = Overrides {
+            acme_ip: Some("203.0.113.9".into()),
+            ..Overrides::default()
+        };
+        let c = Config::try_from_raw(RawConfig::default(), "<defaults>".into(), &o).expect("valid");
+        assert_eq!(c.tls.mode, TlsMode::Acme);
+        assert_eq!(c.tls.acme.expect("acme").domains, ["203.0.113.9"]);
+        let o = Overrides {
+            acme_ip: Some("192.168.1.5".into()),
+            ..Overrides::default()
+        };
+        assert!(Config::try_from_raw(RawConfig::default(), "<defaults>".into(), &o).is_err());
+    }
+
+    #[test]
+    fn an_acme_profile_name_is_checked() {
+        let c = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"nb.example.com\"]\nprofile = \"tlsserver\"\n")
+            .expect("valid");
+        assert_eq!(
+            c.tls.acme.expect("acme").profile.as_deref(),
+            Some("tlsserver")
+        );
+        let e = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"nb.example.com\"]\nprofile = \"short lived\"\n")
+            .expect_err("a space");
+        assert!(e.to_string().contains("tls.acme.profile"), "{e}");
     }
 
     #[test]
@@ -410,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn acme_rejects_wildcards_ip_addresses_dns01_and_half_an_eab() {
+    fn acme_rejects_wildcards_private_addresses_dns01_and_half_an_eab() {
         let base = "[tls]\nmode = \"acme\"\n[tls.acme]\n";
         for (extra, key) in [
             ("domains = [\"*.example.org\"]", "tls.acme.domains"),

@@ -125,6 +125,7 @@ pub(super) struct RawAcme {
     pub(super) challenges: Option<Vec<String>>,
     pub(super) key_type: Option<String>,
     pub(super) renew_before: Option<String>,
+    pub(super) profile: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
