@@ -10,20 +10,19 @@ use super::raw::RawConfig;
 use super::values::valid_upstream_token;
 use super::{ConfigError, Ctx};
 
-/// Reads and parses `path`.
+/// Reads `path`.
 ///
 /// # Errors
-/// `ConfigError::Read` when the file cannot be read, `ConfigError::Parse`
-/// (file, line, column, key) when it is not valid TOML for nbgate.
-pub(super) fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// `ConfigError::Read` when the file cannot be read.
+pub(super) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(&text, path)
+    })
 }
 
-/// Parses configuration text as if read from `path`.
+/// Parses configuration text as if read from `path`: `ConfigError::Parse`
+/// (file, line, column, key) when it is not valid TOML for nbgate.
 pub(super) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
@@ -138,4 +137,35 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |i| before.len() - i - 1)
         + 1;
     (line, column)
+}
+
+/// The line (1-based) where the dotted `key` is set in `text`, e.g.
+/// `policy.lockout.duration` under `[policy.lockout]` or as
+/// `lockout.duration` under `[policy]`; `None` when the file does not set it
+/// or it is set in an array of tables (`[[users]]`: which entry is unknown
+/// here).
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with("[[") {
+            section = "[[".into();
+        } else if let Some(s) = l.strip_prefix('[') {
+            section = s.trim_end_matches(']').trim().to_owned();
+        } else if let Some((k, _)) = l.split_once('=') {
+            if l.starts_with('#') || section == "[[" {
+                continue;
+            }
+            let k = k.trim().trim_matches('"');
+            let full = if section.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{section}.{k}")
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
 }
