@@ -264,11 +264,11 @@ impl Drop for Unshown {
 fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     match Config::load(path, overrides) {
         Ok(c) => {
-            nbgate::telemetry::init(c.log.format);
+            nbgate::telemetry::init(c.log.format, &c.log.level);
             Ok(c)
         }
         Err(e) => {
-            nbgate::telemetry::init(LogFormat::Text);
+            nbgate::telemetry::init(LogFormat::Text, "info");
             Err(e.into())
         }
     }

@@ -12,9 +12,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` wins over the default level.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber. `RUST_LOG` wins over `level` (`log.level`,
+/// validated at config load).
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // rustls warns about what any client can trigger at will (an IP
     // address as SNI, as wrk and many scripts send, is one WARN line per
     // handshake): a client must not be able to flood the log. Shown only
