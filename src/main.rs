@@ -284,7 +284,7 @@ impl Drop for Unshown {
 fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     match Config::load(path, overrides) {
         Ok(c) => {
-            nbgate::telemetry::init(c.log.format, "info");
+            nbgate::telemetry::init(c.log.format, &c.log.level);
             Ok(c)
         }
         Err(e) => {

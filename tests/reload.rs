@@ -516,3 +516,57 @@ async fn switching_from_self_signed_to_certificate_files_applies_to_new_handshak
     .expect("the old connection still serves");
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_follows_a_reload() {
+    let jupyter = Jupyter::start().await;
+    // Without RUST_LOG (which would win over log.level).
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .env("RUST_LOG", "")
+        .set("log.level", "info")
+        .start()
+        .await;
+    let get = || async {
+        within(
+            T,
+            "GET /api/status",
+            gate.client()
+                .get(gate.url("/api/status"))
+                .headers(gate.auth_headers())
+                .send(),
+        )
+        .await
+        .expect("GET /api/status")
+        .bytes()
+        .await
+        .expect("body");
+    };
+    let access_lines = || {
+        gate.log_lines()
+            .iter()
+            .filter(|l| l.contains("nbgate::access") && l.contains("/api/status"))
+            .count()
+    };
+    get().await;
+    poll_until(T, "an access line at info", || async {
+        (access_lines() > 0).then_some(())
+    })
+    .await;
+    edit_config(&gate, |c| {
+        section(c, "log").insert("level".into(), "info,nbgate::access=off".into());
+    });
+    reload_ok(&gate).await;
+    let before = access_lines();
+    for _ in 0..3 {
+        get().await;
+    }
+    // A marker after the requests: once it is logged, their lines would have been too.
+    edit_config(&gate, |c| add_user(c, "marker", "marker-password-1"));
+    reload_ok(&gate).await;
+    assert_eq!(
+        access_lines(),
+        before,
+        "no access lines with nbgate::access=off"
+    );
+}

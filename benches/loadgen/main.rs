@@ -311,7 +311,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
             opts.contenders
                 .iter()
                 .copied()
-                .filter(|k| *k != Kind::NbgateBefore || before_here)
+                .filter(|k| !k.is_variant() || before_here)
                 .collect()
         };
         let rounds = match measure {
@@ -559,7 +559,7 @@ async fn target_for(
         auth: HeaderMap::new(),
     };
     let mut auth = HeaderMap::new();
-    if matches!(c.kind, Kind::Nbgate | Kind::NbgateBefore) {
+    if c.kind.is_nbgate() {
         // The real cost of a cookie check is part of every nbgate figure.
         auth.insert(
             "cookie",
@@ -645,7 +645,7 @@ async fn jupyter_set(
     load::kernel_rtt(&direct, &kernel, Duration::from_secs(2)).await?;
     println!("== kernel");
     for round in 0..opts.rounds {
-        for &kind in opts.contenders.iter().filter(|k| **k != Kind::NbgateBefore) {
+        for &kind in opts.contenders.iter().filter(|k| !k.is_variant()) {
             let k = kernel.clone();
             let r = one(
                 env,

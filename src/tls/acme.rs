@@ -598,11 +598,13 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
         client.challenges.clear();
         match result {
             Ok(new) => {
+                crate::metrics::renewal_finished(true);
                 resolver.replace(Arc::clone(&new));
                 issued = Some(new);
                 failures = 0;
             }
             Err(e) => {
+                crate::metrics::renewal_finished(false);
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, base, 0.8 + 0.4 * rand::random::<f64>());
                 let retry_in = humantime::format_duration(Duration::from_millis(
