@@ -6,6 +6,12 @@
 //! of the server-to-client stream to know where frames end, so that when
 //! nbgate closes a tunnel it can send the browser a proper close frame
 //! (1001 "going away") instead of cutting a frame in half.
+//!
+//! The client side is an HTTP/1.1 connection after its 101, or one HTTP/2
+//! stream after a 200 to an extended CONNECT (RFC 8441): `ClientTunnel` is
+//! how `server::http2` hands such a stream to the request path without the
+//! proxy knowing about the server. Jupyter's side is always an HTTP/1.1
+//! upgrade, so the pump sees the same WebSocket frames either way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +21,66 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+/// The byte stream of a client's WebSocket when it is not a whole
+/// connection: an HTTP/2 stream (`server::http2`). Boxed: one allocation
+/// per tunnel, and the request path stays one compiled function.
+pub type TunnelIo = Box<dyn TunnelStream>;
+
+/// A byte stream a tunnel can pump (one trait: a trait object names one).
+pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> TunnelStream for T {}
+
+/// Put by `server::http2` into the extensions of an extended CONNECT with
+/// `:protocol = websocket` (RFC 8441): the stream, once its 2xx is sent.
+///
+/// Why a channel: the stream can carry WebSocket bytes only after the
+/// response head went out, which happens after the handler returned it;
+/// the tunnel's task waits on this for its client side as an HTTP/1.1
+/// tunnel waits on hyper's `OnUpgrade`. In a `Mutex<Option<…>>` because
+/// request extensions must be `Clone + Sync`; taken once.
+#[derive(Clone)]
+pub struct ClientTunnel(Arc<Mutex<Option<oneshot::Receiver<TunnelIo>>>>);
+
+/// The server's end of a `ClientTunnel`.
+pub type TunnelOffer = oneshot::Sender<TunnelIo>;
+
+impl ClientTunnel {
+    pub fn new() -> (TunnelOffer, ClientTunnel) {
+        let (tx, rx) = oneshot::channel();
+        (tx, ClientTunnel(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    /// The client's stream, once the 2xx has been sent; an error when the
+    /// stream ended first. `None` when already taken.
+    pub fn take(&self) -> Option<oneshot::Receiver<TunnelIo>> {
+        self.0
+            .lock()
+            .expect("tunnel offer lock is never poisoned: no panics while held")
+            .take()
+    }
+}
+
+/// Marks the response to an extended CONNECT that the request path
+/// accepted (its tunnel task waits for the stream): only then does
+/// `server::http2` keep the stream open and hand it over. Any other answer,
+/// 2xx or not, is sent as an ordinary response.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelAccepted;
+
+/// A fresh `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random bytes, base64),
+/// for the upgrade nbgate asks of Jupyter on behalf of an HTTP/2 client,
+/// which sends none (RFC 8441 §5).
+pub fn new_key() -> http::HeaderValue {
+    use base64::Engine;
+    let mut nonce = [0u8; 16];
+    rand::fill(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    http::HeaderValue::from_str(&key).expect("base64 is a valid header value")
+}
 
 /// Open tunnels, so they can be closed from outside their task.
 #[derive(Default)]

@@ -20,6 +20,17 @@
 //! - a body error resets the stream (INTERNAL_ERROR): the client sees an
 //!   incomplete response, never a truncated one that looks whole.
 //!
+//! WebSockets over HTTP/2 (RFC 8441): the connection advertises
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL, so browsers open a WebSocket as one
+//! more stream of the connection they already have (an extended CONNECT
+//! with `:protocol = websocket`) instead of a new TLS connection each. Such
+//! a request reaches the handler with no body and a
+//! `proxy::websocket::ClientTunnel` in its extensions; when the handler
+//! accepts it (a 2xx marked `TunnelAccepted`), the head goes out without
+//! END_STREAM and the stream, as a byte stream (`H2Tunnel`), goes to the
+//! tunnel's task through the `ClientTunnel`. Any other answer is sent as an
+//! ordinary response.
+//!
 //! Per connection: the same settings hyper was given (and hyper's defaults
 //! for the rest), stream-reset limits (`ResetBudget`: reset floods close
 //! the connection with GOAWAY ENHANCE_YOUR_CALM), the client
@@ -49,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::coalesce;
 use super::frame_budget::{FrameBudget, Served};
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
+use crate::proxy::websocket::{ClientTunnel, TunnelAccepted, TunnelOffer};
 use crate::telemetry::Chain;
 
 /// Connection settings, from `[server]` in the configuration.
@@ -133,7 +145,8 @@ where
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS);
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .enable_connect_protocol();
     let served = Arc::new(Served::default());
     let (io, flusher) = coalesce(FrameBudget::new(io, Arc::clone(&served)));
     let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
@@ -207,18 +220,26 @@ where
                     closing = true;
                     continue;
                 }
-                let (parts, recv) = req.into_parts();
-                let body = if recv.is_end_stream() {
-                    H2Body::new(recv, None, None)
+                let (mut parts, recv) = req.into_parts();
+                let heard = keep_alive.as_ref().map(|k| Arc::clone(&k.heard));
+                let (body, tunnel) = if is_websocket_connect(&parts) {
+                    // The stream is kept for the tunnel; the handler sees
+                    // a request without a body.
+                    let (offer, ticket) = ClientTunnel::new();
+                    parts.extensions.insert(ticket);
+                    let pending = PendingTunnel { recv, offer, heard };
+                    (RequestBody::Empty, Some(pending))
+                } else if recv.is_end_stream() {
+                    (RequestBody::Http2(H2Body::new(recv, None, None)), None)
                 } else {
-                    let heard = keep_alive.as_ref().map(|k| Arc::clone(&k.heard));
-                    H2Body::new(recv, content_length(&parts.headers), heard)
+                    let length = content_length(&parts.headers);
+                    (RequestBody::Http2(H2Body::new(recv, length, heard)), None)
                 };
-                let body = RequestBody::Http2(body);
                 let response = handle(Request::from_parts(parts, body));
                 tokio::spawn(serve_stream(
                     response,
                     respond,
+                    tunnel,
                     Arc::clone(&resets),
                     Arc::clone(&served),
                     OpenStreams::start(&streams),
@@ -340,6 +361,18 @@ fn is_client_reset(e: &BoxError) -> bool {
             .is_some_and(|e| e.is_reset() && e.is_remote())
 }
 
+/// Is this an extended CONNECT for a WebSocket (RFC 8441 §4)? h2 accepts
+/// `:protocol` only on CONNECT, and only because the connection advertised
+/// it. Other protocols (`connect-udp` …) reach the handler as a CONNECT
+/// with a body, which the request path refuses.
+fn is_websocket_connect(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<h2::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
 /// The request's `Content-Length` (h2 has already checked that it is a
 /// number, and resets a stream whose DATA does not add up to it).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -429,14 +462,17 @@ impl KeepAlive {
     }
 }
 
-/// One stream: the handler's response, then its body.
+/// One stream: the handler's response, then its body, or the tunnel it
+/// opens.
 async fn serve_stream<F>(
     response: F,
     mut respond: SendResponse<Bytes>,
+    tunnel: Option<PendingTunnel>,
     resets: Arc<ResetBudget>,
     served: Arc<Served>,
-    // Held until the stream's answer is sent or abandoned.
-    _open: OpenStream,
+    // Held until the stream's answer is sent or abandoned, or while its
+    // tunnel is open: the connection is not idle meanwhile.
+    open: OpenStream,
 ) where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -460,6 +496,12 @@ async fn serve_stream<F>(
     let (mut head, body) = answer.into_parts();
     if !head.headers.contains_key(DATE) {
         head.headers.insert(DATE, http_date());
+    }
+    if let Some(tunnel) = tunnel {
+        if head.status.is_success() && head.extensions.get::<TunnelAccepted>().is_some() {
+            open_tunnel(tunnel, head, respond, served, open);
+            return;
+        }
     }
     let end = body.is_end_stream();
     if !end && !head.headers.contains_key(CONTENT_LENGTH) {
@@ -485,6 +527,160 @@ async fn serve_stream<F>(
             }
             send.send_reset(Reason::INTERNAL_ERROR);
         }
+    }
+}
+
+/// An extended CONNECT for a WebSocket, waiting for its answer.
+struct PendingTunnel {
+    recv: h2::RecvStream,
+    offer: TunnelOffer,
+    /// The connection's keep-alive flag (see `H2Body`).
+    heard: Option<Arc<AtomicBool>>,
+}
+
+/// Sends the 2xx head of an accepted tunnel without END_STREAM and hands
+/// the stream to the tunnel's task.
+fn open_tunnel(
+    tunnel: PendingTunnel,
+    head: http::response::Parts,
+    mut respond: SendResponse<Bytes>,
+    served: Arc<Served>,
+    open: OpenStream,
+) {
+    let send = match respond.send_response(Response::from_parts(head, ()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send a tunnel's response head");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    let io = H2Tunnel {
+        recv: tunnel.recv,
+        send,
+        unread: Bytes::new(),
+        ended: false,
+        heard: tunnel.heard,
+        served,
+        _open: open,
+    };
+    // The tunnel's task is gone (shutdown): dropping the stream resets it.
+    let _ = tunnel.offer.send(Box::new(io));
+}
+
+/// One HTTP/2 stream as a byte stream: what a WebSocket over HTTP/2 is
+/// once its CONNECT is answered (RFC 8441 §5).
+///
+/// Reading returns the client's DATA and gives the bytes back to its
+/// window as they are consumed, so the window bounds what waits here.
+/// Writing claims capacity only when there is something to write (an idle
+/// claim would pin connection window, hyper#4003) and sends what the
+/// peer's window allows now, so a slow reader slows the pump instead of
+/// filling h2's buffer. Shutdown sends END_STREAM. A RST_STREAM from the
+/// client reads as an end of stream when it is NO_ERROR or CANCEL (a
+/// closed tab), as an error otherwise.
+struct H2Tunnel {
+    recv: h2::RecvStream,
+    send: SendStream<Bytes>,
+    /// Received but not yet read.
+    unread: Bytes,
+    /// END_STREAM sent.
+    ended: bool,
+    heard: Option<Arc<AtomicBool>>,
+    served: Arc<Served>,
+    _open: OpenStream,
+}
+
+/// An h2 error as the io error a byte pump expects.
+fn h2_io_error(e: h2::Error) -> std::io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| std::io::ErrorKind::Other.into());
+    }
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)
+}
+
+impl AsyncRead for H2Tunnel {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        while this.unread.is_empty() {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    if let Some(heard) = &this.heard {
+                        heard.store(true, Ordering::Relaxed);
+                    }
+                    this.unread = data;
+                }
+                Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread.split_to(n));
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Tunnel {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let capacity = this.send.capacity();
+            if capacity > 0 {
+                let n = capacity.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_io_error)?;
+                this.served.add(n);
+                return Poll::Ready(Ok(n));
+            }
+            this.send.reserve_capacity(buf.len());
+            match std::task::ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // What `send_data` took, the connection's task writes.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.ended {
+            this.ended = true;
+            // No more DATA: give back any capacity claim.
+            this.send.reserve_capacity(0);
+            this.send
+                .send_data(Bytes::new(), true)
+                .map_err(h2_io_error)?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
