@@ -270,15 +270,22 @@ impl Live {
         gave_up.armed = false;
         drop(gave_up);
         self.response_filter(&mut resp);
+        let h2_tunnel = resp.extensions().get::<TunnelAccepted>().is_some();
+        let tunnel = h2_tunnel || resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // An HTTP/2 tunnel's 200 counts as the opened tunnel it is (the
+        // `websocket` kind of the 101 an HTTP/1.1 client gets).
+        let status = if h2_tunnel {
+            StatusCode::SWITCHING_PROTOCOLS
+        } else {
+            resp.status()
+        };
         crate::metrics::request(
             uri.path().starts_with(self.prefix.as_str()),
-            resp.status().as_u16(),
+            status.as_u16(),
             start,
         );
 
-        // A tunnel logs its own lines (`run_tunnel`).
-        let tunnel = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            || resp.extensions().get::<TunnelAccepted>().is_some();
+        // A tunnel logs its own lines (`Tunnel::run`).
         if !self.config.log.access_log || tunnel {
             return Ok(resp);
         }
