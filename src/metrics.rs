@@ -290,6 +290,8 @@ struct Events {
     last_reload: Outcome,
     renewals: [AtomicU64; 2],
     last_renewal: Outcome,
+    /// When the ACME task next renews, Unix seconds; 0 while not scheduled.
+    next_renewal: AtomicU64,
     upstream_connects: [AtomicU64; 2],
     connect_latency: [AtomicU64; CONNECT_SLOTS],
     connect_sum_us: AtomicU64,
@@ -325,6 +327,7 @@ static EVENTS: Events = Events {
     last_reload: Outcome::new(),
     renewals: [const { AtomicU64::new(0) }; 2],
     last_renewal: Outcome::new(),
+    next_renewal: AtomicU64::new(0),
     upstream_connects: [const { AtomicU64::new(0) }; 2],
     connect_latency: [const { AtomicU64::new(0) }; CONNECT_SLOTS],
     connect_sum_us: AtomicU64::new(0),
@@ -378,6 +381,13 @@ pub fn reload_finished(ok: bool) {
 pub fn renewal_finished(ok: bool) {
     EVENTS.renewals[usize::from(ok)].fetch_add(1, Relaxed);
     EVENTS.last_renewal.set(ok);
+}
+
+/// The ACME task scheduled the next renewal for `at` (a short-lived
+/// certificate renews every few days: the time is worth watching).
+pub fn renewal_scheduled(at: SystemTime) {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    EVENTS.next_renewal.store(secs.max(1), Relaxed);
 }
 
 /// A connection to Jupyter was attempted and took `elapsed`.
@@ -610,6 +620,15 @@ impl Collector for Scrape {
             "ACME order",
             &ev.last_renewal,
         )?;
+        let next = ev.next_renewal.load(Relaxed);
+        if next > 0 {
+            gauge(
+                &mut e,
+                "certificate_next_renewal_seconds",
+                "When the ACME task renews the certificate next, Unix seconds",
+                next as i64,
+            )?;
+        }
 
         gauge(
             &mut e,

@@ -456,6 +456,7 @@ async fn an_ip_address_gets_a_certificate_over_tls_alpn01_and_renews_while_a_con
     let gate = acme_gate(&pebble, &upstream, false)
         .set("tls.acme.domains", vec!["127.0.0.1".to_string()])
         .set("server.header_read_timeout", "60s")
+        .set("admin.listen", "127.0.0.1:0")
         .start()
         .await;
     gate.wait_for_log("acme: certificate issued", ISSUE_TIMEOUT)
@@ -484,6 +485,28 @@ async fn an_ip_address_gets_a_certificate_over_tls_alpn01_and_renews_while_a_con
     assert_ne!(new, old, "a new connection sees the renewed certificate");
     // The connection opened before the renewal is untouched.
     assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
+    // The log and the metrics say when the next renewal is.
+    assert!(gate
+        .find_line(&["acme: renewal scheduled", "renew_in"])
+        .is_some());
+    let up = gate.wait_for_log("admin endpoint up", ISSUE_TIMEOUT).await;
+    let admin = common::nbgate::log_field(&up, "admin_addr").expect("admin_addr");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics");
+    let next: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("nbgate_certificate_next_renewal_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no next renewal in:\n{text}"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now - 60..now + 60).contains(&next),
+        "next renewal {next}, now {now}"
+    );
 }
 
 /// ARI (RFC 9773): where the directory offers renewal windows, the window decides, not the

@@ -570,6 +570,9 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                     None,
                 ),
             };
+            crate::metrics::renewal_scheduled(
+                std::time::SystemTime::now() + Duration::from_secs(wait.max(0).unsigned_abs()),
+            );
             if wait > 0 {
                 let wait = Duration::from_secs(wait.unsigned_abs());
                 tracing::info!(
