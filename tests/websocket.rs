@@ -1,16 +1,22 @@
 //! WebSocket tunnels through nbgate: Jupyter kernels and terminals, the Origin check, what the
-//! upstream sees in the handshake, idle timeout and the tunnel log events.
+//! upstream sees in the handshake, idle timeout and the tunnel log events; WebSockets over
+//! HTTP/2 (RFC 8441): a kernel runs code, the same refusals as HTTP/1.1, and CONNECTs that are
+//! not WebSockets. (Their closing by logout, reload and shutdown: `login.rs`, `reload.rs`,
+//! `shutdown.rs`.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::h2ws::{h2_connect, h2_connection, h2_websocket, ApiClient};
 use common::kernel::{execute, read_terminal_until, start_kernel, start_terminal};
 use common::nbgate::log_field;
 use common::upstream::echoed_header;
 use common::{within, Jupyter, Nbgate, TestUpstream};
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -210,152 +216,23 @@ async fn active_tunnel_outlives_the_idle_timeout() {
     }
 }
 
-/// One HTTP/2 stream after a 200 to an extended CONNECT, as the byte stream a WebSocket runs
-/// on (RFC 8441 §5), for tungstenite.
-struct H2Stream {
-    send: h2::SendStream<bytes::Bytes>,
-    recv: h2::RecvStream,
-    unread: bytes::Bytes,
-}
-
-impl tokio::io::AsyncRead for H2Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        while this.unread.is_empty() {
-            match std::task::ready!(this.recv.poll_data(cx)) {
-                None => return std::task::Poll::Ready(Ok(())),
-                Some(Ok(data)) => this.unread = data,
-                Some(Err(e)) => return std::task::Poll::Ready(Err(std::io::Error::other(e))),
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread.split_to(n));
-        let _ = this.recv.flow_control().release_capacity(n);
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for H2Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        // h2 buffers what the window does not allow yet: fine for a test's few messages.
-        let sent = self
-            .get_mut()
-            .send
-            .send_data(bytes::Bytes::copy_from_slice(buf), false)
-            .map_err(std::io::Error::other);
-        std::task::Poll::Ready(sent.map(|()| buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let sent = self
-            .get_mut()
-            .send
-            .send_data(bytes::Bytes::new(), true)
-            .map_err(std::io::Error::other);
-        std::task::Poll::Ready(sent)
-    }
-}
-
-/// An HTTP/2 connection to nbgate on which nbgate has advertised extended CONNECT.
-async fn h2_connection(gate: &Nbgate) -> h2::client::SendRequest<bytes::Bytes> {
-    let tls = gate.tls_connect_alpn(&[b"h2"]).await;
-    let (send, conn) = within(T, "h2 handshake", h2::client::handshake(tls))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = within(T, "h2 ready", send.ready()).await.expect("h2 ready");
-    // The server's SETTINGS arrive with its first frames: poll until they have been read.
-    within(T, "SETTINGS_ENABLE_CONNECT_PROTOCOL", async {
-        while !send.is_extended_connect_protocol_enabled() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    send = within(T, "h2 ready", send.ready()).await.expect("h2 ready");
-    send
-}
-
-/// Opens a WebSocket to `path` over HTTP/2 (RFC 8441: CONNECT with `:protocol = websocket`)
-/// with `headers`; nbgate's answer, and the stream when it is a 200.
-async fn h2_websocket(
-    conn: &mut h2::client::SendRequest<bytes::Bytes>,
-    gate: &Nbgate,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (http::response::Parts, Option<H2Stream>) {
-    let mut request = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(gate.url(path))
-        .extension(h2::ext::Protocol::from("websocket"))
-        .header("sec-websocket-version", "13");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(()).expect("request");
-    let ready = within(T, "h2 stream slot", conn.clone().ready())
-        .await
-        .expect("h2 ready");
-    *conn = ready;
-    let (response, send) = conn.send_request(request, false).expect("send CONNECT");
-    let response = within(T, "answer to the CONNECT", response)
-        .await
-        .expect("answer to the CONNECT");
-    let (parts, recv) = response.into_parts();
-    let stream = (parts.status == 200).then(|| H2Stream {
-        send,
-        recv,
-        unread: bytes::Bytes::new(),
-    });
-    (parts, stream)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_executes_code_over_a_websocket_on_http2() {
     let jupyter = Jupyter::start().await;
     let gate = Nbgate::start_for(&jupyter).await;
     let kernel = start_kernel(&gate).await;
     let path = format!("/api/kernels/{kernel}/channels");
-    let token = format!("token {}", common::nbgate::TEST_API_TOKEN);
-    let origin = gate.origin();
+    let api = ApiClient::of(&gate);
     let mut conn = h2_connection(&gate).await;
-    let (head, stream) = h2_websocket(
-        &mut conn,
-        &gate,
-        &path,
-        &[("authorization", &token), ("origin", &origin)],
-    )
-    .await;
+    let (head, stream) = h2_websocket(&mut conn, &gate, &path, &api.headers()).await;
     assert_eq!(head.status, 200, "{head:?}");
     // Nothing of the HTTP/1.1 handshake reaches an HTTP/2 client (RFC 8441 §5).
     for name in ["sec-websocket-accept", "upgrade", "connection"] {
         assert!(!head.headers.contains_key(name), "{name} in {head:?}");
     }
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        stream.expect("the stream of a 200"),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let mut ws =
+        WebSocketStream::from_raw_socket(stream.expect("the stream of a 200"), Role::Client, None)
+            .await;
     assert_eq!(execute(&mut ws, "1+1").await, "2");
     let line = gate
         .wait_for_line(&["tunnel opened", "h2"], Duration::from_secs(5))
@@ -370,8 +247,8 @@ async fn kernel_executes_code_over_a_websocket_on_http2() {
         &gate,
         &path,
         &[
-            ("authorization", &token),
-            ("origin", &origin),
+            api.headers()[0],
+            api.headers()[1],
             ("sec-websocket-protocol", subprotocol),
         ],
     )
@@ -414,5 +291,51 @@ async fn http2_websocket_without_credentials_or_from_another_site_is_refused() {
         .await;
         assert_eq!(head.status, 403, "Origin {other}: {head:?}");
     }
+    assert!(!gate.log_contains("tunnel opened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connects_that_are_not_websockets_are_refused() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let api = ApiClient::of(&gate);
+    let auth = api.headers();
+    let mut conn = h2_connection(&gate).await;
+    let before = upstream.connections();
+    // A plain CONNECT asks for a tunnel to another host: nbgate is no forward proxy.
+    let (head, stream) = h2_connect(&mut conn, &gate, "", None, &auth).await;
+    assert_eq!(head.status, 405, "{head:?}");
+    assert_eq!(
+        head.headers.get("allow").map(|v| v.as_bytes()),
+        Some(&b""[..])
+    );
+    assert!(stream.is_none());
+    // An extended CONNECT for another protocol: 501 (RFC 9220 §3).
+    for protocol in ["connect-udp", "webtransport"] {
+        let (head, _) = h2_connect(&mut conn, &gate, "/ws-echo", Some(protocol), &auth).await;
+        assert_eq!(head.status, 501, ":protocol {protocol}: {head:?}");
+    }
+    assert_eq!(
+        upstream.connections(),
+        before,
+        "a refused CONNECT reached the upstream"
+    );
+    // The connection goes on: a WebSocket on it still opens.
+    let (head, _) = h2_websocket(&mut conn, &gate, "/ws-echo", &auth).await;
+    assert_eq!(head.status, 200, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_websocket_to_a_page_gets_502_not_an_open_stream() {
+    // Jupyter answers `GET /api` with `Upgrade: websocket` as a plain GET (200 and JSON). An
+    // HTTP/2 client takes any 2xx to its CONNECT for an open WebSocket (RFC 8441 §5), so that
+    // answer must not reach it.
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let api = ApiClient::of(&gate);
+    let mut conn = h2_connection(&gate).await;
+    let (head, stream) = h2_websocket(&mut conn, &gate, "/api", &api.headers()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(stream.is_none());
     assert!(!gate.log_contains("tunnel opened"));
 }

@@ -327,20 +327,17 @@ impl Live {
         };
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
+        // A CONNECT opens a WebSocket over HTTP/2 or is refused.
+        let h2_tunnel = if *req.method() == Method::CONNECT {
+            Some(websocket_connect(&req)?)
+        } else {
+            None
+        };
         // HTTP/1.1 only: RFC 9110 §7.8 says a server must ignore `Upgrade`
         // in an HTTP/1.0 request (an old intermediary may have forwarded
         // it without understanding it, so a 101 could desynchronize the
         // connection); such a request is forwarded as a plain one, its
         // `Upgrade` removed with the other hop-by-hop headers.
-        // An HTTP/2 WebSocket (RFC 8441) is an extended CONNECT that
-        // `server::http2` marked; any other CONNECT names no resource here.
-        let h2_tunnel = req
-            .extensions()
-            .get::<ClientTunnel>()
-            .and_then(ClientTunnel::take);
-        if *req.method() == Method::CONNECT && h2_tunnel.is_none() {
-            return Err(ProxyError::BadRequestTarget);
-        }
         let mut resp = if let Some(tunnel) = h2_tunnel {
             let client_side = ClientSide::Http2(tunnel);
             Box::pin(self.forward_websocket(req, client_side, client, &host, &identity)).await?
@@ -767,7 +764,7 @@ impl Live {
             // WebSocket (RFC 8441 §5): a page Jupyter served instead
             // (`/lab` asked for as a WebSocket) must not look like one.
             if h2 && up_resp.status().is_success() {
-                return Err(ProxyError::BadRequestTarget);
+                return Err(ProxyError::NotAWebSocket);
             }
             // Jupyter refused (unknown kernel, 403 ...) or answered as to a
             // plain request (`GET /lab` with `Upgrade: websocket`): its
@@ -856,6 +853,30 @@ impl Drop for GiveUpLog<'_> {
             );
         }
     }
+}
+
+/// The client's side of a CONNECT, which opens a WebSocket over HTTP/2
+/// (RFC 8441: an extended CONNECT with `:protocol = websocket`, which
+/// `server::http2` hands over as a `ClientTunnel`) and nothing else.
+///
+/// # Errors
+/// A CONNECT without `:protocol` asks for a tunnel to another host:
+/// `ConnectNotAllowed` (no open proxy). One with another `:protocol`:
+/// `UnsupportedProtocol`.
+fn websocket_connect(
+    req: &Request<RequestBody>,
+) -> Result<tokio::sync::oneshot::Receiver<websocket::TunnelIo>, ProxyError> {
+    if let Some(tunnel) = req
+        .extensions()
+        .get::<ClientTunnel>()
+        .and_then(ClientTunnel::take)
+    {
+        return Ok(tunnel);
+    }
+    if req.extensions().get::<h2::ext::Protocol>().is_some() {
+        return Err(ProxyError::UnsupportedProtocol);
+    }
+    Err(ProxyError::ConnectNotAllowed)
 }
 
 /// The client side of a WebSocket: the connection hyper hands over after

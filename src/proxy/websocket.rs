@@ -251,6 +251,13 @@ impl PumpBuf {
 
 /// Pumps bytes until either side closes, the tunnel is idle for
 /// `idle_timeout`, or `cancel` fires.
+///
+/// Half-close: when the client ends its side (TCP FIN; END_STREAM on
+/// HTTP/2, RFC 8441 §5), Jupyter's connection is shut down for writing and
+/// what Jupyter still sends is passed to the client for up to `CLOSE_DRAIN`
+/// (Jupyter closes at once on a FIN), then the client's side is ended too:
+/// the client sees a clean end, never a cut one. When Jupyter ends first,
+/// the client's side is shut down (END_STREAM) and the tunnel ends.
 pub async fn pump<C, U>(
     client: C,
     upstream: U,
@@ -275,7 +282,12 @@ where
         let mut buf = PumpBuf::default();
         loop {
             let n = match c_r.read(buf.space()).await {
-                Ok(0) => return CloseReason::ClientClosed,
+                Ok(0) => {
+                    // The client's half-close (TCP FIN, or END_STREAM on
+                    // HTTP/2) is passed on as Jupyter's TCP FIN.
+                    let _ = u_w.shutdown().await;
+                    return CloseReason::ClientClosed;
+                }
                 Ok(n) => n,
                 Err(_) => return CloseReason::Error,
             };
@@ -344,10 +356,24 @@ where
         }
     };
 
+    tokio::pin!(down, idle);
     let reason = tokio::select! {
-        r = up => r,
-        r = down => r,
-        _ = idle => CloseReason::Idle,
+        r = up => {
+            if r == CloseReason::ClientClosed {
+                // Half-closed: what Jupyter still sends (the answer to the
+                // client's close frame) reaches the client, and Jupyter's
+                // end becomes the client's (`down` shuts its side down).
+                // Bounded: a Jupyter that neither sends nor closes does not
+                // hold the tunnel.
+                tokio::select! {
+                    _ = tokio::time::timeout(CLOSE_DRAIN, &mut down) => {}
+                    _ = &mut idle => {}
+                }
+            }
+            r
+        }
+        r = &mut down => r,
+        _ = &mut idle => CloseReason::Idle,
     };
     let stats = TunnelStats {
         bytes_up: bytes_up.load(Ordering::Relaxed),
@@ -494,6 +520,57 @@ mod tests {
         let (reason, stats) = task.await.expect("join");
         assert_eq!(reason, CloseReason::Closed);
         assert_eq!(stats.bytes_down, 4);
+    }
+
+    #[tokio::test]
+    async fn a_client_half_close_reaches_jupyter_and_its_answer_still_reaches_the_client() {
+        let (client_side, mut browser) = tokio::io::duplex(1024);
+        let (upstream_side, mut jupyter) = tokio::io::duplex(1024);
+        let task = tokio::spawn(pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        ));
+        // The browser's close frame (masked, code 1000), then its FIN or
+        // END_STREAM.
+        let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8];
+        browser.write_all(&close).await.expect("write");
+        browser.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        jupyter.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, close, "Jupyter gets the frame, then the FIN");
+        // Jupyter answers the close and closes; the answer arrives whole,
+        // then the browser's side ends.
+        jupyter
+            .write_all(&[0x88, 0x02, 0x03, 0xE8])
+            .await
+            .expect("write");
+        drop(jupyter);
+        let mut answer = Vec::new();
+        browser.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, vec![0x88, 0x02, 0x03, 0xE8]);
+        let (reason, stats) = task.await.expect("join");
+        assert_eq!(reason, CloseReason::ClientClosed);
+        assert_eq!((stats.bytes_up, stats.bytes_down), (8, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_tunnel_ends_when_jupyter_does_not() {
+        let (client_side, mut browser) = tokio::io::duplex(64);
+        let (upstream_side, _jupyter) = tokio::io::duplex(64);
+        let task = tokio::spawn(pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+        ));
+        browser.shutdown().await.expect("half-close");
+        let (reason, _) = tokio::time::timeout(CLOSE_DRAIN * 2, task)
+            .await
+            .expect("the tunnel outlived CLOSE_DRAIN")
+            .expect("join");
+        assert_eq!(reason, CloseReason::ClientClosed);
     }
 
     #[tokio::test(start_paused = true)]
