@@ -1,6 +1,6 @@
 //! End-to-end with real clients: headless Chromium (Playwright, Debian's
 //! `chromium`) logs in through nbgate's form and runs a notebook cell in
-//! JupyterLab; a Python API client uses an nbgate API token over HTTPS and a
+//! JupyterLab, over the hybrid post-quantum key exchange X25519MLKEM768; a Python API client uses an nbgate API token over HTTPS and a
 //! kernel WebSocket, and a wrong token gets 401. Screenshots are kept in
 //! `target/test-artifacts/browser/`.
 
@@ -105,6 +105,10 @@ fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, String) {
 async fn chromium_logs_in_and_runs_a_notebook_cell() {
     let jupyter = Jupyter::start_lab().await;
     let gate = Nbgate::start_for(&jupyter).await;
+    // Chromium offers the hybrid post-quantum key exchange; the harness's own clients (ring)
+    // cannot, so a handshake logged with it below is the browser's.
+    let hybrid = ["tls key exchange", "group=X25519MLKEM768"];
+    assert_eq!(gate.find_line(&hybrid), None);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/browser");
     std::fs::create_dir_all(&shots).expect("artifact dir");
     let url = format!("https://localhost:{}", gate.https_addr().port());
@@ -137,6 +141,11 @@ async fn chromium_logs_in_and_runs_a_notebook_cell() {
     for png in ["login.png", "login-error.png", "notebook.png"] {
         assert!(shots.join(png).exists(), "screenshot {png} missing");
     }
+    assert!(
+        gate.find_line(&hybrid).is_some(),
+        "Chromium did not negotiate X25519MLKEM768; nbgate log:\n{}",
+        gate.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
