@@ -306,8 +306,12 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                 .collect()
         } else {
             // The pre-fix build only where the fixes touch the path
-            // (request forwarding, tunnels, logins), to keep a full run short.
-            let before_here = matches!(measure, "h1" | "h2" | "ws_rtt" | "ws_throughput" | "idle");
+            // (request forwarding, tunnels, logins, handshakes), to keep a
+            // full run short.
+            let before_here = matches!(
+                measure,
+                "h1" | "h2" | "tls_full" | "tls_resumed" | "ws_rtt" | "ws_throughput" | "idle"
+            );
             opts.contenders
                 .iter()
                 .copied()
