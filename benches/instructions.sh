@@ -9,7 +9,8 @@
 #   N=20000 bash benches/instructions.sh      more requests
 #
 # Environment: NBGATE_BIN (default: target/release/nbgate, built), NBGATE_BEFORE_BIN (optional,
-# an earlier build shown as nbgate-before), N (requests, default 5000), CALLGRIND_KEEP (a
+# an earlier build shown as nbgate-before), NBGATE_METRICS=1 (also nbgate-metrics: the same binary
+# with `[admin] listen` set, which turns the per-request metrics on), N (requests, default 5000), CALLGRIND_KEEP (a
 # directory: the dumps are copied there as <contender>.<h1|h2>.<requests>.out, for
 # `callgrind_annotate --inclusive=yes`; build with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 # for function names and lines).
@@ -75,8 +76,9 @@ login() { # port
     awk '$6=="__Host-nbgate-session"{print $7}' "$jar"
 }
 
-start_nbgate() { # bin port dir
-    local hash
+start_nbgate() { # bin port dir [admin]
+    local hash admin=""
+    [[ "${4:-}" == admin ]] && admin="$(printf '[admin]\nlisten = "127.0.0.1:%s"' "$(free_port)")"
     hash="$(printf '%s\n' "$password" | "$1" hash-password 2>/dev/null | tail -1)"
     cat >"$3/nbgate.toml" <<EOF
 [server]
@@ -90,6 +92,7 @@ access_log = false
 [[users]]
 name = "bench"
 password_hash = "$hash"
+$admin
 $(cat benches/policy.toml)
 EOF
     RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
@@ -177,7 +180,7 @@ measure() { # name kind [bin]
     port="$(free_port)"
     dir="$work/$name"
     mkdir -p "$dir"
-    if [[ "$kind" == nbgate ]]; then start_nbgate "$3" "$port" "$dir"; else start_nginx "$port" "$dir"; fi
+    if [[ "$kind" == nbgate ]]; then start_nbgate "$3" "$port" "$dir" "${4:-}"; else start_nginx "$port" "$dir"; fi
     pid=$!
     pids+=("$pid")
     wait_https "$port"
@@ -208,6 +211,9 @@ measure() { # name kind [bin]
 measure nbgate nbgate "$NBGATE_BIN" >>"$work/results"
 if [[ -n "${NBGATE_BEFORE_BIN:-}" ]]; then
     measure nbgate-before nbgate "$NBGATE_BEFORE_BIN" >>"$work/results"
+fi
+if [[ "${NBGATE_METRICS:-0}" == 1 ]]; then
+    measure nbgate-metrics nbgate "$NBGATE_BIN" admin >>"$work/results"
 fi
 measure nginx nginx >>"$work/results"
 mapfile -t results <"$work/results"

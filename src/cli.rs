@@ -32,6 +32,12 @@ pub enum Command {
         /// Where generated certificates and keys are kept.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A trusted certificate for this public IP address from Let's
+        /// Encrypt (ACME, `shortlived` profile): sets tls.mode = "acme" and
+        /// tls.acme.domains = [ADDR]. The CA validates on port 443
+        /// (tls-alpn-01) or 80 (http-01) of that address.
+        #[arg(long, value_name = "ADDR")]
+        acme_ip: Option<String>,
     },
     /// Start Jupyter as a child on a private Unix socket with a fresh token
     /// nbgate injects, and serve it: `nbgate run [OPTIONS] -- jupyter lab [ARGS…]`.
@@ -45,6 +51,12 @@ pub enum Command {
         /// Where generated certificates and keys are kept.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A trusted certificate for this public IP address from Let's
+        /// Encrypt (ACME, `shortlived` profile): sets tls.mode = "acme" and
+        /// tls.acme.domains = [ADDR]. The CA validates on port 443
+        /// (tls-alpn-01) or 80 (http-01) of that address.
+        #[arg(long, value_name = "ADDR")]
+        acme_ip: Option<String>,
         /// Run Jupyter as this user (nbgate keeps its own privileges).
         #[arg(long, value_name = "NAME")]
         user: Option<String>,

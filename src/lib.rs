@@ -16,15 +16,18 @@
 //! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client (`proxy::upstream`
 //!   the keep-alive pool, `proxy::h1` one HTTP/1.1 exchange, `proxy::transport` the byte stream),
 //!   WebSocket tunnels, the filter every upstream answer passes (`proxy::response`, with the
-//!   streaming token scrubber).
+//!   streaming token scrubber), Jupyter's reachability for health checks (`proxy::health`).
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
 //!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
 //!   what one poll of such a connection writes into one TLS write; `server::frame_budget`
 //!   closes one that floods frames carrying no requests), hyper's HTTP/1.1 server the
-//!   others (HTTP/2 without ALPN is refused).
+//!   others (HTTP/2 without ALPN is refused); `server::admin` the admin listener
+//!   (`/metrics`, `/health`; plain on loopback, else TLS + bearer token).
 //! - `telemetry`: logging setup (its level changes at a reload); access and audit targets.
+//! - `metrics`: Prometheus counters (per-thread shards on the request path) and their text
+//!   exposition; imports nothing else of the crate, so any module may count.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
 //!   server's token) and the password hash `jupyter server password` stores.
 //! - `supervisor`: `nbgate run`: Jupyter as a child on a private Unix socket
@@ -38,13 +41,14 @@
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
 //! `server -> reload -> (proxy, tls, auth, telemetry, systemd)` (the reload
 //! tells systemd), `supervisor -> reload` (only its `Source` type),
-//! `server -> tls -> state`, `server -> systemd`, and everything may read
-//! `config`; inside `proxy`, `upstream -> h1 -> transport`.
+//! `server -> tls -> state`, `server -> systemd`, everything may call
+//! `metrics` and read `config`; inside `proxy`, `upstream -> h1 -> transport`.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod jupyter;
+pub mod metrics;
 pub mod nginx_import;
 pub mod pages;
 pub mod policy;

@@ -28,11 +28,13 @@ fn main() -> ExitCode {
             listen,
             upstream,
             state_dir,
+            acme_ip,
         } => {
             let overrides = Overrides {
                 listen,
                 upstream,
                 state_dir,
+                acme_ip,
             };
             serve(config, overrides)
         }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             config,
             listen,
             state_dir,
+            acme_ip,
             user,
             allow_root,
             command,
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
                 listen,
                 upstream: None,
                 state_dir,
+                acme_ip,
             };
             let child = nbgate::supervisor::ChildSpec {
                 command,
@@ -280,7 +284,7 @@ impl Drop for Unshown {
 fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     match Config::load(path, overrides) {
         Ok(c) => {
-            nbgate::telemetry::init(c.log.format, "info");
+            nbgate::telemetry::init(c.log.format, &c.log.level);
             Ok(c)
         }
         Err(e) => {
@@ -315,6 +319,9 @@ async fn start_listening(
     let config = Arc::new(config);
     let resolver = nbgate::tls::load_resolver(&config)?;
     let listeners = nbgate::server::Listeners::bind(&config).await?;
+    if config.tls.mode == nbgate::config::TlsMode::Acme {
+        nbgate::tls::acme::preflight(&config).await?;
+    }
     let reloader = nbgate::reload::Reloader::start(source, &config, &resolver);
     tracing::info!(
         upstream = %config.upstream.url,

@@ -8,7 +8,7 @@
 //! change: the request path swaps to the new configuration at once
 //! (`proxy::Gateway::reload`), the certificate is replaced, the certificate
 //! maintenance restarts if the TLS settings changed, and the log level
-//! follows. A file that fails validation is refused with its error logged
+//! (`log.level`, unless `RUST_LOG` is set) follows. A file that fails validation is refused with its error logged
 //! (file, line, key) and the running configuration stays whole.
 //!
 //! What survives: every connection, request, upload, download and WebSocket
@@ -19,7 +19,8 @@
 //! the token tunnels of a user whose tokens changed (`Gateway::reload`).
 //!
 //! Settings that only a restart can change (listen addresses, the state
-//! directory, the connection cap, the log format, switching into ACME mode)
+//! directory, the connection cap, the log format, the admin listener,
+//! switching into ACME mode)
 //! are named in a warning and keep their running value; everything else in
 //! the new file is in force.
 //!
@@ -54,19 +55,18 @@ pub enum ReloadError {
     Users(#[source] AuthError),
     #[error("reload refused")]
     Tls(#[source] TlsError),
-    #[error("reload refused")]
-    Level(#[source] crate::telemetry::LevelError),
     #[error("reload refused: the reload task ended unexpectedly")]
     Aborted,
 }
 
 /// Settings a running server cannot change: their keys in the TOML file.
-const RESTART_ONLY: [&str; 5] = [
+const RESTART_ONLY: [&str; 6] = [
     "server.listen",
     "server.http_listen",
     "server.state_dir",
     "server.max_connections",
     "log.format",
+    "admin",
 ];
 
 /// Waits for SIGHUP and reloads; owns the certificate maintenance, which a
@@ -112,6 +112,7 @@ impl Reloader {
             }
             crate::systemd::reloading();
             let result = self.reload(&gateway).await;
+            crate::metrics::reload_finished(result.is_ok());
             if let Err(e) = &result {
                 tracing::error!(
                     error = %Chain(e),
@@ -167,6 +168,10 @@ impl Reloader {
                 }
             }
             TlsStep::Restart => self.maintenance.restart(&config),
+        }
+        // `log.level` was validated with the file; `RUST_LOG`, when set, wins.
+        if let Err(e) = crate::telemetry::set_level(&config.log.level) {
+            tracing::warn!(error = %Chain(&e), "the new log level is not in force");
         }
         let c = &p.changes;
         tracing::info!(
@@ -247,6 +252,20 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     if old.log.format != new.log.format {
         changed.push(RESTART_ONLY[4]);
         new.log.format = old.log.format;
+    }
+    // The admin listener was bound, and its token read, at start.
+    let admin = |c: &Config| {
+        c.admin.as_ref().map(|a| {
+            (
+                a.listen,
+                a.token_file.clone(),
+                a.token.as_ref().map(|t| t.expose().to_owned()),
+            )
+        })
+    };
+    if admin(old) != admin(new) {
+        changed.push(RESTART_ONLY[5]);
+        new.admin.clone_from(&old.admin);
     }
     changed
 }

@@ -14,6 +14,7 @@
 //! hands what it accepts to the worker with the fewest open connections
 //! (`balance`).
 
+mod admin;
 mod balance;
 mod coalesce;
 mod frame_budget;
@@ -68,6 +69,8 @@ pub enum ServerError {
 pub struct Listeners {
     pub https: Vec<TcpListener>,
     pub http: Vec<TcpListener>,
+    /// `[admin] listen`, when set (never socket-activated).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -82,6 +85,10 @@ impl Listeners {
     /// `ServerError::Activation` naming a passed socket nbgate cannot use.
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
         let s = &config.server;
+        let admin = match &config.admin {
+            Some(a) => Some(bind_one(a.listen).await?),
+            None => None,
+        };
         if let Some(passed) = systemd::take_listeners(&s.listen, &s.http_listen)? {
             tracing::info!(
                 https = passed.https.len(),
@@ -103,6 +110,7 @@ impl Listeners {
             return Ok(Listeners {
                 https: register(passed.https)?,
                 http: register(passed.http)?,
+                admin,
             });
         }
         let mut https = Vec::new();
@@ -113,7 +121,7 @@ impl Listeners {
         for addr in &config.server.http_listen {
             http.push(bind_one(*addr).await?);
         }
-        Ok(Listeners { https, http })
+        Ok(Listeners { https, http, admin })
     }
 
     /// The port plain-HTTP redirects point at: the first HTTPS listener's.
@@ -261,6 +269,16 @@ pub async fn run(
         balancer: Arc::clone(&balancer),
         gateway: Arc::clone(&gateway),
     };
+    if let (Some(listener), Some(a)) = (listeners.admin, &config.admin) {
+        admin::spawn(
+            listener,
+            &config,
+            a,
+            &resolver,
+            status.clone(),
+            stop.clone(),
+        );
+    }
     {
         // Scoped: the drain below needs `graceful` back from every holder.
         let accept = Accept {
@@ -763,7 +781,9 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     }
     let gateway = Arc::clone(&ctx.gateway);
     let sessions = Arc::new(SessionCache::default());
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let tls = crate::metrics::CountedIo::new(tls);
+    if h2 {
         let settings = http2_settings(&config);
         let served = http2::serve(tls, &settings, ctx.stop.clone(), move |req| {
             // Boxed once here: the stream's task cell would otherwise hold

@@ -28,21 +28,26 @@ pub enum LevelError {
 }
 
 /// The filter for `level` (an `EnvFilter` directive string, `log.level`),
-/// or for `RUST_LOG` when that is set: an operator's `RUST_LOG` wins over
-/// the configuration, at start and at every reload.
+/// or for `RUST_LOG` when that is set (and not empty): an operator's
+/// `RUST_LOG` wins over the configuration, at start and at every reload.
 fn filter(level: &str) -> Result<EnvFilter, LevelError> {
-    let base = match EnvFilter::try_from_default_env() {
-        Ok(f) => f,
-        Err(_) => {
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let directives = env.as_deref().unwrap_or(level);
+    let base = match (EnvFilter::try_new(directives), &env) {
+        (Ok(f), _) => f,
+        // A malformed RUST_LOG: the configured level instead.
+        (Err(_), Some(_)) => {
             EnvFilter::try_new(level).map_err(|e| LevelError::Invalid(level.to_owned(), e))?
         }
+        (Err(e), None) => return Err(LevelError::Invalid(level.to_owned(), e)),
     };
     // rustls warns about what any client can trigger at will (an IP
     // address as SNI, as wrk and many scripts send, is one WARN line per
     // handshake): a client must not be able to flood the log. Shown only
     // when the directives name rustls explicitly.
-    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
-        || (std::env::var_os("RUST_LOG").is_none() && level.contains("rustls"));
+    let names_rustls = directives.contains("rustls");
     Ok(if names_rustls {
         base
     } else {

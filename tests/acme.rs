@@ -1,6 +1,6 @@
 //! Automatic HTTPS against the real ACME server Pebble: HTTP-01, TLS-ALPN-01, fallback between
-//! them, restart without a new order, renewal while connections stay open, a CA outage, and
-//! certificate reload in files mode.
+//! them, IP address certificates (RFC 8738) over both, restart without a new order, renewal while
+//! connections stay open, a CA outage, and certificate reload in files mode.
 //!
 //! Every test starts its own Pebble on its own ports, so the tests may run in parallel. Clients
 //! trust only Pebble's issuing root (fetched from its management API) and connect with SNI
@@ -374,7 +374,7 @@ async fn renewal_swaps_the_certificate_while_an_open_connection_keeps_working() 
     tokio::spawn(conn);
     assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
 
-    // Renewal at about two thirds of the 15 s lifetime, without any help.
+    // Renewal at half the 15 s lifetime (a short-lived certificate), without any help.
     common::poll_until(Duration::from_secs(40), "a second issuance", || async {
         (gate.log_text().matches("acme: certificate issued").count() >= 2).then_some(())
     })
@@ -392,6 +392,121 @@ async fn renewal_swaps_the_certificate_while_an_open_connection_keeps_working() 
     );
     // The old connection is untouched.
     assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
+}
+
+/// The IP address SANs of a connection's leaf certificate.
+fn leaf_ips(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<std::net::IpAddr> {
+    let leaf = &tls.get_ref().1.peer_certificates().expect("peer certs")[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("x509");
+    let san = cert
+        .subject_alternative_name()
+        .expect("SAN extension")
+        .expect("a SAN");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => Some(
+                std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ip_address_gets_a_certificate_over_http01() {
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let upstream = TestUpstream::start().await;
+    let gate = acme_gate(&pebble, &upstream, true)
+        .set("tls.acme.domains", vec!["127.0.0.1".to_string()])
+        .set("tls.acme.challenges", vec!["http-01".to_string()])
+        .start()
+        .await;
+    gate.wait_for_log("acme: certificate issued", ISSUE_TIMEOUT)
+        .await;
+    assert!(gate
+        .find_line(&["acme: validation succeeded", "http-01"])
+        .is_some());
+    // Pebble 2.4 offers no profiles: none is asked for (with Let's Encrypt it is
+    // `shortlived`; see the unit tests of `choose_profile`).
+    assert!(gate
+        .find_line(&["acme: order placed", "the CA's default"])
+        .is_some());
+    let root = pebble.issuing_root().await;
+    // A client that knows the address only, as a browser typing https://IP/ does: no SNI,
+    // the certificate is checked against the address.
+    let tls = tls_connect(gate.https_addr(), "127.0.0.1", &[root], &[b"http/1.1"])
+        .await
+        .expect("a client verifying the IP address accepts the certificate");
+    assert_eq!(
+        leaf_ips(&tls),
+        ["127.0.0.1".parse::<std::net::IpAddr>().expect("ip")]
+    );
+}
+
+#[tokio::test]
+async fn an_ip_address_gets_a_certificate_over_tls_alpn01_and_renews_while_a_connection_stays_open()
+{
+    let pebble = Pebble::start(PebbleOptions {
+        validity_secs: Some(15),
+    })
+    .await;
+    let upstream = TestUpstream::start().await;
+    let gate = acme_gate(&pebble, &upstream, false)
+        .set("tls.acme.domains", vec!["127.0.0.1".to_string()])
+        .set("server.header_read_timeout", "60s")
+        .set("admin.listen", "127.0.0.1:0")
+        .start()
+        .await;
+    gate.wait_for_log("acme: certificate issued", ISSUE_TIMEOUT)
+        .await;
+    // The validator named the address's reverse-DNS name in SNI (RFC 8738 §6).
+    assert!(gate
+        .find_line(&["acme: validation succeeded", "tls-alpn-01"])
+        .is_some());
+    let roots = [pebble.issuing_root().await];
+    let tls = tls_connect(gate.https_addr(), "127.0.0.1", &roots, &[b"http/1.1"])
+        .await
+        .expect("verified handshake to the address");
+    let old = leaf_serial(&tls);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
+
+    // A short-lived certificate renews at half its lifetime.
+    common::poll_until(Duration::from_secs(40), "a second issuance", || async {
+        (gate.log_text().matches("acme: certificate issued").count() >= 2).then_some(())
+    })
+    .await;
+    let new = served_serial(gate.https_addr(), "127.0.0.1", &roots).await;
+    assert_ne!(new, old, "a new connection sees the renewed certificate");
+    // The connection opened before the renewal is untouched.
+    assert_eq!(request(&mut sender, &gate, "/api/echo").await.0, 200);
+    // The log and the metrics say when the next renewal is.
+    assert!(gate
+        .find_line(&["acme: renewal scheduled", "renew_in"])
+        .is_some());
+    let up = gate.wait_for_log("admin endpoint up", ISSUE_TIMEOUT).await;
+    let admin = common::nbgate::log_field(&up, "admin_addr").expect("admin_addr");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics");
+    let next: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("nbgate_certificate_next_renewal_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no next renewal in:\n{text}"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now - 60..now + 60).contains(&next),
+        "next renewal {next}, now {now}"
+    );
 }
 
 /// ARI (RFC 9773): where the directory offers renewal windows, the window decides, not the
@@ -457,6 +572,14 @@ async fn a_started_ari_window_renews_a_certificate_years_before_a_third_of_its_l
         gate.log_text().matches("acme: certificate issued").count(),
         2,
         "no renewal beyond what the windows asked for"
+    );
+    // The renewal order named the certificate it replaces (RFC 9773 §5); Pebble 2.4 accepts
+    // the order without reflecting the field, so nbgate ordered again without it.
+    assert!(
+        gate.find_line(&["did not take the order's replaces field"])
+            .is_some(),
+        "{}",
+        gate.log_text()
     );
 }
 
@@ -572,4 +695,27 @@ async fn get_localhost(
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
     request(&mut sender, gate, "/api/echo").await
+}
+
+#[tokio::test]
+async fn a_profile_the_directory_does_not_offer_stops_the_start_with_a_clear_error() {
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let upstream = TestUpstream::start().await;
+    let failure = acme_gate(&pebble, &upstream, false)
+        .set("tls.acme.profile", "shortlived")
+        .start_expecting_failure()
+        .await;
+    assert!(
+        failure.log.contains("tls.acme.profile = \"shortlived\"")
+            && failure
+                .log
+                .contains("does not support the profiles extension"),
+        "{}",
+        failure.log
+    );
+    assert!(
+        !failure.log.contains("acme: order placed"),
+        "{}",
+        failure.log
+    );
 }

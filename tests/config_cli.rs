@@ -105,7 +105,7 @@ async fn unknown_key_is_rejected_naming_the_file_and_key() {
 
 #[tokio::test]
 async fn invalid_values_are_rejected_naming_the_key() {
-    let cases: [(&str, toml::Value, &str); 6] = [
+    let cases: [(&str, toml::Value, &str); 8] = [
         (
             "server.header_read_timeout",
             "soon".into(),
@@ -116,6 +116,12 @@ async fn invalid_values_are_rejected_naming_the_key() {
         ("tls.mode", "sometimes".into(), ""),
         ("upstream.url", "ftp://127.0.0.1:21".into(), ""),
         ("server.listen", vec!["not-an-address"].into(), ""),
+        ("log.level", "nbgate=loud".into(), "not a log filter"),
+        (
+            "admin.listen",
+            "192.0.2.1:9180".into(),
+            "not a loopback address",
+        ),
     ];
     // Check every case, then report all failures together.
     let mut failures = Vec::new();

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::nbgate::{nbgate_bin, run_to_exit, Finished};
-use common::NbgateBuilder;
+use common::{NbgateBuilder, TestUpstream};
 
 const DOCKERFILES: [&str; 2] = ["Dockerfile.pytorch", "Dockerfile.miniconda"];
 
@@ -227,8 +227,12 @@ async fn run_healthcheck(argv: &[String], addr: &str) -> Finished {
 
 #[tokio::test]
 async fn healthcheck_gets_200_from_nbgate_and_fails_without_it() {
-    let gate = NbgateBuilder::new().start().await;
+    let upstream = TestUpstream::start().await;
+    let gate = NbgateBuilder::new().upstream(&upstream.url()).start().await;
     let up = gate.https_addr().to_string();
+    // nbgate runs but nothing answers behind it (the builder's default upstream).
+    let orphan = NbgateBuilder::new().start().await;
+    let sick = orphan.https_addr().to_string();
     // A port nobody listens on: bound, then released.
     let down = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -245,6 +249,11 @@ async fn healthcheck_gets_200_from_nbgate_and_fails_without_it() {
         assert!(ok.status.success(), "{name}: healthy nbgate: {ok:?}");
         let failed = run_healthcheck(&argv, &down).await;
         assert!(!failed.status.success(), "{name}: no nbgate: {failed:?}");
+        let failed = run_healthcheck(&argv, &sick).await;
+        assert!(
+            !failed.status.success(),
+            "{name}: nbgate without Jupyter: {failed:?}"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::kernel::start_kernel;
-use common::{poll_until, within, Jupyter, Nbgate};
+use common::{poll_until, within, Jupyter, Nbgate, TestUpstream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -219,7 +219,9 @@ async fn jupyter_killed_mid_download_and_mid_websocket_ends_both_cleanly_and_lea
 
 #[tokio::test]
 async fn handshakes_a_client_sends_at_will_do_not_flood_the_log() {
-    let gate = Nbgate::builder().start().await;
+    // An upstream that answers: the health page asked below says 503 without one.
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
     let addr = gate.https_addr();
     let lines_before = gate.log_lines().len();
     // An IP address as SNI (what wrk and many scripts send): rustls warns about each one.

@@ -244,7 +244,11 @@ async fn a_removed_user_loses_their_tunnel_and_cookie_and_others_keep_theirs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_changes_nothing_and_its_error_names_file_and_line() {
     let jupyter = Jupyter::start().await;
-    let gate = Nbgate::start_for(&jupyter).await;
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("admin.listen", "127.0.0.1:0")
+        .start()
+        .await;
     let kernel = start_kernel(&gate).await;
     let mut ws = gate
         .ws_connect(&format!("/api/kernels/{kernel}/channels"))
@@ -288,6 +292,28 @@ async fn a_bad_file_changes_nothing_and_its_error_names_file_and_line() {
     let line = reload(&gate).await;
     assert!(line.contains("configuration not reloaded"), "{line}");
     assert_eq!(status_with_cookie(&gate, &cookie).await, 200);
+
+    // Prometheus sees both refusals, and that the last reload failed.
+    let up = gate.wait_for_log("admin endpoint up", T).await;
+    let admin = common::nbgate::log_field(&up, "admin_addr").expect("admin_addr");
+    let text = within(
+        T,
+        "GET /metrics",
+        reqwest::Client::new()
+            .get(format!("http://{admin}/metrics"))
+            .send(),
+    )
+    .await
+    .expect("scrape")
+    .text()
+    .await
+    .expect("metrics");
+    assert!(
+        text.lines()
+            .any(|l| l == "nbgate_reloads_total{result=\"failure\"} 2")
+            && text.lines().any(|l| l == "nbgate_reload_last_success 0"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,4 +541,58 @@ async fn switching_from_self_signed_to_certificate_files_applies_to_new_handshak
     .await
     .expect("the old connection still serves");
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_follows_a_reload() {
+    let jupyter = Jupyter::start().await;
+    // Without RUST_LOG (which would win over log.level).
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .env("RUST_LOG", "")
+        .set("log.level", "info")
+        .start()
+        .await;
+    let get = || async {
+        within(
+            T,
+            "GET /api/status",
+            gate.client()
+                .get(gate.url("/api/status"))
+                .headers(gate.auth_headers())
+                .send(),
+        )
+        .await
+        .expect("GET /api/status")
+        .bytes()
+        .await
+        .expect("body");
+    };
+    let access_lines = || {
+        gate.log_lines()
+            .iter()
+            .filter(|l| l.contains("nbgate::access") && l.contains("/api/status"))
+            .count()
+    };
+    get().await;
+    poll_until(T, "an access line at info", || async {
+        (access_lines() > 0).then_some(())
+    })
+    .await;
+    edit_config(&gate, |c| {
+        section(c, "log").insert("level".into(), "info,nbgate::access=off".into());
+    });
+    reload_ok(&gate).await;
+    let before = access_lines();
+    for _ in 0..3 {
+        get().await;
+    }
+    // A marker after the requests: once it is logged, their lines would have been too.
+    edit_config(&gate, |c| add_user(c, "marker", "marker-password-1"));
+    reload_ok(&gate).await;
+    assert_eq!(
+        access_lines(),
+        before,
+        "no access lines with nbgate::access=off"
+    );
 }

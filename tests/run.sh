@@ -18,8 +18,9 @@ cd "$repo"
 # log lines), testssl.sh (the TLS audit in tests/tls_audit.rs), openssl (its s_client sends an
 # IP address as SNI in tests/faults.rs), python3 (Debian's, which uid 65534 can run: the
 # `nbgate run --user` test's child), systemd (systemd-analyze verify/security on the shipped
-# units in tests/systemd_units.rs, and systemd-socket-activate; no systemd runs).
-APT_PACKAGES=(chromium pebble fail2ban testssl.sh openssl python3 systemd)
+# units in tests/systemd_units.rs, and systemd-socket-activate; no systemd runs), prometheus
+# (its promtool checks config/prometheus/alerts.yml in tests/metrics.rs; no Prometheus runs).
+APT_PACKAGES=(chromium pebble fail2ban testssl.sh openssl python3 systemd prometheus)
 # What the test venv holds; changing this list re-runs pip on the next run.
 # `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too.
 PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright)

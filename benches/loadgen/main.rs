@@ -32,11 +32,12 @@ use crate::net::{BoxError, Target};
 use crate::procs::{Backend, Contender, Env, Kind, Proc};
 
 /// Every measure, in run order.
-pub const MEASURES: [&str; 9] = [
+pub const MEASURES: [&str; 10] = [
     "h1",
     "h2",
     "tls_full",
     "tls_resumed",
+    "tls_resumed_x25519",
     "ws_rtt",
     "ws_throughput",
     "large_body",
@@ -310,12 +311,18 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
             // full run short.
             let before_here = matches!(
                 measure,
-                "h1" | "h2" | "tls_full" | "tls_resumed" | "ws_rtt" | "ws_throughput" | "idle"
+                "h1" | "h2"
+                    | "tls_full"
+                    | "tls_resumed"
+                    | "tls_resumed_x25519"
+                    | "ws_rtt"
+                    | "ws_throughput"
+                    | "idle"
             );
             opts.contenders
                 .iter()
                 .copied()
-                .filter(|k| *k != Kind::NbgateBefore || before_here)
+                .filter(|k| !k.is_variant() || before_here)
                 .collect()
         };
         let rounds = match measure {
@@ -406,8 +413,12 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                         )
                         .await
                     }
-                    "tls_full" | "tls_resumed" => {
-                        let resume = measure == "tls_resumed";
+                    "tls_full" | "tls_resumed" | "tls_resumed_x25519" => {
+                        let alpn = match measure {
+                            "tls_full" => net::Alpn::H1NoResume,
+                            "tls_resumed" => net::Alpn::H1,
+                            _ => net::Alpn::H1X25519,
+                        };
                         one(
                             &env,
                             &backend,
@@ -415,7 +426,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                             kind,
                             measure,
                             round,
-                            |t, _c| async move { load::handshakes(&t, resume, 16, dur).await },
+                            |t, _c| async move { load::handshakes(&t, alpn, 16, dur).await },
                         )
                         .await
                     }
@@ -563,7 +574,7 @@ async fn target_for(
         auth: HeaderMap::new(),
     };
     let mut auth = HeaderMap::new();
-    if matches!(c.kind, Kind::Nbgate | Kind::NbgateBefore) {
+    if c.kind.is_nbgate() {
         // The real cost of a cookie check is part of every nbgate figure.
         auth.insert(
             "cookie",
@@ -649,7 +660,7 @@ async fn jupyter_set(
     load::kernel_rtt(&direct, &kernel, Duration::from_secs(2)).await?;
     println!("== kernel");
     for round in 0..opts.rounds {
-        for &kind in opts.contenders.iter().filter(|k| **k != Kind::NbgateBefore) {
+        for &kind in opts.contenders.iter().filter(|k| !k.is_variant()) {
             let k = kernel.clone();
             let r = one(
                 env,

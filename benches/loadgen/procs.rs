@@ -171,25 +171,44 @@ pub enum Kind {
     /// nbgate built before the fixes (`NBGATE_BEFORE_BIN`), for a
     /// before/after comparison inside one run.
     NbgateBefore,
+    /// The same nbgate with `[admin] listen` set, which turns on the
+    /// per-request metrics: their cost, measured in one run.
+    NbgateMetrics,
     Nginx,
     Caddy,
 }
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Nbgate, Kind::Nginx, Kind::Caddy];
-    pub const WITH_BEFORE: [Kind; 5] = [
+    pub const WITH_BEFORE: [Kind; 6] = [
         Kind::Direct,
         Kind::Nbgate,
         Kind::NbgateBefore,
+        Kind::NbgateMetrics,
         Kind::Nginx,
         Kind::Caddy,
     ];
+
+    /// An nbgate build or variant (logs in; runs only where nbgate's
+    /// request path is measured, for the extra ones).
+    pub fn is_nbgate(self) -> bool {
+        matches!(
+            self,
+            Kind::Nbgate | Kind::NbgateBefore | Kind::NbgateMetrics
+        )
+    }
+
+    /// A contender that only exists to compare with `nbgate`.
+    pub fn is_variant(self) -> bool {
+        matches!(self, Kind::NbgateBefore | Kind::NbgateMetrics)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Nbgate => "nbgate",
             Kind::NbgateBefore => "nbgate-before",
+            Kind::NbgateMetrics => "nbgate-metrics",
             Kind::Nginx => "nginx",
             Kind::Caddy => "caddy",
         }
@@ -251,13 +270,17 @@ impl Contender {
         fs::create_dir_all(&dir)?;
         let log = dir.join("log.txt");
         let mut proc = match kind {
-            Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log)?,
+            Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, None)?,
+            Kind::NbgateMetrics => {
+                let admin = free_port();
+                start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, Some(admin))?
+            }
             Kind::NbgateBefore => {
                 let bin = env
                     .nbgate_before_bin
                     .as_ref()
                     .ok_or("NBGATE_BEFORE_BIN not set")?;
-                start_nbgate(env, bin, backend, port, &dir, &log)?
+                start_nbgate(env, bin, backend, port, &dir, &log, None)?
             }
             Kind::Nginx => start_nginx(env, backend, port, &dir, &log)?,
             Kind::Caddy => start_caddy(env, backend, port, &dir, &log)?,
@@ -284,7 +307,11 @@ fn start_nbgate(
     port: u16,
     dir: &Path,
     log: &Path,
+    admin_port: Option<u16>,
 ) -> Result<Proc, BoxError> {
+    let admin = admin_port.map_or_else(String::new, |p| {
+        format!("[admin]\nlisten = \"127.0.0.1:{p}\"\n")
+    });
     let token = match &backend.jupyter_token {
         Some(t) => {
             let p = dir.join("jupyter-token");
@@ -323,6 +350,7 @@ access_log = false
 name = {user:?}
 password_hash = {hash:?}
 
+{admin}
 # ---- policy (allowlist + rate limits, sized not to trigger) ----
 {policy}
 "#,

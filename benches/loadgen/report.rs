@@ -61,6 +61,15 @@ const SPECS: &[Spec] = &[
         ],
     },
     Spec {
+        id: "tls_resumed_x25519",
+        title: "3c. New connections per second, TLS 1.3 session resumption, X25519 only",
+        what: "as 3b from a client that offers X25519 alone (a client without ML-KEM): every contender does the same key exchange, so this isolates the handshake code from the cost of the hybrid group.",
+        metrics: &[
+            ("conns_per_s", "conn/s", true, true),
+            ("resumed_pct", "% resumed", true, false),
+        ],
+    },
+    Spec {
         id: "ws_rtt",
         title: "4a. WebSocket echo round trip, 100-byte messages",
         what: "one connection, one message in flight.",
@@ -387,6 +396,15 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         writeln!(r, "Not run in this report.\n")?;
     }
 
+    if kinds.contains(&"nbgate-metrics") {
+        writeln!(r, "## Metrics on / off, same run\n")?;
+        writeln!(
+            r,
+            "`nbgate-metrics` is the same binary as `nbgate` with `[admin] listen` set, which turns on the per-request metrics (issue 19: at most 2% of requests/s), run alternately with the others in this same run.\n"
+        )?;
+        same_run_table(&mut r, &get, "nbgate", "nbgate-metrics", "on ÷ off")?;
+        writeln!(r)?;
+    }
     if kinds.contains(&"nbgate-before") {
         writeln!(r, "## Before / after the fixes, same run\n")?;
         let which = std::env::var("NBGATE_BEFORE_DESC").unwrap_or_else(|_| {
@@ -396,29 +414,7 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
             r,
             "`nbgate-before` is {which}, run alternately with the others in this same run.\n"
         )?;
-        writeln!(r, "| measure | metric | nbgate-before | nbgate | after ÷ before | nginx |\n|---|---|---:|---:|---:|---:|")?;
-        for sp in SPECS {
-            for m in sp.metrics {
-                if let (Some(b), Some(a)) =
-                    (get(sp.id, "nbgate-before", m.0), get(sp.id, "nbgate", m.0))
-                {
-                    let ng = get(sp.id, "nginx", m.0).map_or("–".into(), fmt);
-                    let ratio = if b > 0.0 {
-                        format!("{:.2}", a / b)
-                    } else {
-                        "–".into()
-                    };
-                    writeln!(
-                        r,
-                        "| {} | {} | {} | {} | {ratio} | {ng} |",
-                        sp.id,
-                        m.1,
-                        fmt(b),
-                        fmt(a)
-                    )?;
-                }
-            }
-        }
+        same_run_table(&mut r, &get, "nbgate-before", "nbgate", "after ÷ before")?;
         for id in ["isolation_quiet", "isolation_flood"] {
             for (k, label) in [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")] {
                 if let (Some(b), Some(a)) = (get(id, "nbgate-before", k), get(id, "nbgate", k)) {
@@ -461,6 +457,43 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
 }
 
 type Get<'a> = dyn Fn(&str, &str, &str) -> Option<f64> + 'a;
+
+/// A table of two nbgate contenders measured in the same run: `a`, `b`,
+/// `b ÷ a` (titled `ratio`) and nginx, for every measure both have.
+fn same_run_table(
+    r: &mut String,
+    get: &Get<'_>,
+    a: &str,
+    b: &str,
+    ratio: &str,
+) -> std::fmt::Result {
+    use std::fmt::Write;
+    writeln!(
+        r,
+        "| measure | metric | {a} | {b} | {ratio} | nginx |\n|---|---|---:|---:|---:|---:|"
+    )?;
+    for sp in SPECS {
+        for m in sp.metrics {
+            if let (Some(x), Some(y)) = (get(sp.id, a, m.0), get(sp.id, b, m.0)) {
+                let ng = get(sp.id, "nginx", m.0).map_or("–".into(), fmt);
+                let q = if x > 0.0 {
+                    format!("{:.3}", y / x)
+                } else {
+                    "–".into()
+                };
+                writeln!(
+                    r,
+                    "| {} | {} | {} | {} | {q} | {ng} |",
+                    sp.id,
+                    m.1,
+                    fmt(x),
+                    fmt(y)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
 
 fn headline(get: &Get<'_>, kinds: &[&str]) -> String {
     let rows: [(&str, &str, &str, bool); 8] = [

@@ -21,11 +21,8 @@ pub(super) fn read_file(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Parses configuration text as if read from `path`.
-///
-/// # Errors
-/// `ConfigError::Parse` (file, line, column, key) when it is not valid TOML
-/// for nbgate.
+/// Parses configuration text as if read from `path`: `ConfigError::Parse`
+/// (file, line, column, key) when it is not valid TOML for nbgate.
 pub(super) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
@@ -132,36 +129,6 @@ fn key_at(text: &str, line: usize) -> Option<String> {
     })
 }
 
-/// The line (1-based) that sets the dotted `key` (`policy.allow`,
-/// `tls.acme.domains`), the inverse of `key_at`; the first one for keys of
-/// an array of tables (`users.name`). `None` when the file does not set it.
-pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
-    let mut section = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            section = line
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_owned();
-            continue;
-        }
-        let Some((name, _)) = line.split_once('=') else {
-            continue;
-        };
-        let name = name.trim().trim_matches('"');
-        let full = if section.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{section}.{name}")
-        };
-        if full == key {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -170,4 +137,35 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |i| before.len() - i - 1)
         + 1;
     (line, column)
+}
+
+/// The line (1-based) where the dotted `key` is set in `text`, e.g.
+/// `policy.lockout.duration` under `[policy.lockout]` or as
+/// `lockout.duration` under `[policy]`; `None` when the file does not set it
+/// or it is set in an array of tables (`[[users]]`: which entry is unknown
+/// here).
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with("[[") {
+            section = "[[".into();
+        } else if let Some(s) = l.strip_prefix('[') {
+            section = s.trim_end_matches(']').trim().to_owned();
+        } else if let Some((k, _)) = l.split_once('=') {
+            if l.starts_with('#') || section == "[[" {
+                continue;
+            }
+            let k = k.trim().trim_matches('"');
+            let full = if section.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{section}.{k}")
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
 }

@@ -15,8 +15,9 @@
 //! Layout: `raw` (serde structs), `load` (file and environment reads),
 //! `values` (value parsers), and one file per section with its validated
 //! type and its validation: `server`, `tls`, `upstream`, `logging`, `auth`,
-//! `policy`.
+//! `policy`, `admin`.
 
+mod admin;
 mod auth;
 mod load;
 mod logging;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_LEN};
 pub use auth::{AuthConfig, UserEntry};
 pub use load::default_state_dir;
 pub use logging::{LogConfig, LogFormat};
@@ -64,43 +66,15 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{}: {key}: {message}", located(.path, .line))]
+    /// `line`: where the key is set in the file, when it is set there (not
+    /// for a default or a command-line value).
+    #[error("{}: {key}: {message}", at(path, *line))]
     Invalid {
         path: PathBuf,
-        /// The line that sets `key`, when the file sets it (a default or a
-        /// command-line override has none).
         line: Option<usize>,
         key: &'static str,
         message: String,
     },
-}
-
-/// `path:line`, or `path` alone.
-fn located(path: &Path, line: &Option<usize>) -> String {
-    match line {
-        Some(n) => format!("{}:{n}", path.display()),
-        None => path.display().to_string(),
-    }
-}
-
-impl ConfigError {
-    /// Places an `Invalid` error at the line of `text` that sets its key.
-    fn placed_in(self, text: &str) -> ConfigError {
-        match self {
-            ConfigError::Invalid {
-                path,
-                line: None,
-                key,
-                message,
-            } => ConfigError::Invalid {
-                line: load::line_of(text, key),
-                path,
-                key,
-                message,
-            },
-            other => other,
-        }
-    }
 }
 
 /// Command-line values that override the file (`--listen`, `--upstream`, ...).
@@ -109,6 +83,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `--acme-ip`: an ACME certificate for this IP address.
+    pub acme_ip: Option<String>,
 }
 
 /// The validated configuration.
@@ -125,6 +101,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserEntry>,
+    /// The metrics and health listener; `None`: off (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
 }
 
 /// The Jupyter token, kept out of `Debug` and serialized output.
@@ -152,18 +131,28 @@ impl Serialize for Secret {
     }
 }
 
-/// What every section's validation needs to report a problem: the file it
-/// came from.
-struct Ctx {
-    source: PathBuf,
+/// `path` or `path:line`.
+fn at(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
+    }
 }
 
-impl Ctx {
-    /// A validation error naming the file and the dotted key.
+/// What every section's validation needs to report a problem: the file it
+/// came from, and its text to find the line a key is on.
+struct Ctx<'a> {
+    source: PathBuf,
+    text: Option<&'a str>,
+}
+
+impl Ctx<'_> {
+    /// A validation error naming the file, the line (when the key is in
+    /// the file) and the dotted key.
     fn invalid(&self, key: &'static str, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone(),
-            line: None,
+            line: self.text.and_then(|t| load::line_of(t, key)),
             key,
             message,
         }
@@ -192,16 +181,16 @@ impl Config {
     /// # Errors
     /// A `ConfigError` that names the file, the key and the problem.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let Some(p) = path else {
-            return Self::try_from_raw(
-                RawConfig::default(),
-                PathBuf::from("<defaults>"),
-                overrides,
-            );
-        };
-        let text = load::read_file(p)?;
-        Self::try_from_raw(load::parse(&text, p)?, p.to_path_buf(), overrides)
-            .map_err(|e| e.placed_in(&text))
+        match path {
+            Some(p) => {
+                let text = load::read_file(p)?;
+                let raw = load::parse(&text, p)?;
+                Self::validate(raw, p.to_path_buf(), Some(&text), overrides)
+            }
+            None => {
+                Self::try_from_raw(RawConfig::default(), PathBuf::from("<defaults>"), overrides)
+            }
+        }
     }
 
     /// Parses and validates configuration text as if read from `path`.
@@ -209,12 +198,12 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Self::try_from_raw(
+        Self::validate(
             load::parse(text, path)?,
             path.to_path_buf(),
+            Some(text),
             &Overrides::default(),
         )
-        .map_err(|e| e.placed_in(text))
     }
 
     /// Validates a parsed file, section by section; `source` is used in
@@ -224,14 +213,31 @@ impl Config {
         source: PathBuf,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let ctx = Ctx { source };
+        Self::validate(raw, source, None, overrides)
+    }
+
+    /// Every section's validation, in file order; `text` (the file) lets
+    /// errors name the line of their key.
+    fn validate(
+        raw: RawConfig,
+        source: PathBuf,
+        text: Option<&str>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let ctx = Ctx { source, text };
         let server = server::validate(raw.server, overrides, &ctx)?;
-        let tls = tls::validate(raw.tls, !server.http_listen.is_empty(), &ctx)?;
+        let tls = tls::validate(
+            raw.tls,
+            !server.http_listen.is_empty(),
+            overrides.acme_ip.as_deref(),
+            &ctx,
+        )?;
         let upstream = upstream::validate(raw.upstream, overrides, &ctx)?;
         let log = logging::validate(raw.log, &ctx)?;
         let auth = auth::validate(raw.auth, &ctx)?;
         let policy = policy::validate(raw.policy, &ctx)?;
         let users = auth::users(raw.users, &ctx)?;
+        let admin = admin::validate(raw.admin, &server, &ctx)?;
         Ok(Config {
             source: ctx.source,
             server,
@@ -241,6 +247,7 @@ impl Config {
             auth,
             policy,
             users,
+            admin,
         })
     }
 
@@ -283,20 +290,81 @@ mod tests {
     }
 
     #[test]
+    fn acme_identifiers_may_be_public_ip_addresses() {
+        let c = load_str(
+            "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"203.0.113.7\", \"2001:DB8:0::1\", \"nb.example.com\"]\n",
+        )
+        .expect("public addresses");
+        let acme = c.tls.acme.expect("acme");
+        assert_eq!(
+            acme.domains,
+            ["203.0.113.7", "2001:db8::1", "nb.example.com"]
+        );
+        assert!(acme.has_ip());
+        for private in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:8.8.8.8",
+        ] {
+            let e = load_str(&format!(
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"{private}\"]\n"
+            ))
+            .expect_err(private);
+            assert!(
+                e.to_string().contains("not a public address"),
+                "{private}: {e}"
+            );
+        }
+        // A test CA on this machine (Pebble) validates here: loopback is fine.
+        let c = load_str(
+            "[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"127.0.0.1\"]\ndirectory = \"https://127.0.0.1:14000/dir\"\n",
+        )
+        .expect("loopback with a local directory");
+        assert_eq!(c.tls.acme.expect("acme").domains, ["127.0.0.1"]);
+    }
+
+    #[test]
+    fn acme_ip_on_the_command_line_is_an_ip_certificate() {
+        let o = Overrides {
+            acme_ip: Some("203.0.113.9".into()),
+            ..Overrides::default()
+        };
+        let c = Config::try_from_raw(RawConfig::default(), "<defaults>".into(), &o).expect("valid");
+        assert_eq!(c.tls.mode, TlsMode::Acme);
+        assert_eq!(c.tls.acme.expect("acme").domains, ["203.0.113.9"]);
+        let o = Overrides {
+            acme_ip: Some("192.168.1.5".into()),
+            ..Overrides::default()
+        };
+        assert!(Config::try_from_raw(RawConfig::default(), "<defaults>".into(), &o).is_err());
+    }
+
+    #[test]
+    fn an_acme_profile_name_is_checked() {
+        let c = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"nb.example.com\"]\nprofile = \"tlsserver\"\n")
+            .expect("valid");
+        assert_eq!(
+            c.tls.acme.expect("acme").profile.as_deref(),
+            Some("tlsserver")
+        );
+        let e = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"nb.example.com\"]\nprofile = \"short lived\"\n")
+            .expect_err("a space");
+        assert!(e.to_string().contains("tls.acme.profile"), "{e}");
+    }
+
+    #[test]
     fn an_invalid_value_names_file_line_and_key() {
         let e =
             load_str("[server]\nlisten = [\"127.0.0.1:1\"]\n\n[policy]\nallow = [\"nonsense\"]\n")
                 .expect_err("bad network");
         let msg = e.to_string();
         assert!(msg.starts_with("test.toml:5: policy.allow: "), "{msg}");
-        // A value the file does not set (an override, a default) has no line.
-        let e = ConfigError::Invalid {
-            path: "t.toml".into(),
-            line: None,
-            key: "server.listen",
-            message: "m".into(),
-        };
-        assert_eq!(e.placed_in("").to_string(), "t.toml: server.listen: m");
     }
 
     #[test]
@@ -410,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn acme_rejects_wildcards_ip_addresses_dns01_and_half_an_eab() {
+    fn acme_rejects_wildcards_private_addresses_dns01_and_half_an_eab() {
         let base = "[tls]\nmode = \"acme\"\n[tls.acme]\n";
         for (extra, key) in [
             ("domains = [\"*.example.org\"]", "tls.acme.domains"),
@@ -456,6 +524,83 @@ mod tests {
         assert!(!out.contains("s3cr3t-token"), "{out}");
         assert!(out.contains("<redacted>"), "{out}");
         assert!(!format!("{c:?}").contains("s3cr3t-token"));
+    }
+
+    #[test]
+    fn a_bad_value_names_file_line_and_key() {
+        let e = load_str("[server]\nmax_connections = 0\n").expect_err("zero");
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2: server.max_connections: must be at least 1"
+        );
+        // The same key written as a dotted key under its parent table.
+        let e = load_str("[policy]\nlockout.duration = \"2h\"\n").expect_err("too long");
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:2: policy.lockout.duration:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn log_level_is_an_env_filter_and_a_bad_one_names_file_line_and_key() {
+        assert_eq!(load_str("").expect("defaults").log.level, "info");
+        let c = load_str("[log]\nlevel = \"warn,nbgate::access=info\"\n").expect("valid");
+        assert_eq!(c.log.level, "warn,nbgate::access=info");
+        let e = load_str("[log]\nformat = \"text\"\nlevel = \"nbgate=loud\"\n").expect_err("bad");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml:3: log.level: "), "{msg}");
+    }
+
+    #[test]
+    fn admin_is_off_by_default_and_loopback_only_without_a_token() {
+        assert!(load_str("").expect("defaults").admin.is_none());
+        let c = load_str("[admin]\nlisten = \"127.0.0.1:9180\"\n").expect("loopback");
+        let a = c.admin.expect("admin on");
+        assert!(!a.tls(), "loopback without a token is plain HTTP");
+        assert!(load_str("[admin]\nlisten = \"[::1]:9180\"\n").is_ok());
+        for addr in ["0.0.0.0:9180", "192.0.2.1:9180", "[::]:9180"] {
+            let e = load_str(&format!("[admin]\nlisten = \"{addr}\"\n")).expect_err(addr);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("test.toml:2: admin.listen:") && msg.contains("admin.token_file"),
+                "{msg}"
+            );
+        }
+        let e = load_str("[admin]\ntoken_file = \"/x\"\n").expect_err("no listen");
+        assert!(e.to_string().contains("admin.token_file"), "{e}");
+        let e = load_str(
+            "[server]\nlisten = [\"0.0.0.0:9180\"]\n[admin]\nlisten = \"127.0.0.1:9180\"\n",
+        )
+        .expect_err("clash");
+        assert!(e.to_string().contains("admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn admin_with_a_token_file_serves_tls_anywhere_and_refuses_short_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").expect("write");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "letmein").expect("write");
+        let c = load_str(&format!(
+            "[admin]\nlisten = \"0.0.0.0:9180\"\ntoken_file = {:?}\n",
+            good.display().to_string()
+        ))
+        .expect("token makes any address valid");
+        let a = c.admin.clone().expect("admin on");
+        assert!(a.tls());
+        assert_eq!(
+            a.token.as_ref().map(Secret::expose),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert!(!c.to_toml().contains("0123456789abcdef"), "token printed");
+        let e = load_str(&format!(
+            "[admin]\nlisten = \"127.0.0.1:9180\"\ntoken_file = {:?}\n",
+            short.display().to_string()
+        ))
+        .expect_err("short token");
+        assert!(e.to_string().contains("at least 16"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub(super) policy: RawPolicy,
     #[serde(default)]
     pub(super) users: Vec<RawUser>,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +127,7 @@ pub(super) struct RawAcme {
     pub(super) challenges: Option<Vec<String>>,
     pub(super) key_type: Option<String>,
     pub(super) renew_before: Option<String>,
+    pub(super) profile: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,4 +148,13 @@ pub(super) struct RawUpstream {
 pub(super) struct RawLog {
     pub(super) format: Option<String>,
     pub(super) access_log: Option<bool>,
+    pub(super) level: Option<String>,
+}
+
+/// `[admin]`: the metrics and health listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
 }

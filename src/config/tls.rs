@@ -1,6 +1,7 @@
 //! `[tls]` and `[tls.acme]`: where the certificate comes from.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,7 +79,8 @@ pub struct AcmeEab {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AcmeConfig {
-    /// Lowercase DNS names; the certificate covers all of them.
+    /// Lowercase DNS names and IP addresses (RFC 8738, in their canonical
+    /// text form); the certificate covers all of them.
     pub domains: Vec<String>,
     /// The directory URL.
     pub directory: String,
@@ -98,15 +100,33 @@ pub struct AcmeConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub renew_before: Option<Duration>,
+    /// The certificate profile asked for (the directory's `meta.profiles`);
+    /// `None`: `shortlived` when an identifier is an IP address and the CA
+    /// offers it, else the CA's default (`tls::acme::choose_profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl AcmeConfig {
+    /// Whether any identifier is an IP address.
+    pub fn has_ip(&self) -> bool {
+        self.domains.iter().any(|d| d.parse::<IpAddr>().is_ok())
+    }
 }
 
 /// Validates `[tls]`. `has_http_listener`: whether `server.http_listen` has
 /// a listener, which decides the default ACME challenges.
 pub(super) fn validate(
-    t: RawTls,
+    mut t: RawTls,
     has_http_listener: bool,
+    acme_ip: Option<&str>,
     ctx: &Ctx,
 ) -> Result<TlsConfig, ConfigError> {
+    // `--acme-ip ADDR`: the one-line form of an IP address certificate.
+    if let Some(ip) = acme_ip {
+        t.mode = Some("acme".into());
+        t.acme.get_or_insert_with(Default::default).domains = Some(vec![ip.to_owned()]);
+    }
     let mode = match t.mode.as_deref() {
         None | Some("self-signed") => TlsMode::SelfSigned,
         Some("files") => TlsMode::Files,
@@ -170,42 +190,6 @@ fn acme_from_raw(
     raw: RawAcme,
     has_http_listener: bool,
 ) -> Result<AcmeConfig, (&'static str, String)> {
-    let domains: Vec<String> = raw
-        .domains
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
-        .collect();
-    if domains.is_empty() {
-        return Err((
-            "tls.acme.domains",
-            "must be set when tls.mode = \"acme\"".into(),
-        ));
-    }
-    for d in &domains {
-        if d.starts_with("*.") {
-            return Err((
-                "tls.acme.domains",
-                format!("{d:?}: wildcard names need DNS-01, which nbgate does not support"),
-            ));
-        }
-        let valid_label = |l: &str| {
-            (1..=63).contains(&l.len())
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if d.parse::<std::net::IpAddr>().is_ok()
-            || d.len() > 253
-            || !d.contains('.')
-            || !d.split('.').all(valid_label)
-        {
-            return Err((
-                "tls.acme.domains",
-                format!("{d:?} is not a public DNS name"),
-            ));
-        }
-    }
     let directory = match raw.directory.as_deref() {
         None | Some("letsencrypt") => LETSENCRYPT_DIRECTORY.to_owned(),
         Some("letsencrypt-staging") => LETSENCRYPT_STAGING_DIRECTORY.to_owned(),
@@ -218,6 +202,19 @@ fn acme_from_raw(
             ),
             ))
         }
+    };
+    let domains = identifiers(raw.domains.unwrap_or_default(), &directory)?;
+    let profile = match raw.profile {
+        Some(p)
+            if !p.is_empty()
+                && p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') =>
+        {
+            Some(p)
+        }
+        Some(p) => return Err(("tls.acme.profile", format!("{p:?} is not a profile name"))),
+        None => None,
     };
     let contact = match raw.contact {
         None => Vec::new(),
@@ -308,5 +305,99 @@ fn acme_from_raw(
         challenges,
         key_type,
         renew_before,
+        profile,
     })
+}
+
+/// The identifiers of `tls.acme.domains`: public DNS names and public IP
+/// addresses (RFC 8738; canonical text form, so `::1` and `0:0::1` are one).
+///
+/// Why refuse private, loopback, link-local and other special addresses:
+/// no public CA can validate them, and an order for one only fails after a
+/// round trip to the CA. A directory on a loopback address is a test CA
+/// (Pebble), which validates on this machine: any address is allowed there.
+fn identifiers(raw: Vec<String>, directory: &str) -> Result<Vec<String>, (&'static str, String)> {
+    const KEY: &str = "tls.acme.domains";
+    let domains: Vec<String> = raw
+        .into_iter()
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if domains.is_empty() {
+        return Err((KEY, "must be set when tls.mode = \"acme\"".into()));
+    }
+    let test_directory = directory_is_local(directory);
+    let mut out = Vec::new();
+    for d in domains {
+        if let Ok(ip) = d.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            if !test_directory && !is_public(ip) {
+                return Err((
+                    KEY,
+                    format!("{ip} is not a public address: a CA cannot validate it"),
+                ));
+            }
+            out.push(ip.to_string());
+            continue;
+        }
+        if d.starts_with("*.") {
+            return Err((
+                KEY,
+                format!("{d:?}: wildcard names need DNS-01, which nbgate does not support"),
+            ));
+        }
+        let valid_label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if d.len() > 253 || !d.contains('.') || !d.split('.').all(valid_label) {
+            return Err((KEY, format!("{d:?} is not a public DNS name or IP address")));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Whether the directory URL's host is this machine (a test CA).
+fn directory_is_local(url: &str) -> bool {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => authority,
+    };
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a CA on the internet could reach and validate `ip`.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                // 100.64.0.0/10, carrier-grade NAT (RFC 6598).
+                || (a == 100 && (64..128).contains(&b))
+                // 0.0.0.0/8 and 240.0.0.0/4.
+                || a == 0
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // fc00::/7 unique local, fe80::/10 link-local.
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                // An IPv4-mapped address is the IPv4 address: name that.
+                || v6.to_ipv4_mapped().is_some())
+        }
+    }
 }

@@ -222,6 +222,7 @@ impl Guard {
     /// Logs a refused connection on `nbgate::audit`, at most a few lines a
     /// second; suppressed ones are counted in the next line.
     pub fn audit_refusal(&self, client: IpAddr, reason: &'static str) {
+        crate::metrics::denied(reason);
         if self.refusal_lines.check().is_err() {
             self.refusals_suppressed.fetch_add(1, Ordering::Relaxed);
             return;

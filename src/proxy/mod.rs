@@ -18,6 +18,7 @@ pub mod error;
 pub mod guard;
 pub mod h1;
 pub mod headers;
+pub mod health;
 pub mod own_pages;
 pub mod response;
 pub mod scrub;
@@ -268,6 +269,11 @@ impl Live {
         gave_up.armed = false;
         drop(gave_up);
         self.response_filter(&mut resp);
+        crate::metrics::request(
+            uri.path().starts_with(self.prefix.as_str()),
+            resp.status().as_u16(),
+            start,
+        );
 
         if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp);
@@ -366,6 +372,7 @@ impl Live {
         };
         if !allowed {
             tracing::info!(target: "nbgate::audit", event = "request_refused", %client, known, via = %conn.client, reason = "not_allowed", "request refused: address not allowed");
+            crate::metrics::denied("not_allowed");
             return Err(ProxyError::Forbidden);
         }
         Ok(())
@@ -376,6 +383,7 @@ impl Live {
     fn check_rate(&self, client: IpAddr, logged_in: bool) -> Result<(), ProxyError> {
         self.guard.check_rate(client, logged_in).map_err(|secs| {
             tracing::debug!(target: "nbgate::audit", event = "rate_limited", %client, logged_in, retry_after = secs, "request rate limited");
+            crate::metrics::rate_limited();
             ProxyError::RateLimited(secs)
         })
     }
@@ -392,6 +400,7 @@ impl Live {
             tunnels: &self.tunnels,
             base_url: &self.config.auth.base_url,
             prefix: &self.prefix,
+            upstream: &self.upstream,
         }
         .serve(req, rest, client)
         .await
@@ -462,11 +471,13 @@ impl Live {
             Err(Refused::Locked(locked)) => {
                 let secs = guard::locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "token_locked", %client, retry_after = secs, "api token refused: locked out");
+                crate::metrics::token_check(crate::metrics::TokenCheck::Locked);
                 self.guard.hold_refusal().await;
                 return Err(ProxyError::LockedOut(secs));
             }
             Err(Refused::InFlight) => {
                 tracing::info!(target: "nbgate::audit", event = "token_busy", %client, reason = "in_flight", "api token refused: attempts from this address are still being verified");
+                crate::metrics::token_check(crate::metrics::TokenCheck::Busy);
                 self.guard.hold_refusal().await;
                 return Err(ProxyError::Busy);
             }
@@ -475,18 +486,22 @@ impl Live {
             Check::Valid(user) => {
                 attempt.succeeded(&user, now);
                 tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
+                crate::metrics::token_check(crate::metrics::TokenCheck::Valid);
                 Ok(Identity::token(user))
             }
             Check::Invalid { .. } => {
                 tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
+                crate::metrics::token_check(crate::metrics::TokenCheck::Invalid);
                 if let Some(locked) = attempt.failed(None, now) {
                     tracing::warn!(target: "nbgate::audit", event = "lockout", %client, scope = ?locked.scope, retry_after = guard::locked_secs(&locked), "too many invalid tokens: locked out");
+                    crate::metrics::lockout();
                 }
                 Err(ProxyError::InvalidToken)
             }
             Check::Busy => {
                 drop(attempt);
                 tracing::warn!(target: "nbgate::audit", event = "token_busy", %client, "api token refused: too many verifications in flight");
+                crate::metrics::token_check(crate::metrics::TokenCheck::Busy);
                 self.guard.hold_refusal().await;
                 Err(ProxyError::Busy)
             }
@@ -732,6 +747,11 @@ impl Live {
         let token = self.token.current();
         response::filter_headers(resp.headers_mut(), &self.response_rules(host, &token));
         Ok(resp)
+    }
+
+    /// Jupyter's reachability, for the admin listener's `/health` and metrics.
+    pub async fn upstream_health(&self) -> health::Health {
+        self.upstream.health().await
     }
 
     /// Security headers on everything nbgate returns.

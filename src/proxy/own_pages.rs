@@ -18,6 +18,8 @@ use http_body_util::BodyExt;
 use super::body::{full, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::guard::{locked_secs, Guard};
+use super::health;
+use super::upstream::Upstream;
 use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check};
@@ -108,6 +110,8 @@ pub struct Pages<'a> {
     pub tunnels: &'a Tunnels,
     pub base_url: &'a str,
     pub prefix: &'a str,
+    /// Asked by the health page.
+    pub upstream: &'a Upstream,
 }
 
 impl Pages<'_> {
@@ -119,12 +123,8 @@ impl Pages<'_> {
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         Ok(match (req.method(), rest) {
-            (&Method::GET, "health") => {
-                let mut r = Response::new(full(Bytes::from_static(b"ok\n")));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                r
-            }
+            // No login, nothing but up or down (`health` says why).
+            (&Method::GET, "health") => health::response(self.upstream.health().await),
             (&Method::GET | &Method::HEAD, "login") => {
                 let next = next_path::sanitize_next(
                     query_param(req.uri().query(), "next").as_deref(),
@@ -205,6 +205,7 @@ impl Pages<'_> {
         let binding = cookie(&headers, csrf::CSRF_COOKIE).unwrap_or("");
         if !csrf::verify(self.auth.csrf_key(), binding, field("csrf")) {
             tracing::info!(target: "nbgate::audit", event = "login_csrf_failed", %client, user_agent = agent, "login refused: bad CSRF token");
+            crate::metrics::login(crate::metrics::Login::CsrfFailed);
             return Ok(self.login_page(
                 &headers,
                 &next,
@@ -220,11 +221,13 @@ impl Pages<'_> {
             Err(Refused::Locked(locked)) => {
                 let secs = locked_secs(&locked);
                 tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
+                crate::metrics::login(crate::metrics::Login::Locked);
                 self.guard.hold_refusal().await;
                 return Ok(self.locked_page(&headers, &next, user_shown, secs));
             }
             Err(Refused::InFlight) => {
                 tracing::info!(target: "nbgate::audit", event = "login_busy", user = %user_shown, %client, reason = "in_flight", "login refused: attempts from this address or for this name are still being verified");
+                crate::metrics::login(crate::metrics::Login::Busy);
                 self.guard.hold_refusal().await;
                 return Ok(self.busy_page(&headers, &next, user_shown));
             }
@@ -235,6 +238,7 @@ impl Pages<'_> {
                     attempt.succeeded(&name, Instant::now());
                     let (claims, set) = self.auth.start_session(&name);
                     tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
+                    crate::metrics::login(crate::metrics::Login::Success);
                     let mut r = see_other(&next);
                     set_cookie(&mut r, &set);
                     r
@@ -246,9 +250,11 @@ impl Pages<'_> {
                         "wrong_password"
                     };
                     tracing::info!(target: "nbgate::audit", event = "login_failure", user = %user_shown, %client, user_agent = agent, reason, "login failed");
+                    crate::metrics::login(crate::metrics::Login::Failure);
                     if let Some(locked) = attempt.failed(Some(user), Instant::now()) {
                         let secs = locked_secs(&locked);
                         tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
+                        crate::metrics::lockout();
                         return Ok(self.locked_page(&headers, &next, user_shown, secs));
                     }
                     self.login_page(
@@ -262,6 +268,7 @@ impl Pages<'_> {
                 Check::Busy => {
                     drop(attempt);
                     tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
+                    crate::metrics::login(crate::metrics::Login::Busy);
                     self.guard.hold_refusal().await;
                     self.busy_page(&headers, &next, user_shown)
                 }

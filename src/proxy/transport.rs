@@ -140,9 +140,13 @@ impl UpstreamConnector {
     /// Opens a fresh connection (used directly for WebSocket tunnels, which
     /// never return to the pool).
     pub async fn connect(&self) -> io::Result<UpstreamStream> {
-        tokio::time::timeout(self.connect_timeout, self.connect_now())
+        let start = std::time::Instant::now();
+        let connected = tokio::time::timeout(self.connect_timeout, self.connect_now())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))
+            .and_then(|r| r);
+        crate::metrics::upstream_connect(start.elapsed(), connected.is_ok());
+        connected
     }
 
     async fn connect_now(&self) -> io::Result<UpstreamStream> {

@@ -32,6 +32,7 @@ use thread_local::ThreadLocal;
 
 use super::body::{BoxError, UpstreamBody};
 use super::h1::{self, BodyReader, Conn, H1Error, Upload};
+use super::health::{Health, UpstreamHealth};
 use super::transport::UpstreamConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::telemetry::Chain;
@@ -80,6 +81,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// See `UpstreamConfig::response_timeout`.
     pub response_timeout: Duration,
+    /// Jupyter's reachability for the health page and the admin listener.
+    health: Arc<UpstreamHealth>,
 }
 
 impl Upstream {
@@ -113,7 +116,14 @@ impl Upstream {
             self_origins,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
+            health: Arc::default(),
         }
+    }
+
+    /// Whether Jupyter accepts a connection now (`health` says how often
+    /// it is really asked).
+    pub async fn health(&self) -> Health {
+        self.health.check(&self.connector).await
     }
 
     /// This thread's pool, created on first use (with its reaper task on

@@ -21,13 +21,18 @@
 //! When renewal is due: inside the window the CA suggests through ACME
 //! Renewal Information (ARI, RFC 9773) where its directory offers it (Let's
 //! Encrypt does; it moves the window earlier for certificates it will
-//! revoke), otherwise when a third of the lifetime remains; `renew_before`
-//! overrides both.
+//! revoke), otherwise when a third of the lifetime remains (half, for
+//! short-lived certificates of under ten days); `renew_before` overrides
+//! both. A renewal order of a CA that offers ARI names the certificate it
+//! replaces (RFC 9773 §5).
+//!
+//! Identifiers are DNS names and IP addresses (RFC 8738). The profile
+//! (`choose_profile`) is the configured one, or `shortlived` when an
+//! identifier is an IP address (Let's Encrypt issues IP certificates only
+//! under it); a CA without profiles gets none.
 //!
 //! Not here: OCSP stapling (Let's Encrypt ended OCSP in 2025, and short-lived
-//! certificates replace it), DNS-01 (needs a DNS provider API), and the
-//! order's `replaces` field of ARI (optional; a CA that rejects it would
-//! turn every renewal into a failure).
+//! certificates replace it) and DNS-01 (needs a DNS provider API).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,8 +61,14 @@ const BASE_BACKOFF: Duration = Duration::from_secs(60);
 const BASE_BACKOFF_ENV: &str = "NBGATE_TEST_ACME_RETRY_BASE";
 /// One attempt (account, order, validation, download) may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
-/// From this much remaining lifetime, a failed renewal is logged as an error.
+/// From this much remaining lifetime, a failed renewal is logged as an
+/// error; a quarter of the lifetime for shorter-lived certificates.
 const ERROR_BEFORE_EXPIRY: i64 = 3 * 24 * 3600;
+/// Certificates valid for less than this renew at half their lifetime (Let's
+/// Encrypt's `shortlived` profile: 160 hours).
+const SHORT_LIVED: i64 = 10 * 24 * 3600;
+/// The profile Let's Encrypt issues IP address certificates under.
+pub const SHORTLIVED_PROFILE: &str = "shortlived";
 /// How long the temporary certificate served during the first order lasts.
 const TEMPORARY_VALIDITY_DAYS: i64 = 7;
 
@@ -113,6 +124,8 @@ pub enum AcmeError {
     Issued(#[from] TlsError),
     #[error("attempt timed out after {0:?}")]
     Timeout(Duration),
+    #[error("tls.acme.profile = {profile:?}: the directory offers {offered}")]
+    Profile { profile: String, offered: String },
 }
 
 impl AcmeError {
@@ -170,7 +183,7 @@ impl Store {
         }
         let loaded = files::load(&cert, &key).map_err(|e| e.to_string())?;
         let leaf = loaded.cert.first().ok_or("empty chain")?;
-        let mut have = dns_names(leaf.as_ref());
+        let mut have = san_names(leaf.as_ref());
         have.sort();
         let mut want = domains.to_vec();
         want.sort();
@@ -275,7 +288,8 @@ fn directory_slug(url: &str) -> String {
         .collect()
 }
 
-fn dns_names(der: &[u8]) -> Vec<String> {
+/// The DNS names and IP addresses (canonical text form) a certificate is for.
+fn san_names(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };
@@ -287,9 +301,59 @@ fn dns_names(der: &[u8]) -> Vec<String> {
         .iter()
         .filter_map(|n| match n {
             x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => ip_from_bytes(b),
             _ => None,
         })
         .collect()
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+        _ => None,
+    }
+}
+
+/// The ACME identifier of a `tls.acme.domains` entry (validated: a DNS name
+/// or an IP address).
+fn identifier(name: &str) -> Identifier {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => Identifier::Ip(ip),
+        Err(_) => Identifier::Dns(name.to_owned()),
+    }
+}
+
+/// The profile to order under: `configured` if the directory offers it;
+/// otherwise `shortlived` for IP addresses when offered; otherwise none (the
+/// CA's default). `offered` is the directory's `meta.profiles` names: empty
+/// for a CA without the profiles extension (such as Pebble 2.4).
+///
+/// # Errors
+/// A configured profile the directory does not offer: a configuration
+/// error, reported at start (`preflight`).
+pub fn choose_profile<'a>(
+    configured: Option<&str>,
+    has_ip: bool,
+    offered: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<String>, AcmeError> {
+    let mut offered: Vec<&str> = offered.into_iter().collect();
+    offered.sort_unstable();
+    match configured {
+        Some(p) if offered.contains(&p) => Ok(Some(p.to_owned())),
+        Some(p) => Err(AcmeError::Profile {
+            profile: p.to_owned(),
+            offered: if offered.is_empty() {
+                "no profiles (it does not support the profiles extension)".into()
+            } else {
+                offered.join(", ")
+            },
+        }),
+        None if has_ip && offered.contains(&SHORTLIVED_PROFILE) => {
+            Ok(Some(SHORTLIVED_PROFILE.to_owned()))
+        }
+        None => Ok(None),
+    }
 }
 
 /// `(not_before, not_after)` of the leaf as Unix seconds.
@@ -346,7 +410,8 @@ fn temporary_certificate(domains: &[String]) -> Result<Arc<CertifiedKey>, TlsErr
 
 /// Seconds from now until renewal is due for a certificate valid from
 /// `not_before` to `not_after` (Unix seconds): when a third of the lifetime
-/// remains (or `renew_before`), earlier by up to 5% of the lifetime of
+/// remains (half for one shorter than `SHORT_LIVED`, which a few hours of CA
+/// outage would otherwise bring close to expiry; or `renew_before`), earlier by up to 5% of the lifetime of
 /// `jitter` (0..1) so that many gates started together do not renew together.
 pub fn seconds_until_renewal(
     now: i64,
@@ -356,7 +421,8 @@ pub fn seconds_until_renewal(
     jitter: f64,
 ) -> i64 {
     let lifetime = (not_after - not_before).max(0);
-    let before = renew_before.map_or(lifetime / 3, |d| {
+    let share = if lifetime < SHORT_LIVED { 2 } else { 3 };
+    let before = renew_before.map_or(lifetime / share, |d| {
         i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
     });
     let spread = (lifetime as f64 * 0.05 * jitter.clamp(0.0, 1.0)) as i64;
@@ -389,8 +455,67 @@ pub fn backoff(failures: u32, base: Duration, jitter: f64) -> Duration {
     raw.mul_f64(jitter.clamp(0.8, 1.2))
 }
 
+/// How close to expiry a failed renewal becomes an error: three days, or a
+/// quarter of the lifetime when that is shorter (a 160-hour certificate
+/// would otherwise be in error from the start).
+fn error_before_expiry(lifetime: i64) -> i64 {
+    ERROR_BEFORE_EXPIRY.min(lifetime / 4)
+}
+
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// How long the start waits for the CA to check the profile.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Before serving: checks what only the CA can tell about the
+/// configuration, whether it offers the profile to order under, so that a
+/// misspelt `tls.acme.profile` stops the start with a clear error instead
+/// of failing every order for ever. Loads or creates the account (as the
+/// first order would). A CA that cannot be reached now is not an error: the
+/// order task retries with backoff, as for any outage.
+///
+/// # Errors
+/// `AcmeError::Profile`: the configured profile is not offered.
+pub async fn preflight(config: &Config) -> Result<(), AcmeError> {
+    let acme = config
+        .tls
+        .acme
+        .clone()
+        .expect("config validation sets tls.acme in acme mode");
+    if acme.profile.is_none() && !acme.has_ip() {
+        return Ok(());
+    }
+    let mut client = Client::new(config, acme, Arc::new(Challenges::new()));
+    let account = match tokio::time::timeout(PREFLIGHT_TIMEOUT, client.account()).await {
+        Ok(Ok(account)) => account,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %Chain(&e), "acme: cannot reach the CA to check the profile now; the order will");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?PREFLIGHT_TIMEOUT, "acme: the CA did not answer in time to check the profile; the order will");
+            return Ok(());
+        }
+    };
+    let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+    let profile = choose_profile(
+        client.acme.profile.as_deref(),
+        client.acme.has_ip(),
+        offered.iter().copied(),
+    )?;
+    if client.acme.has_ip() && profile.is_none() && !offered.is_empty() {
+        tracing::warn!(
+            offered = %offered.join(", "),
+            "acme: the CA offers no \"shortlived\" profile; ordering the IP address certificate under its default"
+        );
+    }
+    tracing::info!(
+        profile = profile.as_deref().unwrap_or("the CA's default"),
+        "acme: certificate profile"
+    );
+    Ok(())
 }
 
 /// Orders the first certificate when none is stored, then renews for as
@@ -417,13 +542,7 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
         .ok()
         .and_then(|v| humantime::parse_duration(&v).ok())
         .unwrap_or(BASE_BACKOFF);
-    let mut client = Client {
-        store: Store::new(&config.server.state_dir, &acme.directory),
-        acme,
-        challenges,
-        account: None,
-        ari_choice: None,
-    };
+    let mut client = Client::new(&config, acme, challenges);
     let mut issued: Option<Arc<CertifiedKey>> = client.store.load_valid(&client.acme.domains).ok();
     let mut failures: u32 = 0;
     loop {
@@ -451,6 +570,9 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                     None,
                 ),
             };
+            crate::metrics::renewal_scheduled(
+                std::time::SystemTime::now() + Duration::from_secs(wait.max(0).unsigned_abs()),
+            );
             if wait > 0 {
                 let wait = Duration::from_secs(wait.unsigned_abs());
                 tracing::info!(
@@ -469,16 +591,23 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                 }
             }
         }
+        client.replacing = issued
+            .as_deref()
+            .and_then(|c| c.cert.first())
+            .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok())
+            .map(CertificateIdentifier::into_owned);
         let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, client.obtain()).await;
         let result = attempt.unwrap_or(Err(AcmeError::Timeout(ATTEMPT_TIMEOUT)));
         client.challenges.clear();
         match result {
             Ok(new) => {
+                crate::metrics::renewal_finished(true);
                 resolver.replace(Arc::clone(&new));
                 issued = Some(new);
                 failures = 0;
             }
             Err(e) => {
+                crate::metrics::renewal_finished(false);
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, base, 0.8 + 0.4 * rand::random::<f64>());
                 let retry_in = humantime::format_duration(Duration::from_millis(
@@ -491,9 +620,9 @@ pub async fn run(config: Arc<Config>, resolver: Arc<CertResolver>) {
                         %retry_in,
                         "acme: no certificate from the CA yet; still serving the temporary one"
                     ),
-                    Some((_, not_after)) => {
+                    Some((not_before, not_after)) => {
                         let left = not_after - now_unix();
-                        if left < ERROR_BEFORE_EXPIRY {
+                        if left < error_before_expiry(not_after - not_before) {
                             tracing::error!(error = %Chain(&e), failures, %retry_in, expires_in_secs = left,
                                 "acme: renewal failed and the certificate expires soon");
                         } else {
@@ -517,9 +646,25 @@ struct Client {
     account: Option<Account>,
     /// The last ARI window (start, end) and the renewal time drawn in it.
     ari_choice: Option<(i64, i64, i64)>,
+    /// The certificate a renewal replaces (ARI's `replaces`).
+    replacing: Option<CertificateIdentifier<'static>>,
+    /// The CA did not take `replaces` once: it is not sent again.
+    replaces_refused: bool,
 }
 
 impl Client {
+    fn new(config: &Config, acme: AcmeConfig, challenges: Arc<Challenges>) -> Client {
+        Client {
+            store: Store::new(&config.server.state_dir, &acme.directory),
+            acme,
+            challenges,
+            account: None,
+            ari_choice: None,
+            replacing: None,
+            replaces_refused: false,
+        }
+    }
+
     /// Where the CA offers ARI: when to renew `cert` (Unix seconds) and when
     /// to ask again. `None` when it does not, or cannot be reached: the
     /// lifetime rule then applies (a CA outage never stops renewals).
@@ -666,14 +811,50 @@ impl Client {
     async fn order_with(&mut self, kind: AcmeChallenge) -> Result<Arc<CertifiedKey>, AcmeError> {
         self.store.check_writable()?;
         let account = self.account().await?;
-        let identifiers: Vec<Identifier> = self
-            .acme
-            .domains
-            .iter()
-            .map(|d| Identifier::Dns(d.clone()))
-            .collect();
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-        tracing::info!(order = order.url(), challenge = %kind, domains = ?self.acme.domains, "acme: order placed");
+        let identifiers: Vec<Identifier> =
+            self.acme.domains.iter().map(|d| identifier(d)).collect();
+        let profile = choose_profile(
+            self.acme.profile.as_deref(),
+            self.acme.has_ip(),
+            account.profiles().map(|p| p.name),
+        )?;
+        let base = || {
+            let order = NewOrder::new(&identifiers);
+            match &profile {
+                Some(p) => order.profile(p),
+                None => order,
+            }
+        };
+        // Only to a CA that offers ARI (one without it refuses the field),
+        // and not again after it did not take it.
+        let replaces = self
+            .replacing
+            .clone()
+            .filter(|_| self.ari_choice.is_some() && !self.replaces_refused);
+        let sent_replaces = replaces.is_some();
+        let mut order = match replaces {
+            None => account.new_order(&base()).await?,
+            Some(id) => match account.new_order(&base().replaces(id)).await {
+                Ok(order) => order,
+                // `replaces` is a courtesy to the CA (RFC 9773 §5): a CA
+                // that refuses it, or accepts the order without reflecting
+                // it (instant-acme then fails the call), must not turn
+                // every renewal into a failure.
+                Err(e) => {
+                    tracing::info!(error = %Chain(&e), "acme: the CA did not take the order's replaces field; ordering without it");
+                    self.replaces_refused = true;
+                    account.new_order(&base()).await?
+                }
+            },
+        };
+        tracing::info!(
+            order = order.url(),
+            challenge = %kind,
+            domains = ?self.acme.domains,
+            profile = profile.as_deref().unwrap_or("the CA's default"),
+            replaces = sent_replaces && !self.replaces_refused,
+            "acme: order placed"
+        );
         self.answer_challenges(&mut order, kind).await?;
 
         let status = order
@@ -837,6 +1018,91 @@ mod tests {
         );
         // Already due: negative.
         assert!(seconds_until_renewal(70 * day, 0, 90 * day, None, 0.0) < 0);
+    }
+
+    #[test]
+    fn a_short_lived_certificate_renews_at_half_its_lifetime_and_errors_scale() {
+        // Let's Encrypt's `shortlived` profile: 160 hours.
+        let hour = 3600;
+        assert_eq!(
+            seconds_until_renewal(0, 0, 160 * hour, None, 0.0),
+            80 * hour
+        );
+        assert_eq!(error_before_expiry(160 * hour), 40 * hour);
+        assert_eq!(error_before_expiry(90 * 24 * hour), ERROR_BEFORE_EXPIRY);
+    }
+
+    fn directory_profiles(json: &str) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(json).expect("directory JSON");
+        v["meta"]["profiles"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Against the directories Let's Encrypt publishes (recorded copies; see
+    /// tests/fixtures/acme/README.md): Pebble 2.4, which the integration
+    /// tests run, advertises no profiles.
+    #[test]
+    fn the_profile_follows_the_configuration_and_the_directory() {
+        for json in [
+            include_str!("../../tests/fixtures/acme/letsencrypt-production-directory.json"),
+            include_str!("../../tests/fixtures/acme/letsencrypt-staging-directory.json"),
+        ] {
+            let offered = directory_profiles(json);
+            let offered = || offered.iter().map(String::as_str);
+            // An IP address: shortlived, the only profile Let's Encrypt
+            // issues IP certificates under.
+            assert_eq!(
+                choose_profile(None, true, offered())
+                    .expect("chosen")
+                    .as_deref(),
+                Some("shortlived")
+            );
+            // DNS names only: the CA's default.
+            assert_eq!(
+                choose_profile(None, false, offered()).expect("chosen"),
+                None
+            );
+            // A configured profile the CA offers is taken, whatever the names.
+            assert_eq!(
+                choose_profile(Some("tlsserver"), true, offered())
+                    .expect("chosen")
+                    .as_deref(),
+                Some("tlsserver")
+            );
+            let e = choose_profile(Some("shortlive"), false, offered()).expect_err("misspelt");
+            assert!(
+                e.to_string().contains("\"shortlive\"")
+                    && e.to_string().contains("classic, shortlived"),
+                "{e}"
+            );
+        }
+        // A CA without profiles (Pebble 2.4): none is sent, even for an IP
+        // address, and asking for one is a clear error.
+        assert_eq!(choose_profile(None, true, []).expect("chosen"), None);
+        let e = choose_profile(Some("classic"), false, []).expect_err("no profiles");
+        assert!(
+            e.to_string()
+                .contains("does not support the profiles extension"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ip_addresses_become_ip_identifiers() {
+        assert_eq!(
+            identifier("203.0.113.7"),
+            Identifier::Ip("203.0.113.7".parse().expect("ip"))
+        );
+        assert_eq!(
+            identifier("2001:db8::1"),
+            Identifier::Ip("2001:db8::1".parse().expect("ip"))
+        );
+        assert_eq!(
+            identifier("nb.example.com"),
+            Identifier::Dns("nb.example.com".into())
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! This module must not talk to the CA: `acme` does.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use rustls::sign::CertifiedKey;
@@ -33,7 +34,8 @@ pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 pub struct Challenges {
     /// token -> key authorization.
     http01: Mutex<HashMap<String, String>>,
-    /// lowercase DNS name -> validation certificate.
+    /// The name a validator sends as SNI (lowercase DNS name, or the
+    /// reverse-DNS name of an IP address) -> validation certificate.
     tls_alpn01: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
@@ -59,16 +61,23 @@ impl Challenges {
             .cloned()
     }
 
-    /// Publishes a TLS-ALPN-01 answer for `domain`.
+    /// Publishes a TLS-ALPN-01 answer for `domain` (a DNS name or an IP
+    /// address). For an IP address the validator names the reverse-DNS
+    /// name in SNI (`4.3.2.1.in-addr.arpa`, RFC 8738 §6), since SNI cannot
+    /// carry an address; the certificate carries the address itself.
     ///
     /// # Errors
     /// rcgen cannot build the validation certificate.
     pub fn add_tls_alpn01(&self, domain: &str, digest: &[u8]) -> Result<(), rcgen::Error> {
         let cert = validation_certificate(domain, digest)?;
+        let sni = match domain.parse::<IpAddr>() {
+            Ok(ip) => reverse_dns_name(ip),
+            Err(_) => domain.to_ascii_lowercase(),
+        };
         self.tls_alpn01
             .lock()
             .expect("challenge map lock is never poisoned: no panics while held")
-            .insert(domain.to_ascii_lowercase(), cert);
+            .insert(sni, cert);
         Ok(())
     }
 
@@ -103,6 +112,25 @@ impl Challenges {
             .expect("challenge map lock is never poisoned: no panics while held")
             .get(&name)
             .cloned()
+    }
+}
+
+/// The reverse-DNS name of an address (RFC 8738 §6): `d.c.b.a.in-addr.arpa`,
+/// or the 32 nibbles of an IPv6 address reversed under `ip6.arpa`.
+pub fn reverse_dns_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(72);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name.push_str("ip6.arpa");
+            name
+        }
     }
 }
 
@@ -219,5 +247,30 @@ mod tests {
         assert!(is_acme_tls_alpn(Some(b"acme-tls/1")));
         assert!(!is_acme_tls_alpn(Some(b"h2")));
         assert!(!is_acme_tls_alpn(None));
+    }
+
+    #[test]
+    fn reverse_dns_names_are_those_of_rfc_8738() {
+        assert_eq!(
+            reverse_dns_name("127.0.0.1".parse().expect("ip")),
+            "1.0.0.127.in-addr.arpa"
+        );
+        // RFC 8738 §6's example.
+        assert_eq!(
+            reverse_dns_name("2001:db8::567:89ab".parse().expect("ip")),
+            "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    #[test]
+    fn an_ip_address_challenge_is_answered_for_its_reverse_dns_name_only() {
+        let c = Challenges::new();
+        c.add_tls_alpn01("192.0.2.10", &[7u8; 32]).expect("add");
+        let only = [ACME_TLS_ALPN];
+        assert!(c
+            .tls_alpn01_for(Some("10.2.0.192.in-addr.arpa"), alpn(&only))
+            .is_some());
+        assert!(c.tls_alpn01_for(Some("192.0.2.10"), alpn(&only)).is_none());
+        assert!(c.tls_alpn01_for(None, alpn(&only)).is_none());
     }
 }
