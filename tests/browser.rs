@@ -1,8 +1,9 @@
 //! End-to-end with real clients: headless Chromium (Playwright, Debian's
 //! `chromium`) logs in through nbgate's form and runs a notebook cell in
-//! JupyterLab, its kernel WebSocket a stream of the page's HTTP/2 connection
-//! (RFC 8441), and again with HTTP/2 disabled (an upgraded HTTP/1.1
-//! connection); a Python API client uses an nbgate API token over HTTPS and a
+//! JupyterLab over the hybrid post-quantum key exchange X25519MLKEM768, its
+//! kernel WebSocket a stream of the page's HTTP/2 connection (RFC 8441), and
+//! again with HTTP/2 disabled (an upgraded HTTP/1.1 connection); a Python API
+//! client uses an nbgate API token over HTTPS and a
 //! kernel WebSocket, and a wrong token gets 401. Screenshots are kept in
 //! `target/test-artifacts/browser/` and `browser-http1/`.
 
@@ -109,6 +110,10 @@ fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, String) {
 async fn chromium_runs_a_cell(protocol: &str, shots_dir: &str) -> (Jupyter, Nbgate) {
     let jupyter = Jupyter::start_lab().await;
     let gate = Nbgate::start_for(&jupyter).await;
+    // Chromium offers the hybrid post-quantum key exchange; the harness's own clients (ring)
+    // cannot, so a handshake logged with it below is the browser's.
+    let hybrid = ["tls key exchange", "group=X25519MLKEM768"];
+    assert_eq!(gate.find_line(&hybrid), None);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/test-artifacts")
         .join(shots_dir);
@@ -146,6 +151,11 @@ async fn chromium_runs_a_cell(protocol: &str, shots_dir: &str) -> (Jupyter, Nbga
     for png in ["login.png", "login-error.png", "notebook.png"] {
         assert!(shots.join(png).exists(), "screenshot {png} missing");
     }
+    assert!(
+        gate.find_line(&hybrid).is_some(),
+        "Chromium did not negotiate X25519MLKEM768; nbgate log:\n{}",
+        gate.log_text()
+    );
     (jupyter, gate)
 }
 

@@ -195,10 +195,11 @@ async fn read_response(s: &mut Stream) -> Result<u16, BoxError> {
 }
 
 /// Measure 3: new connections per second, each doing a TLS 1.3 handshake
-/// (full, or resumed with a session ticket) and one `GET /1k`.
+/// (full with `Alpn::H1NoResume`, resumed with a session ticket otherwise)
+/// and one `GET /1k`.
 pub async fn handshakes(
     target: &Target,
-    resume: bool,
+    alpn: Alpn,
     workers: usize,
     dur: Duration,
 ) -> Result<Figures, BoxError> {
@@ -208,7 +209,6 @@ pub async fn handshakes(
     }
     head.push_str("Connection: close\r\n\r\n");
     let head = Arc::new(head);
-    let alpn = if resume { Alpn::H1 } else { Alpn::H1NoResume };
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();

@@ -32,11 +32,12 @@ use crate::net::{BoxError, Target};
 use crate::procs::{Backend, Contender, Env, Kind, Proc};
 
 /// Every measure, in run order.
-pub const MEASURES: [&str; 11] = [
+pub const MEASURES: [&str; 12] = [
     "h1",
     "h2",
     "tls_full",
     "tls_resumed",
+    "tls_resumed_x25519",
     "ws_rtt",
     "ws_rtt_h2",
     "ws_throughput",
@@ -327,8 +328,18 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                 .collect()
         } else {
             // The pre-fix build only where the fixes touch the path
-            // (request forwarding, tunnels, logins), to keep a full run short.
-            let before_here = matches!(measure, "h1" | "h2" | "ws_rtt" | "ws_throughput" | "idle");
+            // (request forwarding, tunnels, logins, handshakes), to keep a
+            // full run short.
+            let before_here = matches!(
+                measure,
+                "h1" | "h2"
+                    | "tls_full"
+                    | "tls_resumed"
+                    | "tls_resumed_x25519"
+                    | "ws_rtt"
+                    | "ws_throughput"
+                    | "idle"
+            );
             opts.contenders
                 .iter()
                 .copied()
@@ -429,8 +440,12 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                         )
                         .await
                     }
-                    "tls_full" | "tls_resumed" => {
-                        let resume = measure == "tls_resumed";
+                    "tls_full" | "tls_resumed" | "tls_resumed_x25519" => {
+                        let alpn = match measure {
+                            "tls_full" => net::Alpn::H1NoResume,
+                            "tls_resumed" => net::Alpn::H1,
+                            _ => net::Alpn::H1X25519,
+                        };
                         one(
                             &env,
                             &backend,
@@ -438,7 +453,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
                             kind,
                             measure,
                             round,
-                            |t, _c| async move { load::handshakes(&t, resume, 16, dur).await },
+                            |t, _c| async move { load::handshakes(&t, alpn, 16, dur).await },
                         )
                         .await
                     }

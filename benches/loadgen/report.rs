@@ -61,6 +61,15 @@ const SPECS: &[Spec] = &[
         ],
     },
     Spec {
+        id: "tls_resumed_x25519",
+        title: "3c. New connections per second, TLS 1.3 session resumption, X25519 only",
+        what: "as 3b from a client that offers X25519 alone (a client without ML-KEM): every contender does the same key exchange, so this isolates the handshake code from the cost of the hybrid group.",
+        metrics: &[
+            ("conns_per_s", "conn/s", true, true),
+            ("resumed_pct", "% resumed", true, false),
+        ],
+    },
+    Spec {
         id: "ws_rtt",
         title: "4a. WebSocket echo round trip, 100-byte messages",
         what: "one connection, one message in flight.",
