@@ -162,6 +162,29 @@ async fn without_identity_header_nbgate_names_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_header_is_turned_on_by_a_reload() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    assert_eq!(echoed_header(&echo(&gate, None).await, HEADER), None);
+
+    let path = gate.config_path();
+    let mut config: toml::Table = std::fs::read_to_string(path)
+        .expect("read config")
+        .parse()
+        .expect("config is TOML");
+    config["upstream"]
+        .as_table_mut()
+        .expect("[upstream]")
+        .insert("identity_header".into(), "X-Nbgate-User".into());
+    std::fs::write(path, toml::to_string(&config).expect("TOML")).expect("write config");
+    gate.signal(libc::SIGHUP);
+    gate.wait_for_log("configuration reloaded", T).await;
+
+    let seen = echo(&gate, Some("bob")).await;
+    assert_eq!(echoed_headers(&seen, HEADER), [TEST_USER], "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_known_header_is_refused_as_identity_header() {
     let builder = Nbgate::builder().set("upstream.identity_header", "Authorization");
     let out = builder.check_config().await;
