@@ -13,7 +13,8 @@
 //!   prepares users and certificate, then swaps the request path's configuration
 //!   (`proxy::Gateway::reload`) with nothing dropped; owns `tls::Maintenance`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
-//! - `proxy`: the request path (`Gateway::handle`), header rules, upstream client (`proxy::upstream`
+//! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
+//!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`
 //!   the keep-alive pool, `proxy::h1` one HTTP/1.1 exchange, `proxy::transport` the byte stream),
 //!   WebSocket tunnels, the filter every upstream answer passes (`proxy::response`, with the
 //!   streaming token scrubber), Jupyter's reachability for health checks (`proxy::health`).

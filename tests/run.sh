@@ -8,6 +8,8 @@
 # Environment:
 #   NBGATE_TEST_VENV  where the Python venv lives (default: <repo>/.venv); exported for the tests.
 #   PYTHON            the interpreter that creates the venv (default: python3).
+#   NBGATE_TEST_NODE  where npm installs the Node packages the tests start (default: <repo>/.node);
+#                     exported for the tests.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,10 +24,14 @@ cd "$repo"
 # (its promtool checks config/prometheus/alerts.yml in tests/metrics.rs; no Prometheus runs).
 APT_PACKAGES=(chromium pebble fail2ban testssl.sh openssl python3 systemd prometheus)
 # What the test venv holds; changing this list re-runs pip on the next run.
-# `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too.
-PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright)
+# `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too. `jupyterhub`: JupyterHub
+# behind nbgate (tests/jupyterhub.rs).
+PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright jupyterhub)
+# Node packages (npm; Node itself must be on the machine): JupyterHub's proxy.
+NODE_REQUIREMENTS=(configurable-http-proxy@5)
 
 export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
+export NBGATE_TEST_NODE="${NBGATE_TEST_NODE:-$repo/.node}"
 PYTHON="${PYTHON:-python3}"
 
 log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
@@ -79,6 +85,29 @@ ensure_venv() {
     log "venv: ready"
 }
 
+# Installs the Node packages under $NBGATE_TEST_NODE; npm runs only when the stamp file does not
+# match the requirement list and Node's version.
+ensure_node_packages() {
+    local stamp="$NBGATE_TEST_NODE/.nbgate-requirements"
+    local want
+    if ! command -v npm >/dev/null; then
+        log "node: npm is missing: install Node.js (20 or later) for tests/jupyterhub.rs"
+        return 1
+    fi
+    want="node $(node --version) ${NODE_REQUIREMENTS[*]}"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "node: $NBGATE_TEST_NODE is up to date (${NODE_REQUIREMENTS[*]})"
+        return
+    fi
+    log "node: npm install ${NODE_REQUIREMENTS[*]}"
+    mkdir -p "$NBGATE_TEST_NODE"
+    npm install --prefix "$NBGATE_TEST_NODE" --no-audit --no-fund --loglevel=error \
+        "${NODE_REQUIREMENTS[@]}"
+    "$NBGATE_TEST_NODE/node_modules/.bin/configurable-http-proxy" --version >/dev/null
+    printf '%s' "$want" >"$stamp"
+    log "node: ready"
+}
+
 apt_packages=("${APT_PACKAGES[@]}")
 # Debian's own python3 ships `venv` without ensurepip; that lives in python3-venv.
 if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
@@ -86,6 +115,7 @@ if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]] && ! "$PYTHON" -c 'import ensur
 fi
 ensure_apt_packages "${apt_packages[@]}"
 ensure_venv
+ensure_node_packages
 
 # The whole suite (no arguments, as CI runs it) also enforces formatting and lints: a tree that
 # is not `cargo fmt` clean or has a clippy warning fails like a failing test.

@@ -543,6 +543,26 @@ mod tests {
     }
 
     #[test]
+    fn identity_header_is_off_by_default_and_a_reserved_one_names_file_line_and_key() {
+        assert!(load_str("")
+            .expect("defaults")
+            .upstream
+            .identity_header
+            .is_none());
+        let c = load_str("[upstream]\nidentity_header = \"X-Nbgate-User\"\n").expect("valid");
+        assert_eq!(
+            c.upstream.identity_header.expect("set").as_str(),
+            "x-nbgate-user"
+        );
+        let e = load_str("[upstream]\n\nidentity_header = \"Cookie\"\n").expect_err("reserved");
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:3: upstream.identity_header: \"Cookie\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn log_level_is_an_env_filter_and_a_bad_one_names_file_line_and_key() {
         assert_eq!(load_str("").expect("defaults").log.level, "info");
         let c = load_str("[log]\nlevel = \"warn,nbgate::access=info\"\n").expect("valid");

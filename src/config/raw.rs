@@ -136,6 +136,7 @@ pub(super) struct RawUpstream {
     pub(super) url: Option<String>,
     pub(super) token_file: Option<PathBuf>,
     pub(super) token_env: Option<String>,
+    pub(super) identity_header: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) response_timeout: Option<String>,
     pub(super) websocket_idle_timeout: Option<String>,

@@ -1,10 +1,12 @@
-//! `[upstream]`: where Jupyter listens, its token, and the timeouts and
-//! pool sizes of the connection to it.
+//! `[upstream]`: where Jupyter listens, its token, the header that names
+//! the user to a JupyterHub, and the timeouts and pool sizes of the
+//! connection to it.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Serialize;
 
 use super::load::read_upstream_token;
@@ -48,6 +50,14 @@ pub struct UpstreamConfig {
     /// The token value, loaded from `token_file` or `token_env`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// The request header that carries the authenticated user to the
+    /// upstream (`X-Nbgate-User` for a JupyterHub whose authenticator
+    /// trusts it). Off by default: then nbgate names no user upstream.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_header_name"
+    )]
+    pub identity_header: Option<HeaderName>,
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
     /// How long Jupyter may take to answer a request once it has been
@@ -82,11 +92,18 @@ pub(super) fn validate(
         ));
     }
     let token = read_upstream_token(u.token_file.as_deref(), u.token_env.as_deref(), ctx)?;
+    let identity_header = u
+        .identity_header
+        .map(|name| {
+            parse_identity_header(&name).map_err(|m| ctx.invalid("upstream.identity_header", m))
+        })
+        .transpose()?;
     Ok(UpstreamConfig {
         url,
         token_file: u.token_file,
         token_env: u.token_env,
         token: token.map(Secret::new),
+        identity_header,
         connect_timeout: ctx.duration(
             "upstream.connect_timeout",
             u.connect_timeout,
@@ -113,4 +130,112 @@ pub(super) fn validate(
         )?,
         pool_max_idle: u.pool_max_idle.unwrap_or(64),
     })
+}
+
+/// Headers `upstream.identity_header` must not be: each already means
+/// something to a proxy, to Jupyter(Hub) or to a browser, and nbgate sets,
+/// strips or forwards it by its own rules (hop-by-hop removal, forwarding
+/// headers, `Host`/`Origin` presentation, the injected token, WebSocket
+/// handshakes). Naming one of them would let that rule and the identity
+/// rule fight over the same header.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "expect",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "origin",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "referer",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-xsrftoken",
+    "x-csrftoken",
+];
+
+/// `upstream.identity_header`: letters, digits and `-` only (no `_` or
+/// `.`: servers that fold those into `-` would read a client's
+/// `X_Nbgate_User` as this header; nbgate strips such spellings, and a name
+/// without them keeps the rule simple), not a reserved header nor a
+/// `Sec-` one (browser-controlled, WebSocket handshakes).
+fn parse_identity_header(name: &str) -> Result<HeaderName, String> {
+    let legal = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !legal {
+        return Err(format!(
+            "{name:?} is not a header name nbgate accepts here: use letters, digits and '-', e.g. \"X-Nbgate-User\""
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("sec-") {
+        return Err(format!(
+            "{name:?} already has a meaning to proxies, Jupyter or browsers: use a header of its own, e.g. \"X-Nbgate-User\""
+        ));
+    }
+    HeaderName::from_bytes(lower.as_bytes()).map_err(|e| format!("{name:?}: {e}"))
+}
+
+fn ser_header_name<S: serde::Serializer>(h: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(h.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_header_is_a_custom_name_never_a_well_known_one() {
+        assert_eq!(
+            parse_identity_header("X-Nbgate-User")
+                .expect("valid")
+                .as_str(),
+            "x-nbgate-user"
+        );
+        assert!(parse_identity_header("Remote-User").is_ok());
+        for bad in [
+            "Host",
+            "cookie",
+            "AUTHORIZATION",
+            "Connection",
+            "Transfer-Encoding",
+            "X-Forwarded-For",
+            "Sec-WebSocket-Key",
+            "x_nbgate_user",
+            "x.nbgate.user",
+            "X-Nbgate-User ",
+            "",
+            "-x",
+            "x:y",
+        ] {
+            assert!(parse_identity_header(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Pure header rewriting for the forwarding path: hop-by-hop removal,
-//! `X-Forwarded-*` / `Forwarded`, Host/Origin presentation to Jupyter,
-//! `Location` rewriting and security headers.
+//! `X-Forwarded-*` / `Forwarded`, Host/Origin presentation to Jupyter, the
+//! header naming the user to a JupyterHub (`set_identity`), `Location`
+//! rewriting and security headers.
 //!
 //! Takes plain values (`&mut HeaderMap`, `IpAddr`, `&str`) and does no I/O,
 //! so every rule is unit-tested without sockets.
@@ -52,15 +53,18 @@ const CLIENT_FORWARDING: [HeaderName; 6] = [
 /// (hostile-input battery, issue 20). nginx drops such names by default
 /// (`underscores_in_headers off`); nbgate drops just these.
 fn is_forwarding_alias(name: &HeaderName) -> bool {
-    let n = name.as_str().as_bytes();
+    CLIENT_FORWARDING.iter().any(|f| is_alias_of(name, f))
+}
+
+/// Whether `name` is `target` spelled with `_` or `.` for at least one
+/// `-` (names are lower-case in a `HeaderMap`, whatever the client sent).
+fn is_alias_of(name: &HeaderName, target: &HeaderName) -> bool {
+    let (n, t) = (name.as_str().as_bytes(), target.as_str().as_bytes());
     n.iter().any(|&b| b == b'_' || b == b'.')
-        && CLIENT_FORWARDING.iter().any(|f| {
-            let f = f.as_str().as_bytes();
-            f.len() == n.len()
-                && f.iter()
-                    .zip(n)
-                    .all(|(&a, &b)| a == b || (a == b'-' && (b == b'_' || b == b'.')))
-        })
+        && t.len() == n.len()
+        && t.iter()
+            .zip(n)
+            .all(|(&a, &b)| a == b || (a == b'-' && (b == b'_' || b == b'.')))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection`
@@ -186,6 +190,34 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, public_host: &str)
     }
     if let Some(v) = assembled(fwd) {
         headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// Names the user nbgate authenticated to the upstream in `name`
+/// (`upstream.identity_header`, e.g. `X-Nbgate-User` for JupyterHub).
+///
+/// Every copy the client sent goes first — all values of a repeated
+/// header (a `HeaderMap` holds names lower-cased, so every case variant is
+/// one name) and spellings with `_` or `.` for `-` that CGI/WSGI-style
+/// servers fold into the same name. The upstream trusts this header as
+/// proof of who is asking: a copy that got through would let a logged-in
+/// user act as anyone else (alice sending `X-Nbgate-User: bob` would reach
+/// bob's server). The user name is always a valid value (`valid_user_name`);
+/// were it not, no header is set, and the upstream sees no one.
+pub fn set_identity(headers: &mut HeaderMap, name: &HeaderName, user: &str) {
+    headers.remove(name);
+    if headers.keys().any(|n| is_alias_of(n, name)) {
+        let aliases: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_alias_of(n, name))
+            .cloned()
+            .collect();
+        for alias in aliases {
+            headers.remove(alias);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(user) {
+        headers.insert(name.clone(), v);
     }
 }
 
@@ -391,6 +423,32 @@ mod tests {
         assert!(h.get("x.real.ip").is_none());
         assert!(h.get("x-forwarded_host").is_none());
         assert_eq!(h["x_other"], "6.6.6.6", "other names are left alone");
+    }
+
+    #[test]
+    fn identity_header_replaces_every_client_copy_and_spelling() {
+        let name = HeaderName::from_static("x-nbgate-user");
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("X-Nbgate-User", "bob"),
+            ("x-nbgate-user", "carol"),
+            ("X-NBGATE-USER", "dave"),
+            ("x_nbgate_user", "erin"),
+            ("x.nbgate_user", "frank"),
+            ("x-nbgate-users", "kept"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_static(v),
+            );
+        }
+        set_identity(&mut h, &name, "alice");
+        let values: Vec<_> = h.get_all(&name).iter().collect();
+        assert_eq!(values, ["alice"], "{h:?}");
+        assert!(h.get("x_nbgate_user").is_none());
+        assert!(h.get("x.nbgate_user").is_none());
+        assert_eq!(h["x-nbgate-users"], "kept", "other names are left alone");
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -192,6 +192,7 @@ fn upstream_unchanged(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
     a.url == b.url
         && a.token_file == b.token_file
         && a.token_env == b.token_env
+        && a.identity_header == b.identity_header
         && a.token.as_ref().map(Secret::expose) == b.token.as_ref().map(Secret::expose)
         && a.connect_timeout == b.connect_timeout
         && a.response_timeout == b.response_timeout
@@ -573,6 +574,9 @@ impl Live {
             &self.upstream.host_header,
             host,
         );
+        if let Some(name) = &self.config.upstream.identity_header {
+            headers::set_identity(&mut parts.headers, name, identity.user());
+        }
         if let Some(c) = &*self.token.current() {
             parts
                 .headers

@@ -83,6 +83,13 @@ impl UpstreamToken {
                 current: ArcSwapOption::new(Credential::new(t.expose()).map(Arc::new)),
                 discovery: None,
             },
+            // An upstream told who the user is (JupyterHub) has no Jupyter
+            // token to find: the Hub would read a discovered one as a Hub
+            // API token of whoever owns it, so nbgate sends none.
+            None if config.identity_header.is_some() => UpstreamToken {
+                current: ArcSwapOption::empty(),
+                discovery: None,
+            },
             None => UpstreamToken::discover(config.url.clone(), runtime::runtime_dirs()),
         }
     }

@@ -6,6 +6,8 @@
 //! - `nbgate`   the nbgate binary: config builder, readiness from its log, clients that trust its
 //!   certificate, raw TLS and WebSocket connectors. Every request a test makes goes through
 //!   `Nbgate` helpers so that authentication can later be added in one place.
+//! - `jupyterhub` JupyterHub with its configurable-http-proxy (the venv, `.node`), trusting
+//!   nbgate's identity header (`tests/fixtures/jupyterhub`).
 //! - `kernel`   the Jupyter kernel and terminal WebSocket protocols.
 //! - `h2ws`     WebSockets over HTTP/2 (RFC 8441): extended CONNECT on one h2 connection.
 //! - `upstream` an in-process hyper upstream (echo, redirect, slow stream, sink, WebSocket echo).
@@ -23,6 +25,7 @@ pub mod ari;
 pub mod certs;
 pub mod h2ws;
 pub mod jupyter;
+pub mod jupyterhub;
 pub mod kernel;
 pub mod login;
 pub mod nbgate;
