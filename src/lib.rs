@@ -26,6 +26,13 @@
 //!   others (HTTP/2 without ALPN is refused); `server::admin` the admin listener
 //!   (`/metrics`, `/health`; plain on loopback, else TLS + bearer token).
 //! - `telemetry`: logging setup (its level changes at a reload); access and audit targets.
+//! - `audit`: the operation audit (who opened, saved, ran what): HTTP requests classified
+//!   (`audit::classify`, JSON bodies read as they stream by `audit::json_scan`), the code of
+//!   kernel `execute_request`s and terminal lines read from the frames a client sends
+//!   (`audit::kernel_frames`, `audit::tap`), events to the log and to the chained,
+//!   rotated audit file (`audit::file`, its writer a thread behind a bounded queue), and
+//!   `nbgate audit verify|show` (`audit::verify`). Observes, never changes, what Jupyter
+//!   receives; imports `config` and `metrics` only.
 //! - `metrics`: Prometheus counters (per-thread shards on the request path) and their text
 //!   exposition; imports nothing else of the crate, so any module may count.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
@@ -39,11 +46,13 @@
 //!   imports nothing else of the crate.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
+//! `proxy -> audit -> config`,
 //! `server -> reload -> (proxy, tls, auth, telemetry, systemd)` (the reload
 //! tells systemd), `supervisor -> reload` (only its `Source` type),
 //! `server -> tls -> state`, `server -> systemd`, everything may call
 //! `metrics` and read `config`; inside `proxy`, `upstream -> h1 -> transport`.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -286,9 +286,13 @@ async fn next_data(ws: &mut Ws) -> Result<usize, BoxError> {
     }
 }
 
+/// A kernel channel's path, for the WebSocket measures: with code audit
+/// on (`nbgate-audit`), nbgate reads every frame sent on it.
+pub const KERNEL_WS: &str = "/api/kernels/00000000-0000-4000-8000-000000000000/channels";
+
 /// Measure 4a: echo round trips of 100-byte messages on one connection.
 pub async fn ws_rtt(target: &Target, dur: Duration) -> Result<Figures, BoxError> {
-    let mut ws = ws_connect(target, "/ws").await?;
+    let mut ws = ws_connect(target, KERNEL_WS).await?;
     let msg = vec![7u8; 100];
     let deadline = Instant::now() + dur;
     let mut lat = Vec::with_capacity(1 << 16);
@@ -312,7 +316,7 @@ pub async fn ws_rtt(target: &Target, dur: Duration) -> Result<Figures, BoxError>
 pub async fn ws_throughput(target: &Target, dur: Duration) -> Result<Figures, BoxError> {
     const SIZE: usize = 64 * 1024;
     const WINDOW: usize = 8;
-    let ws = ws_connect(target, "/ws").await?;
+    let ws = ws_connect(target, KERNEL_WS).await?;
     let (mut tx, mut rx) = ws.split();
     let window = Arc::new(Semaphore::new(WINDOW));
     let start = Instant::now();

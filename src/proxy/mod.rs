@@ -2,6 +2,9 @@
 //! in security order: `check_host`, then (as they land) `check_policy`,
 //! `serve_own_pages`, `require_session`, then `check_origin` and `forward`
 //! (plain HTTP or WebSocket), then `response_filter` and the access log.
+//! Forwarded operations Jupyter answered are recorded by `audit` (its
+//! request-body tee, its tap on a tunnel's client side): observed, never
+//! changed.
 //!
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
 //! to Jupyter), `transport` (the byte stream to Jupyter and its
@@ -43,8 +46,9 @@ use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream};
 use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::Tunnels;
+use crate::audit;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
-use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via};
+use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via, Who};
 use crate::config::{Config, Secret, UpstreamConfig};
 use crate::policy::Refused;
 use crate::telemetry::Chain;
@@ -252,8 +256,9 @@ impl Live {
             armed: self.config.log.access_log,
         };
 
+        let mut who = None;
         let mut resp = match self
-            .route(req, conn, client, named.is_some(), &sessions)
+            .route(req, conn, client, named.is_some(), &sessions, &mut who)
             .await
         {
             Ok(r) => r,
@@ -278,6 +283,8 @@ impl Live {
         if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp);
         }
+        // nbgate's own pages (login, logout) say who in the response.
+        let who = who.or_else(|| resp.extensions_mut().remove::<Who>());
         let record = AccessRecord {
             client,
             method,
@@ -285,6 +292,7 @@ impl Live {
             status: resp.status().as_u16(),
             version,
             start,
+            who,
         };
         Ok(resp.map(|b| LoggedBody::new(b, Some(record)).boxed_unsync()))
     }
@@ -296,6 +304,7 @@ impl Live {
         client: IpAddr,
         known: bool,
         sessions: &SessionCache,
+        who: &mut Option<Who>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.check_policy(conn, client, known)?;
         let host = check_host(&req)?;
@@ -314,6 +323,7 @@ impl Live {
                 return Err(refused);
             }
         };
+        *who = Some(Who::Known(identity.clone()));
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
         // HTTP/1.1 only: RFC 9110 §7.8 says a server must ignore `Upgrade`
@@ -321,33 +331,35 @@ impl Live {
         // it without understanding it, so a 101 could desynchronize the
         // connection); such a request is forwarded as a plain one, its
         // `Upgrade` removed with the other hop-by-hop headers.
-        let mut resp =
-            if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
-                Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
-            } else {
-                // Kept flat (no `forward` future holding the request and
-                // the exchange): this future is moved whole whenever hyper
-                // spawns or stores it, so its size is a cost per request.
-                let up_req = self.upstream_request(req, client, &host, &identity)?;
-                // A discovered token may be stale (Jupyter restarted): a
-                // request without a body can be sent again with the new one.
-                let replay = self
-                    .token
-                    .discovers()
-                    .then(|| upstream::replayable(&up_req))
-                    .flatten();
-                let mut resp = self.upstream.send(up_req).await?;
-                if self.token.discovers()
-                    && upstream_token::refused(
-                        resp.status(),
-                        resp.headers(),
-                        &self.config.auth.base_url,
-                    )
-                {
-                    resp = Box::pin(self.reauthenticate(resp, replay)).await?;
-                }
-                self.client_response(resp, &host)?
-            };
+        let mut resp = if req.version() == Version::HTTP_11
+            && headers::is_websocket_upgrade(req.headers())
+        {
+            Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
+        } else {
+            // Kept flat (no `forward` future holding the request and
+            // the exchange): this future is moved whole whenever hyper
+            // spawns or stores it, so its size is a cost per request.
+            let mut audit = self.audit_op(&req, &identity, client);
+            let up_req = self.upstream_request(req, client, &host, &identity, audit.as_mut())?;
+            // A discovered token may be stale (Jupyter restarted): a
+            // request without a body can be sent again with the new one.
+            let replay = self
+                .token
+                .discovers()
+                .then(|| upstream::replayable(&up_req))
+                .flatten();
+            let mut resp = self.upstream.send(up_req).await?;
+            if self.token.discovers()
+                && upstream_token::refused(
+                    resp.status(),
+                    resp.headers(),
+                    &self.config.auth.base_url,
+                )
+            {
+                resp = Box::pin(self.reauthenticate(resp, replay)).await?;
+            }
+            audited(self.client_response(resp, &host)?, audit)
+        };
         if let Some(c) = identity
             .refresh_cookie
             .as_deref()
@@ -483,11 +495,11 @@ impl Live {
             }
         };
         match self.auth.check_token(&token).await {
-            Check::Valid(user) => {
-                attempt.succeeded(&user, now);
-                tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
+            Check::Valid(found) => {
+                attempt.succeeded(&found.user, now);
+                tracing::debug!(target: "nbgate::audit", event = "token_use", user = %found.user, token_id = %found.id, %client, "api token accepted");
                 crate::metrics::token_check(crate::metrics::TokenCheck::Valid);
-                Ok(Identity::token(user))
+                Ok(Identity::token(found))
             }
             Check::Invalid { .. } => {
                 tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
@@ -613,17 +625,36 @@ impl Live {
         }
     }
 
-    /// The request Jupyter receives for a client's request.
+    /// The request Jupyter receives for a client's request; its body is
+    /// observed (not changed) when `audit` needs fields of it.
     fn upstream_request(
         &self,
         req: Request<RequestBody>,
         client: IpAddr,
         host: &str,
         identity: &Identity,
+        audit: Option<&mut audit::body::Pending>,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        Ok(Request::from_parts(parts, body.boxed_unsync()))
+        let body = match audit {
+            Some(pending) => pending.tee(body).boxed_unsync(),
+            None => body.boxed_unsync(),
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// The operation a request is, for the audit (`audit::classify`);
+    /// `None` for most requests (pages, static files, listings).
+    fn audit_op<B>(
+        &self,
+        req: &Request<B>,
+        identity: &Identity,
+        client: IpAddr,
+    ) -> Option<audit::body::Pending> {
+        let path = req.uri().path().strip_prefix(&*self.config.auth.base_url)?;
+        let op = audit::classify::classify(req.method(), path, req.uri().query())?;
+        Some(audit::body::Pending::new(op, actor(identity, client)))
     }
 
     /// Jupyter's response as the client gets it (before security headers).
@@ -724,9 +755,15 @@ impl Live {
             return response::upstream_response_filter(up_resp, &self.response_rules(host, &token));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-        let guard = self
-            .tunnels
-            .register(identity.session_id().map(str::to_owned), identity.user());
+        let mut guard = self.tunnels.register(identity);
+        guard.tap = log_path
+            .strip_prefix(&*self.config.auth.base_url)
+            .and_then(|path| {
+                let chosen = up_resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
+                let chosen = chosen.and_then(|v| v.to_str().ok());
+                let actor = actor(identity, client);
+                audit::tap::for_tunnel(path, chosen, actor, &self.config.audit)
+            });
         let idle = self.config.upstream.websocket_idle_timeout;
         tokio::spawn(run_tunnel(
             client_upgrade,
@@ -760,6 +797,35 @@ impl Live {
     }
 }
 
+/// Who did an audited operation.
+fn actor(identity: &Identity, client: IpAddr) -> audit::Actor {
+    audit::Actor {
+        user: identity.user().to_owned(),
+        auth: identity.auth_kind(),
+        auth_id: identity.credential_id().to_owned(),
+        client,
+    }
+}
+
+/// Jupyter's answer to an audited request: the event is recorded now, or
+/// (when it needs a field of the answer) once its body has passed.
+fn audited(
+    resp: Response<ProxyBody>,
+    pending: Option<audit::body::Pending>,
+) -> Response<ProxyBody> {
+    let Some(pending) = pending else {
+        return resp;
+    };
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    match pending.answered(resp.status().as_u16(), location) {
+        Some(answered) => resp.map(|b| audit::body::Observed::new(b, answered).boxed_unsync()),
+        None => resp,
+    }
+}
+
 /// Logs a request whose client gave up before nbgate had an answer for it
 /// (a closed connection, an HTTP/2 reset): without it such a request
 /// leaves no line at all. Disarmed once the answer exists;
@@ -790,7 +856,7 @@ impl Drop for GiveUpLog<'_> {
 async fn run_tunnel(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
-    guard: websocket::TunnelGuard,
+    mut guard: websocket::TunnelGuard,
     idle: Duration,
     client: IpAddr,
     path: String,
@@ -803,12 +869,23 @@ async fn run_tunnel(
         }
     };
     let start = Instant::now();
-    tracing::info!(target: "nbgate::access", %client, %path, "tunnel opened");
-    let (reason, stats) =
-        websocket::pump(TokioIo::new(c), TokioIo::new(u), idle, guard.cancel.clone()).await;
+    let tap = guard.tap.take();
+    let who = &guard.who;
+    let (user, auth, auth_id) = (who.user(), who.auth_kind(), who.credential_id());
+    tracing::info!(target: "nbgate::access", %client, user, auth, auth_id, %path, "tunnel opened");
+    let (reason, stats) = websocket::pump(
+        audit::tap::Tapped::new(TokioIo::new(c), tap),
+        TokioIo::new(u),
+        idle,
+        guard.cancel.clone(),
+    )
+    .await;
     tracing::info!(
         target: "nbgate::access",
         %client,
+        user,
+        auth,
+        auth_id,
         %path,
         bytes_up = stats.bytes_up,
         bytes_down = stats.bytes_down,

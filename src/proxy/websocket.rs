@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
+
 /// Open tunnels, so they can be closed from outside their task.
 #[derive(Default)]
 pub struct Tunnels {
@@ -26,6 +28,7 @@ pub struct Tunnels {
 }
 
 struct Entry {
+    /// The login session's id (cookie logins only): logout closes them.
     session: Option<String>,
     /// Logout everywhere closes a user's tunnels, token ones included.
     user: String,
@@ -37,6 +40,11 @@ pub struct TunnelGuard {
     tunnels: Arc<Tunnels>,
     id: u64,
     pub cancel: CancellationToken,
+    /// Who opened the tunnel: its access lines name them.
+    pub who: Identity,
+    /// The audit's look at what the client sends (`[audit] code`,
+    /// `terminal_input`), taken by the tunnel's task.
+    pub tap: Option<crate::audit::tap::Tap>,
 }
 
 impl Drop for TunnelGuard {
@@ -50,15 +58,16 @@ impl Drop for TunnelGuard {
 }
 
 impl Tunnels {
-    /// Registers a tunnel, optionally tied to a login session.
-    pub fn register(self: &Arc<Self>, session: Option<String>, user: &str) -> TunnelGuard {
+    /// Registers a tunnel opened by `who` (tied to its login session,
+    /// when it has one).
+    pub fn register(self: &Arc<Self>, who: &Identity) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         self.lock().insert(
             id,
             Entry {
-                session,
-                user: user.to_owned(),
+                session: who.session_id().map(str::to_owned),
+                user: who.user().to_owned(),
                 cancel: cancel.clone(),
             },
         );
@@ -66,6 +75,8 @@ impl Tunnels {
             tunnels: Arc::clone(self),
             id,
             cancel,
+            who: who.clone(),
+            tap: None,
         }
     }
 
@@ -445,11 +456,30 @@ mod tests {
         assert_eq!(reason, CloseReason::Idle);
     }
 
+    fn session(sid: &str, user: &str) -> Identity {
+        let claims = crate::auth::session::Claims {
+            u: user.into(),
+            sid: sid.into(),
+            iat: 0,
+            lst: 0,
+            gen: 0,
+            pw: String::new(),
+        };
+        Identity::session(Arc::new(claims), None)
+    }
+
+    fn token(user: &str) -> Identity {
+        Identity::token(crate::auth::TokenUser {
+            user: user.into(),
+            id: "0123456789abcdef".into(),
+        })
+    }
+
     #[test]
     fn registry_closes_tunnels_of_one_session_only() {
         let t = Arc::new(Tunnels::default());
-        let a = t.register(Some("s1".into()), "ann");
-        let b = t.register(Some("s2".into()), "ann");
+        let a = t.register(&session("s1", "ann"));
+        let b = t.register(&session("s2", "ann"));
         assert_eq!(t.close_session("s1"), 1);
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
@@ -460,9 +490,9 @@ mod tests {
     #[test]
     fn registry_closes_every_tunnel_of_one_user_only() {
         let t = Arc::new(Tunnels::default());
-        let a = t.register(Some("s1".into()), "ann");
-        let b = t.register(None, "ann");
-        let c = t.register(Some("s3".into()), "bob");
+        let a = t.register(&session("s1", "ann"));
+        let b = t.register(&token("ann"));
+        let c = t.register(&session("s3", "bob"));
         assert_eq!(t.close_user("ann"), 2);
         assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
         assert!(!c.cancel.is_cancelled());
@@ -471,11 +501,11 @@ mod tests {
     #[test]
     fn registry_closes_a_users_session_or_token_tunnels() {
         let t = Arc::new(Tunnels::default());
-        let session = t.register(Some("s1".into()), "ann");
-        let token = t.register(None, "ann");
-        let other = t.register(None, "bob");
+        let session = t.register(&session("s1", "ann"));
+        let by_token = t.register(&token("ann"));
+        let other = t.register(&token("bob"));
         assert_eq!(t.close_user_tokens("ann"), 1);
-        assert!(token.cancel.is_cancelled() && !session.cancel.is_cancelled());
+        assert!(by_token.cancel.is_cancelled() && !session.cancel.is_cancelled());
         assert_eq!(t.close_user_sessions("ann"), 1);
         assert!(session.cancel.is_cancelled());
         assert!(!other.cancel.is_cancelled());
