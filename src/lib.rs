@@ -32,7 +32,7 @@
 //!   (`audit::kernel_frames`, `audit::tap`), events to the log and to the chained,
 //!   rotated audit file (`audit::file`, its writer a thread behind a bounded queue), and
 //!   `nbgate audit verify|show` (`audit::verify`). Observes, never changes, what Jupyter
-//!   receives; imports `config` and `metrics` only.
+//!   receives; imports `config`, `metrics` and `ws_frame` only.
 //! - `metrics`: Prometheus counters (per-thread shards on the request path) and their text
 //!   exposition; imports nothing else of the crate, so any module may count.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
@@ -41,6 +41,8 @@
 //!   with a fresh token; signals, reaping, readiness. `main` wires it to
 //!   `server::run`; it imports neither.
 //! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
+//! - `ws_frame`: the WebSocket frame header (RFC 6455 §5.2), read by the tunnel's frame
+//!   tracker and the audit's frame reader; imports nothing else of the crate.
 //! - `systemd`: the notify protocol (ready, reloading, stopping, status, the watchdog
 //!   with its liveness probe of workers and accept loops) and socket activation;
 //!   imports nothing else of the crate.
@@ -69,3 +71,4 @@ pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
+pub mod ws_frame;

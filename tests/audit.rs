@@ -438,7 +438,7 @@ async fn a_jupyter_session_is_audited_in_order_in_the_file_and_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_chain_continues_across_rotation_and_restarts() {
+async fn the_chain_continues_across_rotation_and_a_restart() {
     let jupyter = Jupyter::start().await;
     std::fs::write(jupyter.root_dir().join("r.txt"), "x").expect("file");
     let extra = [
@@ -471,6 +471,33 @@ async fn the_chain_continues_across_rotation_and_restarts() {
         nbgate::audit::file::rotated(&file, 1).exists(),
         "rotated at 4 KiB"
     );
+
+    // A restart continues the chain from the last line written.
+    let mut gate = gate;
+    gate.signal(libc::SIGTERM);
+    gate.wait_exit(T).await;
+    let gate = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("audit.file", file.display().to_string())
+        .set("audit.max_size", "4KiB")
+        .set("audit.keep", 3)
+        .start()
+        .await;
+    assert_eq!(
+        api(&gate, reqwest::Method::GET, "/files/r.txt", None)
+            .await
+            .0,
+        200
+    );
+    let last = poll_until(T, "the download after the restart", || async {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let last = text.lines().last().map(str::to_owned)?;
+        last.contains("file_download").then_some(last)
+    })
+    .await;
+    let last: Value = serde_json::from_str(&last).expect("json");
+    assert!(last["seq"].as_u64().expect("seq") > 26, "{last}");
+
     let files: Vec<String> = audit_files(&file)
         .iter()
         .map(|p| p.display().to_string())

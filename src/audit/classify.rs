@@ -380,7 +380,10 @@ fn kernel_event(mut e: Event, op: &Op) -> Event {
 /// Uploads in progress: the bytes of the chunks landed so far, per user
 /// and path. Bounded: an upload left unfinished for an hour is forgotten,
 /// and past `MAX_UPLOADS` the oldest go.
-struct Uploads(Mutex<Option<HashMap<(String, String), (u64, Instant)>>>);
+struct Uploads(Mutex<Option<UploadMap>>);
+
+/// (user, path) -> (bytes so far, last chunk's time).
+type UploadMap = HashMap<(String, String), (u64, Instant)>;
 
 const MAX_UPLOADS: usize = 1024;
 const UPLOAD_TTL: Duration = Duration::from_secs(3600);

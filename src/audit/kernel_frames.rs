@@ -40,7 +40,7 @@ pub enum Message<'a> {
 /// WebSocket frames → messages, fed the client's bytes in order.
 #[derive(Debug, Default)]
 pub struct Frames {
-    header: [u8; 14],
+    header: [u8; crate::ws_frame::MAX_HEADER],
     have: usize,
     /// Payload bytes left in the current frame.
     left: u64,
@@ -80,72 +80,28 @@ impl Frames {
             self.header[self.have] = data[0];
             self.have += 1;
             data = &data[1..];
-            if let Some(len) = self.header_complete() {
+            if let Some(h) = crate::ws_frame::header(&self.header[..self.have]) {
                 self.have = 0;
-                self.start_frame(len);
-                if len == 0 {
+                self.start_frame(h);
+                if h.payload_len == 0 {
                     self.frame_end(each);
                 }
             }
         }
     }
 
-    fn header_complete(&self) -> Option<u64> {
-        if self.have < 2 {
-            return None;
-        }
-        let masked = self.header[1] & 0x80 != 0;
-        let len7 = self.header[1] & 0x7F;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let need = 2 + ext + if masked { 4 } else { 0 };
-        if self.have < need {
-            return None;
-        }
-        Some(match ext {
-            0 => u64::from(len7),
-            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            _ => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-        })
-    }
-
-    fn start_frame(&mut self, len: u64) {
-        let b0 = self.header[0];
-        let masked = self.header[1] & 0x80 != 0;
-        let ext = match self.header[1] & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        self.mask = if masked {
-            let at = 2 + ext;
-            [
-                self.header[at],
-                self.header[at + 1],
-                self.header[at + 2],
-                self.header[at + 3],
-            ]
-        } else {
-            [0; 4]
-        };
+    fn start_frame(&mut self, h: crate::ws_frame::Header) {
+        self.mask = h.mask.unwrap_or([0; 4]);
         self.mask_at = 0;
-        self.left = len;
-        self.fin = b0 & 0x80 != 0;
-        let opcode = b0 & 0x0F;
-        self.control = opcode >= 8;
-        if opcode == 1 || opcode == 2 {
+        self.left = h.payload_len;
+        self.fin = h.fin;
+        self.control = h.opcode >= 8;
+        if h.opcode == 1 || h.opcode == 2 {
             // A new message (a continuation, opcode 0, adds to the last).
             self.msg.clear();
             self.msg_len = 0;
-            self.msg_binary = opcode == 2;
-            self.compressed = b0 & 0x40 != 0;
+            self.msg_binary = h.opcode == 2;
+            self.compressed = h.rsv1;
             self.over = false;
             self.over_execute = false;
         }

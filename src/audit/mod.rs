@@ -18,8 +18,8 @@
 //!
 //! Auditing observes and never changes what Jupyter receives: bodies and
 //! frames are forwarded byte for byte, and nothing here can refuse or delay
-//! a request beyond the time to look at its bytes. Imports `config` and
-//! `metrics` only.
+//! a request beyond the time to look at its bytes. Imports `config`,
+//! `metrics` and `ws_frame` only.
 
 pub mod body;
 pub mod classify;

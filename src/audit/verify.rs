@@ -417,7 +417,7 @@ mod tests {
             bytes[at] ^= 0x01;
             std::fs::write(&p, &bytes).expect("write");
             let line = newlines.iter().filter(|&&nl| nl < at).count() + 1;
-            match verify(&[p.clone()]) {
+            match verify(std::slice::from_ref(&p)) {
                 Err(VerifyError::Broken { line: l, .. }) => assert_eq!(l, line, "byte {at}"),
                 other => panic!("byte {at} changed, got {other:?}"),
             }

@@ -347,29 +347,7 @@ impl FrameTracker {
 
     /// The payload length once the header is complete.
     fn header_complete(&self) -> Option<u64> {
-        if self.have < 2 {
-            return None;
-        }
-        let masked = self.header[1] & 0x80 != 0;
-        let len7 = self.header[1] & 0x7F;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let need = 2 + ext + if masked { 4 } else { 0 };
-        if self.have < need {
-            return None;
-        }
-        Some(match ext {
-            0 => u64::from(len7),
-            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            _ => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-        })
+        crate::ws_frame::header(&self.header[..self.have]).map(|h| h.payload_len)
     }
 }
 
