@@ -331,35 +331,34 @@ impl Live {
         // it without understanding it, so a 101 could desynchronize the
         // connection); such a request is forwarded as a plain one, its
         // `Upgrade` removed with the other hop-by-hop headers.
-        let mut resp = if req.version() == Version::HTTP_11
-            && headers::is_websocket_upgrade(req.headers())
-        {
-            Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
-        } else {
-            // Kept flat (no `forward` future holding the request and
-            // the exchange): this future is moved whole whenever hyper
-            // spawns or stores it, so its size is a cost per request.
-            let mut audit = self.audit_op(&req, &identity, client);
-            let up_req = self.upstream_request(req, client, &host, &identity, audit.as_mut())?;
-            // A discovered token may be stale (Jupyter restarted): a
-            // request without a body can be sent again with the new one.
-            let replay = self
-                .token
-                .discovers()
-                .then(|| upstream::replayable(&up_req))
-                .flatten();
-            let mut resp = self.upstream.send(up_req).await?;
-            if self.token.discovers()
-                && upstream_token::refused(
-                    resp.status(),
-                    resp.headers(),
-                    &self.config.auth.base_url,
-                )
-            {
-                resp = Box::pin(self.reauthenticate(resp, replay)).await?;
-            }
-            audited(self.client_response(resp, &host)?, audit)
-        };
+        let mut resp =
+            if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
+                Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
+            } else {
+                // Kept flat (no `forward` future holding the request and
+                // the exchange): this future is moved whole whenever hyper
+                // spawns or stores it, so its size is a cost per request.
+                let mut op = self.audit_op(&req, &identity, client);
+                let up_req = self.upstream_request(req, client, &host, &identity, op.as_mut())?;
+                // A discovered token may be stale (Jupyter restarted): a
+                // request without a body can be sent again with the new one.
+                let replay = self
+                    .token
+                    .discovers()
+                    .then(|| upstream::replayable(&up_req))
+                    .flatten();
+                let mut resp = self.upstream.send(up_req).await?;
+                if self.token.discovers()
+                    && upstream_token::refused(
+                        resp.status(),
+                        resp.headers(),
+                        &self.config.auth.base_url,
+                    )
+                {
+                    resp = Box::pin(self.reauthenticate(resp, replay)).await?;
+                }
+                audited(self.client_response(resp, &host)?, op)
+            };
         if let Some(c) = identity
             .refresh_cookie
             .as_deref()
