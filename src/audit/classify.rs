@@ -264,6 +264,7 @@ pub fn event(op: &Op, actor: &Actor, out: &Outcome<'_>) -> Option<Event> {
         What::Put => {
             let path = op.target.clone().unwrap_or_default();
             let scan = out.request;
+            // A string's length, a notebook's JSON size, as sent.
             let size = scan.and_then(|s| s.get("content")).map(|c| {
                 if scan.and_then(|s| s.str("format")) == Some("base64") {
                     (c.len / 4 * 3).saturating_sub(u64::from(c.padding))

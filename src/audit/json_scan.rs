@@ -28,6 +28,9 @@ pub enum Value {
     Str(String),
     /// A number or literal as written (`-1`, `true`, `null`).
     Bare(String),
+    /// An object or array at depth 1 (a notebook's `content`): only its
+    /// size as sent (`Field::len`) is kept.
+    Container,
 }
 
 /// One field found.
@@ -73,6 +76,10 @@ pub struct Scanner {
     fields: Vec<Field>,
     done: bool,
     failed: bool,
+    /// Bytes consumed so far.
+    pos: u64,
+    /// Where the depth-1 container being read started.
+    container_start: u64,
 }
 
 impl Default for Scanner {
@@ -86,6 +93,8 @@ impl Default for Scanner {
             fields: Vec::new(),
             done: false,
             failed: false,
+            pos: 0,
+            container_start: 0,
         }
     }
 }
@@ -104,7 +113,7 @@ impl Scanner {
     pub fn str(&self, key: &str) -> Option<&str> {
         match &self.get(key)?.value {
             Value::Str(s) => Some(s),
-            Value::Bare(_) => None,
+            Value::Bare(_) | Value::Container => None,
         }
     }
 
@@ -112,7 +121,7 @@ impl Scanner {
     pub fn int(&self, key: &str) -> Option<i64> {
         match &self.get(key)?.value {
             Value::Bare(b) => b.parse().ok(),
-            Value::Str(_) => None,
+            Value::Str(_) | Value::Container => None,
         }
     }
 
@@ -124,27 +133,27 @@ impl Scanner {
     /// Feeds the next bytes.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() && !self.failed {
-            match self.lex {
-                Lex::Str { escape, is_key } => {
-                    let used = self.string_bytes(data, escape, is_key);
-                    data = &data[used..];
-                }
+            let used = match self.lex {
+                Lex::Str { escape, is_key } => self.string_bytes(data, escape, is_key),
                 Lex::Bare => {
                     let b = data[0];
                     if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
                         if self.buf.len() < MAX_BARE {
                             self.buf.push(b);
                         }
-                        data = &data[1..];
+                        1
                     } else {
                         self.end_bare();
+                        0
                     }
                 }
                 Lex::Between => {
                     self.punct(data[0]);
-                    data = &data[1..];
+                    1
                 }
-            }
+            };
+            self.pos += used as u64;
+            data = &data[used..];
         }
     }
 
@@ -204,6 +213,9 @@ impl Scanner {
                     self.failed = true;
                     return;
                 }
+                if self.stack.len() == 1 {
+                    self.container_start = self.pos;
+                }
                 self.stack.push(if b == b'{' {
                     Container::Object {
                         expect_key: true,
@@ -222,6 +234,9 @@ impl Scanner {
                     self.failed = true;
                 } else if self.stack.is_empty() {
                     self.done = true;
+                } else if self.stack.len() == 1 {
+                    self.len = self.pos + 1 - self.container_start;
+                    self.record(Value::Container, 0);
                 }
             }
             b':' => match self.stack.last_mut() {
@@ -404,7 +419,9 @@ mod tests {
             assert_eq!(s.str("kernel.name"), Some("python3"));
             assert_eq!(s.int("chunk"), Some(-1));
             assert_eq!(s.str("type"), Some("file"));
-            assert!(s.get("deep.a.b").is_none() && s.get("list").is_none());
+            assert!(s.get("deep.a.b").is_none());
+            let list = s.get("list").expect("a container's size");
+            assert_eq!((&list.value, list.len), (&Value::Container, 5));
         }
     }
 
