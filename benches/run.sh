@@ -5,7 +5,8 @@
 #   bash benches/run.sh --quick    smoke run (1 round, 2 s per measure, 256 MiB bodies, 1000 tunnels)
 #
 # Other options are passed to the harness (benches/loadgen/main.rs):
-#   --only h1,h2,tls_full,tls_resumed,ws_rtt,ws_throughput,large_body,idle,isolation,kernel
+#   --only h1,h2,tls_full,tls_resumed,tls_resumed_x25519,ws_rtt,ws_rtt_h2,ws_throughput,large_body,
+#          idle,idle_h2,isolation,kernel
 #   --contenders direct,nbgate,nginx,caddy,nbgate-metrics,nbgate-audit   --rounds N   --secs N   --out DIR   --venv DIR
 #
 # Environment:

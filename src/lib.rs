@@ -20,7 +20,8 @@
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
-//!   connections that negotiated h2 on the `h2` crate directly (`server::coalesce` gathers
+//!   connections that negotiated h2 on the `h2` crate directly, WebSockets over HTTP/2
+//!   (RFC 8441) included (`server::h2_stream` one stream as a byte stream; `server::coalesce` gathers
 //!   what one poll of such a connection writes into one TLS write; `server::frame_budget`
 //!   closes one that floods frames carrying no requests), hyper's HTTP/1.1 server the
 //!   others (HTTP/2 without ALPN is refused); `server::admin` the admin listener

@@ -18,6 +18,7 @@ mod admin;
 mod balance;
 mod coalesce;
 mod frame_budget;
+pub mod h2_stream;
 mod http2;
 
 use std::future::Future;

@@ -2,16 +2,18 @@
 //! API token; the form login gives a `__Host-` cookie that works for the API
 //! and kernel WebSockets; cross-site requests are refused even with the
 //! cookie; tampered cookies are refused; logout revokes the cookie and
-//! closes the session's open tunnels.
+//! closes the session's open tunnels, over HTTP/1.1 and HTTP/2.
 
 mod common;
 
 use std::time::Duration;
 
+use common::h2ws::{h2_connection, h2_websocket, h2_ws};
+use common::kernel::{execute, start_kernel};
 use common::login::{
     bare_client, cookie_pair, login, login_as, logout, session_cookie, set_cookies,
 };
-use common::nbgate::{TEST_PASSWORD, TEST_USER};
+use common::nbgate::{closed_by_server, TEST_PASSWORD, TEST_USER};
 use common::{within, Jupyter, JupyterOptions, Nbgate, TestUpstream};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -201,6 +203,33 @@ async fn form_login_cookie_drives_a_kernel_and_cross_site_use_is_refused() {
 
 /// Jupyter prints links like `…/lab?token=abc`; bookmarked and opened through nbgate by a
 /// logged-in browser, the stale token must neither override the session nor reach Jupyter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_closes_the_sessions_websocket_on_http2_and_the_connection_goes_on() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let path = format!("/api/kernels/{}/channels", start_kernel(&gate).await);
+    let client = bare_client(&gate);
+    let cookie = session_cookie(&login(&gate, &client, TEST_PASSWORD).await);
+    let origin = gate.origin();
+    let browser = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    // As a browser: the kernel's WebSocket is one stream of the tab's HTTP/2 connection.
+    let mut conn = h2_connection(&gate).await;
+    let mut ws = h2_ws(&mut conn, &gate, &path, &browser).await;
+    assert_eq!(execute(&mut ws, "1+1").await, "2");
+
+    let out = logout(&gate, &client, &cookie, false).await;
+    assert_eq!(out.status(), 200);
+    // The WebSocket gets a close frame (1001 "going away"), then its stream ends.
+    assert_eq!(closed_by_server(&mut ws).await, Some(1001));
+    gate.wait_for_line(&["tunnel closed", "via=\"h2\"", "Closed"], T)
+        .await;
+    // Only the stream ended: the connection carries the next request, which the revoked
+    // cookie no longer opens.
+    let (head, stream) = h2_websocket(&mut conn, &gate, &path, &browser).await;
+    assert_eq!(head.status, 401, "{head:?}");
+    assert!(stream.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_token_in_a_link_does_not_override_a_valid_session_cookie() {
     let upstream = TestUpstream::start().await;

@@ -1,13 +1,14 @@
 //! The admin listener against a real nbgate in front of a real Jupyter: Prometheus metrics
-//! after logins, proxied requests, a kernel WebSocket and refusals; `/health` on the admin
-//! listener and on the health page when Jupyter stops; off by default; a non-loopback address
-//! refused without a token; TLS and the bearer token when one is set.
+//! after logins, proxied requests, kernel WebSockets (HTTP/1.1 and HTTP/2) and refusals;
+//! `/health` on the admin listener and on the health page when Jupyter stops; off by default; a
+//! non-loopback address refused without a token; TLS and the bearer token when one is set.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::h2ws::{h2_connection, h2_ws, ApiClient};
 use common::kernel::{execute, start_kernel};
 use common::login::{bare_client, login};
 use common::nbgate::{log_field, TEST_PASSWORD};
@@ -88,6 +89,11 @@ async fn scrape_shows_logins_requests_tunnels_and_refusals() {
         .ws_connect(&format!("/api/kernels/{kernel}/channels"))
         .await;
     assert_eq!(execute(&mut ws, "6*7").await, "42");
+    // And one over HTTP/2 (RFC 8441): its 200 counts as the opened tunnel a 101 is.
+    let mut conn = h2_connection(&gate).await;
+    let path = format!("/api/kernels/{kernel}/channels");
+    let mut h2_ws = h2_ws(&mut conn, &gate, &path, &ApiClient::of(&gate).headers()).await;
+    assert_eq!(execute(&mut h2_ws, "6*7").await, "42");
 
     let text = scrape(admin).await;
     let at_least = |series: &str, n: f64| {
@@ -102,7 +108,7 @@ async fn scrape_shows_logins_requests_tunnels_and_refusals() {
     at_least("nbgate_requests_total{kind=\"own_page\",code=\"2xx\"}", 1.0);
     at_least(
         "nbgate_requests_total{kind=\"websocket\",code=\"1xx\"}",
-        1.0,
+        2.0,
     );
     at_least(
         "nbgate_request_duration_seconds_count{kind=\"proxied\"}",
@@ -111,7 +117,7 @@ async fn scrape_shows_logins_requests_tunnels_and_refusals() {
     at_least("nbgate_received_bytes_total", 1000.0);
     at_least("nbgate_sent_bytes_total", 1000.0);
     at_least("nbgate_open_connections", 1.0);
-    assert_eq!(sample(&text, "nbgate_open_tunnels"), 1.0, "{text}");
+    assert_eq!(sample(&text, "nbgate_open_tunnels"), 2.0, "{text}");
     assert_eq!(sample(&text, "nbgate_upstream_up"), 1.0, "{text}");
     at_least("nbgate_upstream_connects_total{result=\"success\"}", 1.0);
     at_least("nbgate_certificate_not_after_seconds", 1.0);
@@ -128,7 +134,8 @@ async fn scrape_shows_logins_requests_tunnels_and_refusals() {
     }
 
     drop(ws);
-    poll_until(T, "the tunnel's gauge back to 0", || {
+    drop(h2_ws);
+    poll_until(T, "the tunnels' gauge back to 0", || {
         let scraped = scrape(admin);
         async move { (sample(&scraped.await, "nbgate_open_tunnels") == 0.0).then_some(()) }
     })

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::h2ws::{h2_connection, h2_websocket, h2_ws};
 use common::kernel::{execute, start_kernel};
 use common::login::{
     bare_client, bare_client_from, login_as, session_cookie, ws_connect_with_cookie,
 };
-use common::nbgate::{TEST_PASSWORD, TEST_USER};
+use common::nbgate::{closed_by_server, TEST_PASSWORD, TEST_USER};
 use common::{poll_until, within, Jupyter, Nbgate, PatternBytes, TestUpstream};
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -109,20 +109,6 @@ async fn status_with_cookie(gate: &Nbgate, cookie: &str) -> u16 {
     .expect("GET /api/status")
     .status()
     .as_u16()
-}
-
-/// Waits for the server to close `ws`: a close frame or the end of the stream.
-async fn closed_by_server(ws: &mut common::nbgate::WsStream) -> Option<u16> {
-    within(T, "the tunnel to be closed", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +225,54 @@ async fn a_removed_user_loses_their_tunnel_and_cookie_and_others_keep_theirs() {
     // The API-token tunnel of the test user was never touched.
     let mut ws = gate.ws_connect(&path).await;
     assert_eq!(execute(&mut ws, "3*3").await, "9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_loses_their_websocket_on_http2_and_others_keep_theirs() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::builder().jupyter(&jupyter).start().await;
+    edit_config(&gate, |c| add_user(c, "bob", "bob-password-1"));
+    reload_ok(&gate).await;
+
+    let path = format!("/api/kernels/{}/channels", start_kernel(&gate).await);
+    let bob = session_of(&gate, "bob", "bob-password-1").await;
+    let mine = session_of(&gate, TEST_USER, TEST_PASSWORD).await;
+    let origin = gate.origin();
+    // Bob's and the test user's WebSockets, streams of one HTTP/2 connection each.
+    let mut bob_conn = h2_connection(&gate).await;
+    let mut bob_ws = h2_ws(
+        &mut bob_conn,
+        &gate,
+        &path,
+        &[("cookie", &bob), ("origin", &origin)],
+    )
+    .await;
+    let mut my_conn = h2_connection(&gate).await;
+    let mut my_ws = h2_ws(
+        &mut my_conn,
+        &gate,
+        &path,
+        &[("cookie", &mine), ("origin", &origin)],
+    )
+    .await;
+    assert_eq!(execute(&mut bob_ws, "1+1").await, "2");
+
+    edit_config(&gate, |c| remove_user(c, "bob"));
+    reload_ok(&gate).await;
+    // Bob's stream gets a close frame (1001) and ends; his connection refuses him from now on.
+    assert_eq!(closed_by_server(&mut bob_ws).await, Some(1001));
+    gate.wait_for_line(&["credentials_revoked", "user=bob", "tunnels_closed=1"], T)
+        .await;
+    let (head, _) = h2_websocket(
+        &mut bob_conn,
+        &gate,
+        &path,
+        &[("cookie", &bob), ("origin", &origin)],
+    )
+    .await;
+    assert_eq!(head.status, 401, "{head:?}");
+    // The test user's WebSocket on the other connection was never touched.
+    assert_eq!(execute(&mut my_ws, "3*3").await, "9");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! Graceful shutdown on SIGTERM/SIGINT: stop accepting, let in-flight requests finish within
-//! `shutdown_grace`, close WebSocket tunnels, exit 0.
+//! `shutdown_grace`, close WebSocket tunnels (HTTP/1.1 and HTTP/2), exit 0.
 
 mod common;
 
@@ -7,6 +7,8 @@ use std::cell::Cell;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
+use common::h2ws::{h2_connection, h2_ws, ApiClient};
+use common::nbgate::closed_by_server;
 use common::{within, Nbgate, PatternBytes, TestUpstream};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -126,6 +128,38 @@ async fn sigterm_closes_websocket_tunnels_with_a_close_frame_and_exits_zero() {
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
         "an open tunnel held shutdown for {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_on_http2_with_a_close_frame_and_exits_zero() {
+    let upstream = TestUpstream::start().await;
+    let mut gate = Nbgate::builder()
+        .upstream(&upstream.url())
+        .set("server.shutdown_grace", "30s")
+        .start()
+        .await;
+    let api = ApiClient::of(&gate);
+    let auth = api.headers();
+    // Two WebSockets on one HTTP/2 connection, as a browser tab holds them.
+    let mut conn = h2_connection(&gate).await;
+    let mut first = h2_ws(&mut conn, &gate, "/ws-echo", &auth).await;
+    let mut second = h2_ws(&mut conn, &gate, "/ws-echo", &auth).await;
+    within(T, "handshake description", first.next()).await;
+    within(T, "handshake description", second.next()).await;
+
+    let signalled = Instant::now();
+    gate.signal(libc::SIGTERM);
+    // Each gets a close frame (1001 "going away"): the connection's GOAWAY alone would let
+    // them run until the grace period ends.
+    assert_eq!(closed_by_server(&mut first).await, Some(1001));
+    assert_eq!(closed_by_server(&mut second).await, Some(1001));
+    let status = gate.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "open HTTP/2 tunnels held shutdown for {:?}",
         signalled.elapsed()
     );
 }

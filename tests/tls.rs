@@ -1,15 +1,22 @@
 //! TLS termination: the self-signed certificate (persisted, private key 0600, names, logged
-//! fingerprint), `tls.mode = "files"` and its refusals, plain HTTP redirects, and HTTP/2 by ALPN.
+//! fingerprint), `tls.mode = "files"` and its refusals, plain HTTP redirects, HTTP/2 by ALPN,
+//! and the key exchange: the hybrid post-quantum X25519MLKEM768 for clients that offer it,
+//! X25519 or P-256 for those that do not, ECDHE AEAD suites in the server's order for TLS 1.2.
 
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::certs::{self, CertPair};
 use common::nbgate::log_field;
 use common::upstream::echoed_header;
 use common::{within, Nbgate, NbgateBuilder, TestUpstream};
+use rustls::crypto::aws_lc_rs::kx_group;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::version::{TLS12, TLS13};
+use rustls::{CipherSuite, NamedGroup, ProtocolVersion, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::extensions::GeneralName;
 
@@ -348,4 +355,130 @@ async fn http2_is_negotiated_by_alpn_and_forwarded_as_http1() {
     .expect("GET over http/1.1");
     assert_eq!(http1.version(), reqwest::Version::HTTP_11);
     assert_eq!(http1.status(), 200);
+}
+
+/// What a handshake with nbgate settled on, seen from the client.
+#[derive(Debug)]
+struct Negotiated {
+    group: NamedGroup,
+    suite: CipherSuite,
+    version: ProtocolVersion,
+}
+
+/// A handshake with nbgate by a rustls client on `provider` (its groups and suites, in its
+/// order) speaking only `versions`, then one HTTP/1.1 request over it, so the connection is
+/// shown to carry traffic, not only to finish the handshake.
+async fn handshake_with(
+    gate: &Nbgate,
+    provider: CryptoProvider,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Negotiated {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs::parse_pem_certs(gate.cert_pem()) {
+        roots.add(cert).expect("add nbgate cert to root store");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = gate.tcp_connect().await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let mut tls = within(
+        T,
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake with nbgate");
+    let (_, conn) = tls.get_ref();
+    let negotiated = Negotiated {
+        group: conn
+            .negotiated_key_exchange_group()
+            .expect("a key exchange group")
+            .name(),
+        suite: conn.negotiated_cipher_suite().expect("a suite").suite(),
+        version: conn.protocol_version().expect("a version"),
+    };
+    let request =
+        gate.with_auth_lines("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    within(T, "response until close", tls.read_to_end(&mut response))
+        .await
+        .ok();
+    assert!(
+        response.starts_with(b"HTTP/1.1 "),
+        "{negotiated:?}: {}",
+        String::from_utf8_lossy(&response)
+    );
+    negotiated
+}
+
+/// rustls' aws-lc-rs provider offering exactly `groups`.
+fn offering(groups: &[&'static dyn SupportedKxGroup]) -> CryptoProvider {
+    CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_the_hybrid_post_quantum_group_negotiates_it() {
+    let gate = Nbgate::builder().start().await;
+    // As Chrome and Firefox offer: X25519MLKEM768 first, then the classical groups.
+    let got = handshake_with(
+        &gate,
+        offering(&[
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ]),
+        &[&TLS13, &TLS12],
+    )
+    .await;
+    assert_eq!(got.group, NamedGroup::X25519MLKEM768, "{got:?}");
+    assert_eq!(got.version, ProtocolVersion::TLSv1_3);
+    // nbgate records the group of each handshake at debug level.
+    gate.wait_for_line(&["tls key exchange", "group=X25519MLKEM768"], T)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_post_quantum_groups_get_x25519_or_p256() {
+    let gate = Nbgate::builder().start().await;
+    for (group, name) in [
+        (kx_group::X25519, NamedGroup::X25519),
+        (kx_group::SECP256R1, NamedGroup::secp256r1),
+    ] {
+        let got = handshake_with(&gate, offering(&[group]), &[&TLS13, &TLS12]).await;
+        assert_eq!(got.group, name, "{got:?}");
+        assert_eq!(got.version, ProtocolVersion::TLSv1_3);
+    }
+    // A ring-based client (rustls' other provider, which has no ML-KEM) as well.
+    let got = handshake_with(&gate, rustls::crypto::ring::default_provider(), &[&TLS13]).await;
+    assert_eq!(got.group, NamedGroup::X25519, "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_clients_get_ecdhe_with_the_servers_first_aead_suite() {
+    let gate = Nbgate::builder().start().await;
+    // The client lists its suites weakest-first: the server's order decides all the same.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.reverse();
+    let got = handshake_with(&gate, provider, &[&TLS12]).await;
+    assert_eq!(got.version, ProtocolVersion::TLSv1_2);
+    // The hybrid group is TLS 1.3 only; TLS 1.2 gets the client's first classical group.
+    assert_eq!(got.group, NamedGroup::X25519, "{got:?}");
+    // The self-signed certificate has an ECDSA P-256 key.
+    assert_eq!(
+        got.suite,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "{got:?}"
+    );
+    let got = handshake_with(&gate, offering(&[kx_group::SECP256R1]), &[&TLS12]).await;
+    assert_eq!(got.group, NamedGroup::secp256r1, "{got:?}");
 }

@@ -9,6 +9,8 @@
 //!
 //! The server's cipher order (`cipher_order`, flagged HIGH "NOT a cipher order configured"
 //! while rustls followed the client's order) is asserted by a second test that runs only `-P`.
+//! The ECDHE curves for clients without post-quantum key exchange (X25519, P-256) are checked
+//! from `-f`'s `PFS_ECDHE_curves`.
 //!
 //! The checks run: `-p` protocols, `-s` cipher categories (NULL, aNULL, EXPORT, LOW, 3DES,
 //! obsolete CBC, strong AEAD), `-f` forward secrecy, `-S` server defaults and certificate,
@@ -154,6 +156,17 @@ async fn testssl_finds_only_tls12_and_tls13_aead_suites_with_forward_secrecy_and
         );
     }
 
+    // The classical groups that clients without ML-KEM need are offered. testssl.sh 3.0 on
+    // Debian's OpenSSL 3.0 cannot offer the hybrid X25519MLKEM768: tests/tls.rs and
+    // tests/browser.rs show it negotiated.
+    let curves = finding(&findings, "PFS_ECDHE_curves");
+    for curve in ["X25519", "prime256v1"] {
+        assert!(
+            curves.split_whitespace().any(|c| c == curve),
+            "{curve} not among the ECDHE curves: {curves}"
+        );
+    }
+
     // No finding of severity MEDIUM or higher, except the listed ones.
     let serious: Vec<String> = findings
         .iter()
@@ -172,8 +185,8 @@ async fn testssl_finds_only_tls12_and_tls13_aead_suites_with_forward_secrecy_and
         .and_then(|f| f["finding"].as_str().map(str::to_owned));
     eprintln!(
         "testssl.sh -p -s -f -S -U: {} findings, scan time {} s",
-        scan.unwrap_or_default(),
-        findings.len()
+        findings.len(),
+        scan.unwrap_or_default()
     );
 }
 

@@ -1,16 +1,22 @@
 //! WebSocket tunnels through nbgate: Jupyter kernels and terminals, the Origin check, what the
-//! upstream sees in the handshake, idle timeout and the tunnel log events.
+//! upstream sees in the handshake, idle timeout and the tunnel log events; WebSockets over
+//! HTTP/2 (RFC 8441): a kernel runs code, the same refusals as HTTP/1.1, and CONNECTs that are
+//! not WebSockets. (Their closing by logout, reload and shutdown: `login.rs`, `reload.rs`,
+//! `shutdown.rs`.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::h2ws::{h2_connect, h2_connection, h2_websocket, ApiClient};
 use common::kernel::{execute, read_terminal_until, start_kernel, start_terminal};
 use common::nbgate::log_field;
 use common::upstream::echoed_header;
 use common::{within, Jupyter, Nbgate, TestUpstream};
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -208,4 +214,128 @@ async fn active_tunnel_outlives_the_idle_timeout() {
             .expect("send on an active tunnel");
         assert_eq!(next_text(&mut ws).await, text);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_executes_code_over_a_websocket_on_http2() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let kernel = start_kernel(&gate).await;
+    let path = format!("/api/kernels/{kernel}/channels");
+    let api = ApiClient::of(&gate);
+    let mut conn = h2_connection(&gate).await;
+    let (head, stream) = h2_websocket(&mut conn, &gate, &path, &api.headers()).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    // Nothing of the HTTP/1.1 handshake reaches an HTTP/2 client (RFC 8441 §5).
+    for name in ["sec-websocket-accept", "upgrade", "connection"] {
+        assert!(!head.headers.contains_key(name), "{name} in {head:?}");
+    }
+    let mut ws =
+        WebSocketStream::from_raw_socket(stream.expect("the stream of a 200"), Role::Client, None)
+            .await;
+    assert_eq!(execute(&mut ws, "1+1").await, "2");
+    let line = gate
+        .wait_for_line(&["tunnel opened", "h2"], Duration::from_secs(5))
+        .await;
+    assert_eq!(log_field(&line, "via").as_deref(), Some("h2"), "{line}");
+
+    // A second WebSocket on the same connection, asking for Jupyter's kernel subprotocol:
+    // the one Jupyter chose is echoed exactly.
+    let subprotocol = "v1.kernel.websocket.jupyter.org";
+    let (head, stream) = h2_websocket(
+        &mut conn,
+        &gate,
+        &path,
+        &[
+            api.headers()[0],
+            api.headers()[1],
+            ("sec-websocket-protocol", subprotocol),
+        ],
+    )
+    .await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(
+        head.headers
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(subprotocol.as_bytes()),
+        "{head:?}"
+    );
+    drop(stream);
+    within(T, "close", ws.close(None)).await.ok();
+    gate.wait_for_line(&["tunnel closed", "h2"], Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_websocket_without_credentials_or_from_another_site_is_refused() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let kernel = start_kernel(&gate).await;
+    let path = format!("/api/kernels/{kernel}/channels");
+    let token = format!("token {}", common::nbgate::TEST_API_TOKEN);
+    let origin = gate.origin();
+    let mut conn = h2_connection(&gate).await;
+    // No session cookie, no token: 401, as for an HTTP/1.1 upgrade.
+    let (head, stream) = h2_websocket(&mut conn, &gate, &path, &[("origin", &origin)]).await;
+    assert_eq!(head.status, 401, "{head:?}");
+    assert!(stream.is_none());
+    // Cross-site WebSocket hijacking: another site's Origin is refused even with a token.
+    for other in ["https://evil.example.com", "null"] {
+        let (head, _) = h2_websocket(
+            &mut conn,
+            &gate,
+            &path,
+            &[("authorization", &token), ("origin", other)],
+        )
+        .await;
+        assert_eq!(head.status, 403, "Origin {other}: {head:?}");
+    }
+    assert!(!gate.log_contains("tunnel opened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connects_that_are_not_websockets_are_refused() {
+    let upstream = TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let api = ApiClient::of(&gate);
+    let auth = api.headers();
+    let mut conn = h2_connection(&gate).await;
+    let before = upstream.connections();
+    // A plain CONNECT asks for a tunnel to another host: nbgate is no forward proxy.
+    let (head, stream) = h2_connect(&mut conn, &gate, "", None, &auth).await;
+    assert_eq!(head.status, 405, "{head:?}");
+    assert_eq!(
+        head.headers.get("allow").map(|v| v.as_bytes()),
+        Some(&b""[..])
+    );
+    assert!(stream.is_none());
+    // An extended CONNECT for another protocol: 501 (RFC 9220 §3).
+    for protocol in ["connect-udp", "webtransport"] {
+        let (head, _) = h2_connect(&mut conn, &gate, "/ws-echo", Some(protocol), &auth).await;
+        assert_eq!(head.status, 501, ":protocol {protocol}: {head:?}");
+    }
+    assert_eq!(
+        upstream.connections(),
+        before,
+        "a refused CONNECT reached the upstream"
+    );
+    // The connection goes on: a WebSocket on it still opens.
+    let (head, _) = h2_websocket(&mut conn, &gate, "/ws-echo", &auth).await;
+    assert_eq!(head.status, 200, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_websocket_to_a_page_gets_502_not_an_open_stream() {
+    // Jupyter answers `GET /api` with `Upgrade: websocket` as a plain GET (200 and JSON). An
+    // HTTP/2 client takes any 2xx to its CONNECT for an open WebSocket (RFC 8441 §5), so that
+    // answer must not reach it.
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let api = ApiClient::of(&gate);
+    let mut conn = h2_connection(&gate).await;
+    let (head, stream) = h2_websocket(&mut conn, &gate, "/api", &api.headers()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(stream.is_none());
+    assert!(!gate.log_contains("tunnel opened"));
 }

@@ -13,11 +13,12 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nbgate::server::h2_stream::H2Stream;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -194,10 +195,11 @@ async fn read_response(s: &mut Stream) -> Result<u16, BoxError> {
 }
 
 /// Measure 3: new connections per second, each doing a TLS 1.3 handshake
-/// (full, or resumed with a session ticket) and one `GET /1k`.
+/// (full with `Alpn::H1NoResume`, resumed with a session ticket otherwise)
+/// and one `GET /1k`.
 pub async fn handshakes(
     target: &Target,
-    resume: bool,
+    alpn: Alpn,
     workers: usize,
     dur: Duration,
 ) -> Result<Figures, BoxError> {
@@ -207,7 +209,6 @@ pub async fn handshakes(
     }
     head.push_str("Connection: close\r\n\r\n");
     let head = Arc::new(head);
-    let alpn = if resume { Alpn::H1 } else { Alpn::H1NoResume };
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
@@ -256,6 +257,23 @@ pub async fn handshakes(
 
 pub type Ws = WebSocketStream<Stream>;
 
+/// A WebSocket on one stream of an HTTP/2 connection (RFC 8441).
+pub type H2Ws = WebSocketStream<H2Stream>;
+
+/// An HTTP/2 connection to the target for WebSockets.
+pub type H2Conn = h2::client::SendRequest<Bytes>;
+
+/// Streams per HTTP/2 connection in the idle measure (nbgate allows 256).
+const STREAMS_PER_CONN: usize = 100;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig {
+        max_message_size: Some(1 << 30),
+        max_frame_size: Some(1 << 30),
+        ..WebSocketConfig::default()
+    }
+}
+
 /// Opens a WebSocket through the target, as a browser would (same-origin
 /// `Origin`, the auth headers).
 pub async fn ws_connect(target: &Target, path: &str) -> Result<Ws, BoxError> {
@@ -265,16 +283,63 @@ pub async fn ws_connect(target: &Target, path: &str) -> Result<Ws, BoxError> {
     req.headers_mut().extend(target.auth.clone());
     req.headers_mut()
         .insert("origin", HeaderValue::from_str(&target.origin())?);
-    let cfg = WebSocketConfig {
-        max_message_size: Some(1 << 30),
-        max_frame_size: Some(1 << 30),
-        ..WebSocketConfig::default()
-    };
-    let (ws, _) = tokio_tungstenite::client_async_with_config(req, s, Some(cfg)).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, s, Some(ws_config())).await?;
     Ok(ws)
 }
 
-async fn next_data(ws: &mut Ws) -> Result<usize, BoxError> {
+/// An HTTP/2 connection on which the target has advertised extended
+/// CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL), as a browser tab's.
+pub async fn h2_ws_connection(target: &Target) -> Result<H2Conn, BoxError> {
+    let s = target.connect(Alpn::H2).await?;
+    let (send, conn) = h2::client::handshake(s).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let send = send.ready().await?;
+    // The server's SETTINGS come with its first frames.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !send.is_extended_connect_protocol_enabled() {
+        if Instant::now() > deadline {
+            return Err(NO_RFC8441.into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(send)
+}
+
+/// The error of a contender that does not offer WebSockets over HTTP/2.
+pub const NO_RFC8441: &str =
+    "no SETTINGS_ENABLE_CONNECT_PROTOCOL: no WebSockets over HTTP/2 (RFC 8441)";
+
+/// Opens a WebSocket as one more stream of `conn` (extended CONNECT,
+/// RFC 8441), as a browser does when the page came over HTTP/2.
+pub async fn ws_connect_h2(
+    conn: &mut H2Conn,
+    target: &Target,
+    path: &str,
+) -> Result<H2Ws, BoxError> {
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target.url(path))
+        .extension(h2::ext::Protocol::from("websocket"))
+        .header("sec-websocket-version", "13")
+        .header("origin", target.origin())
+        .body(())?;
+    req.headers_mut().extend(target.auth.clone());
+    *conn = conn.clone().ready().await?;
+    let (resp, send) = conn.send_request(req, false)?;
+    let resp = resp.await?;
+    if resp.status() != 200 {
+        return Err(format!("extended CONNECT {path}: status {}", resp.status()).into());
+    }
+    let stream = H2Stream::new(send, resp.into_body());
+    Ok(WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config())).await)
+}
+
+async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Result<usize, BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => return Ok(b.len()),
@@ -290,9 +355,32 @@ async fn next_data(ws: &mut Ws) -> Result<usize, BoxError> {
 /// on (`nbgate-audit`), nbgate reads every frame sent on it.
 pub const KERNEL_WS: &str = "/api/kernels/00000000-0000-4000-8000-000000000000/channels";
 
-/// Measure 4a: echo round trips of 100-byte messages on one connection.
-pub async fn ws_rtt(target: &Target, dur: Duration) -> Result<Figures, BoxError> {
-    let mut ws = ws_connect(target, KERNEL_WS).await?;
+/// How a measure's WebSockets reach the contender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// An upgraded HTTP/1.1 connection each.
+    Http1,
+    /// Streams of HTTP/2 connections (RFC 8441).
+    Http2,
+}
+
+/// Measures 4a and 4d: echo round trips of 100-byte messages on one
+/// WebSocket.
+pub async fn ws_rtt(target: &Target, via: Via, dur: Duration) -> Result<Figures, BoxError> {
+    match via {
+        Via::Http1 => echo_round_trips(ws_connect(target, KERNEL_WS).await?, dur).await,
+        Via::Http2 => {
+            let mut conn = h2_ws_connection(target).await?;
+            echo_round_trips(ws_connect_h2(&mut conn, target, KERNEL_WS).await?, dur).await
+        }
+    }
+}
+
+/// 100-byte echo round trips on `ws` for `dur`, one in flight.
+async fn echo_round_trips<S>(mut ws: WebSocketStream<S>, dur: Duration) -> Result<Figures, BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let msg = vec![7u8; 100];
     let deadline = Instant::now() + dur;
     let mut lat = Vec::with_capacity(1 << 16);
@@ -465,31 +553,79 @@ pub async fn upload(target: &Target, size: u64, proc: Option<&Proc>) -> Result<F
     Ok(out)
 }
 
-/// Measure 6: `n` idle WebSocket tunnels; the memory they cost the process
-/// that holds them.
-pub async fn idle(target: &Target, n: usize, holder: &Proc) -> Result<Figures, BoxError> {
+/// Measures 6 and 6b: `n` idle WebSocket tunnels; the memory they cost the
+/// process that holds them.
+pub async fn idle(target: &Target, via: Via, n: usize, holder: &Proc) -> Result<Figures, BoxError> {
+    match via {
+        Via::Http1 => idle_h1(target, n, holder).await,
+        Via::Http2 => idle_h2(target, n, holder).await,
+    }
+}
+
+/// Measure 6: each tunnel a TLS connection of its own.
+async fn idle_h1(target: &Target, n: usize, holder: &Proc) -> Result<Figures, BoxError> {
+    let target = target.clone();
+    idle_tunnels(n, holder, move |_| {
+        let target = target.clone();
+        async move {
+            let mut ws = ws_connect(&target, "/ws").await?;
+            ws.send(Message::Binary(vec![1; 16])).await?;
+            next_data(&mut ws).await?;
+            Ok(ws)
+        }
+    })
+    .await
+}
+
+/// Measure 6b: each tunnel a stream of an HTTP/2 connection carrying
+/// `STREAMS_PER_CONN` of them. The connections are opened before the count
+/// starts, as a browser's page connection exists before its WebSockets: the
+/// figure is what one more WebSocket costs.
+async fn idle_h2(target: &Target, n: usize, holder: &Proc) -> Result<Figures, BoxError> {
+    let mut conns = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONN).max(1) {
+        conns.push(h2_ws_connection(target).await?);
+    }
+    let conns = Arc::new(conns);
+    let target = target.clone();
+    idle_tunnels(n, holder, move |i| {
+        let target = target.clone();
+        let mut conn = conns[i % conns.len()].clone();
+        async move {
+            let mut ws = ws_connect_h2(&mut conn, &target, "/ws").await?;
+            ws.send(Message::Binary(vec![1; 16])).await?;
+            next_data(&mut ws).await?;
+            Ok(ws)
+        }
+    })
+    .await
+}
+
+/// Opens `n` tunnels with `connect` (given each tunnel's index), 64 at a
+/// time, each having echoed one message; the RSS growth of `holder` per
+/// tunnel.
+async fn idle_tunnels<F, Fut, W>(n: usize, holder: &Proc, connect: F) -> Result<Figures, BoxError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<W, BoxError>> + Send + 'static,
+    W: Send + 'static,
+{
     // A few tunnels first, so one-time allocations are not counted.
     let mut warm = Vec::new();
-    for _ in 0..8 {
-        let mut ws = ws_connect(target, "/ws").await?;
-        ws.send(Message::Binary(vec![1; 16])).await?;
-        next_data(&mut ws).await?;
-        warm.push(ws);
+    for i in 0..8 {
+        warm.push(connect(n + i).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = holder.rss_kib();
     let gate = Arc::new(Semaphore::new(64));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let target = target.clone();
+    for i in 0..n {
         let gate = Arc::clone(&gate);
+        let tunnel = connect(i);
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire().await.expect("never closed");
-            let mut ws = ws_connect(&target, "/ws").await?;
-            ws.send(Message::Binary(vec![1; 16])).await?;
-            next_data(&mut ws).await?;
-            Ok::<_, BoxError>(ws)
+            tunnel.await
         }));
     }
     let mut open = Vec::with_capacity(n);

@@ -39,6 +39,7 @@ pub struct TlsSetup {
     pub connector_h1: TlsConnector,
     pub connector_h2: TlsConnector,
     pub connector_h1_no_resume: TlsConnector,
+    pub connector_h1_x25519: TlsConnector,
 }
 
 impl Target {
@@ -83,6 +84,7 @@ impl Target {
             Alpn::H1 => &tls.connector_h1,
             Alpn::H2 => &tls.connector_h2,
             Alpn::H1NoResume => &tls.connector_h1_no_resume,
+            Alpn::H1X25519 => &tls.connector_h1_x25519,
         };
         let name = ServerName::try_from("localhost").expect("valid name");
         let s = connector.connect(name, tcp).await?;
@@ -96,16 +98,26 @@ pub enum Alpn {
     H2,
     /// HTTP/1.1 with session resumption off: every handshake is a full one.
     H1NoResume,
+    /// HTTP/1.1 from a client that offers X25519 only (a client without
+    /// ML-KEM): every server does the same key exchange.
+    H1X25519,
 }
 
 /// The same client TLS settings for every contender: TLS 1.3 only (the
-/// issue measures TLS 1.3 handshakes), rustls' default suites and groups.
+/// issue measures TLS 1.3 handshakes), rustls' aws-lc-rs defaults, which
+/// offer the key exchange groups as current browsers do (X25519MLKEM768
+/// first, with key shares for it and for X25519): a server with ML-KEM
+/// negotiates the hybrid, one without it X25519, as with Chrome.
 pub fn tls_setup() -> Arc<TlsSetup> {
-    let make = |alpn: &[&[u8]], resume: bool| {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let make_with = |alpn: &[&[u8]], resume: bool, x25519_only: bool| {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if x25519_only {
+            provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        }
+        let provider = Arc::new(provider);
         let mut cfg = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("ring supports TLS 1.3")
+            .expect("aws-lc-rs supports TLS 1.3")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
             .with_no_client_auth();
@@ -115,10 +127,12 @@ pub fn tls_setup() -> Arc<TlsSetup> {
         }
         TlsConnector::from(Arc::new(cfg))
     };
+    let make = |alpn: &[&[u8]], resume: bool| make_with(alpn, resume, false);
     Arc::new(TlsSetup {
         connector_h1: make(&[b"http/1.1"], true),
         connector_h2: make(&[b"h2"], true),
         connector_h1_no_resume: make(&[b"http/1.1"], false),
+        connector_h1_x25519: make_with(&[b"http/1.1"], true, true),
     })
 }
 

@@ -61,6 +61,15 @@ const SPECS: &[Spec] = &[
         ],
     },
     Spec {
+        id: "tls_resumed_x25519",
+        title: "3c. New connections per second, TLS 1.3 session resumption, X25519 only",
+        what: "as 3b from a client that offers X25519 alone (a client without ML-KEM): every contender does the same key exchange, so this isolates the handshake code from the cost of the hybrid group.",
+        metrics: &[
+            ("conns_per_s", "conn/s", true, true),
+            ("resumed_pct", "% resumed", true, false),
+        ],
+    },
+    Spec {
         id: "ws_rtt",
         title: "4a. WebSocket echo round trip, 100-byte messages",
         what: "one connection, one message in flight.",
@@ -81,6 +90,16 @@ const SPECS: &[Spec] = &[
         title: "4c. Jupyter kernel `execute_request` → `execute_reply` round trip",
         what: "a real Jupyter Server + ipykernel behind each contender; code `1+1`, one request in flight.",
         metrics: &[("p50_ms", "p50 ms", false, true), ("p99_ms", "p99 ms", false, true)],
+    },
+    Spec {
+        id: "ws_rtt_h2",
+        title: "4d. WebSocket echo round trip over HTTP/2 (RFC 8441), 100-byte messages",
+        what: "as 4a, the WebSocket one stream of an HTTP/2 connection (extended CONNECT), which nbgate bridges to the upstream's HTTP/1.1 upgrade. nbgate's builds only: nginx, Caddy 2.6 and the direct upstream do not accept WebSockets over HTTP/2. Against 4a: \"WebSockets over HTTP/2 and HTTP/1.1, same run\" below.",
+        metrics: &[
+            ("p50_us", "p50 µs", false, false),
+            ("p99_us", "p99 µs", false, false),
+            ("round_trips_per_s", "round trips/s", true, false),
+        ],
     },
     Spec {
         id: "download",
@@ -111,6 +130,24 @@ const SPECS: &[Spec] = &[
             ("opened_per_s", "opened/s", true, false),
         ],
     },
+    Spec {
+        id: "idle_h2",
+        title: "6b. Idle WebSocket tunnels over HTTP/2",
+        what: "as 6, each tunnel a stream of an HTTP/2 connection carrying 100 of them; the connections are opened before the count starts, as a browser's page connection exists before its WebSockets, so the figure is what one more WebSocket costs nbgate. nbgate's builds only.",
+        metrics: &[
+            ("kib_per_tunnel", "KiB/tunnel", false, false),
+            ("tunnels", "tunnels", true, false),
+            ("rss_mib", "RSS MiB", false, false),
+            ("opened_per_s", "opened/s", true, false),
+        ],
+    },
+];
+
+/// (label, HTTP/1.1 measure, HTTP/2 measure, metric): WebSockets both ways.
+const H2_WEBSOCKET_PAIRS: [(&str, &str, &str, &str); 3] = [
+    ("RTT p50 µs", "ws_rtt", "ws_rtt_h2", "p50_us"),
+    ("RTT p99 µs", "ws_rtt", "ws_rtt_h2", "p99_us"),
+    ("KiB per idle tunnel", "idle", "idle_h2", "kib_per_tunnel"),
 ];
 
 fn fmt(v: f64) -> String {
@@ -319,6 +356,35 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
                 }
             }
             writeln!(r, "{row}")?;
+        }
+        writeln!(r)?;
+    }
+
+    if kinds.iter().any(|c| {
+        H2_WEBSOCKET_PAIRS
+            .iter()
+            .any(|p| get(p.2, c, p.3).is_some())
+    }) {
+        writeln!(r, "### WebSockets over HTTP/2 and HTTP/1.1, same run\n")?;
+        writeln!(
+            r,
+            "4a against 4d and 6 against 6b: the same upstream WebSocket, reached by an upgraded HTTP/1.1 connection (a TLS connection per WebSocket) or by a stream of an HTTP/2 connection.\n"
+        )?;
+        writeln!(
+            r,
+            "| contender | metric | HTTP/1.1 | HTTP/2 | HTTP/2 ÷ HTTP/1.1 |\n|---|---|---:|---:|---:|"
+        )?;
+        for c in &kinds {
+            for (label, h1, h2, k) in H2_WEBSOCKET_PAIRS {
+                if let (Some(a), Some(b)) = (get(h1, c, k), get(h2, c, k)) {
+                    let q = if a > 0.0 {
+                        format!("{:.2}", b / a)
+                    } else {
+                        "–".into()
+                    };
+                    writeln!(r, "| {c} | {label} | {} | {} | {q} |", fmt(a), fmt(b))?;
+                }
+            }
         }
         writeln!(r)?;
     }

@@ -36,6 +36,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum RequestBody {
     Http1(hyper::body::Incoming),
     Http2(H2Body),
+    /// No body: an HTTP/2 extended CONNECT, whose stream carries a
+    /// WebSocket once answered (`websocket::ClientTunnel`), not a body.
+    Empty,
 }
 
 impl From<hyper::body::Incoming> for RequestBody {
@@ -55,6 +58,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             RequestBody::Http2(b) => b.poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -62,6 +66,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Http1(b) => b.is_end_stream(),
             RequestBody::Http2(b) => b.recv.is_end_stream(),
+            RequestBody::Empty => true,
         }
     }
 
@@ -69,6 +74,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Http1(b) => b.size_hint(),
             RequestBody::Http2(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

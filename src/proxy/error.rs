@@ -39,6 +39,27 @@ pub enum ProxyError {
     EncodedPage,
     #[error("invalid request target")]
     BadRequestTarget,
+    /// A CONNECT that is not a WebSocket over HTTP/2: nbgate is a gateway
+    /// to one origin, not a forward proxy, so the tunnel target such a
+    /// request names is not a resource it serves (RFC 9110 §9.3.6: an
+    /// origin server need not implement CONNECT). 405 with an empty
+    /// `Allow` (§10.2.1: the target allows no method); nginx answers a
+    /// CONNECT with 405 too.
+    #[error("CONNECT is not allowed")]
+    ConnectNotAllowed,
+    /// An extended CONNECT (RFC 8441 §4) for a protocol other than
+    /// `websocket` (`connect-udp`, WebTransport …): 501, as RFC 9220 §3
+    /// says a server answers a `:protocol` it does not support.
+    #[error("extended CONNECT for an unsupported protocol")]
+    UnsupportedProtocol,
+    /// Jupyter answered an HTTP/2 client's WebSocket with a 2xx that is not
+    /// a 101 (a page asked for as a WebSocket). An HTTP/1.1 client gets
+    /// Jupyter's answer, and no 101 tells it there is no WebSocket; an
+    /// HTTP/2 client would take any 2xx to its CONNECT for an open one
+    /// (RFC 8441 §5), so it must not see this answer. A client can cause
+    /// it at will, so it is logged at debug as any refusal.
+    #[error("jupyter answered a websocket request without accepting it")]
+    NotAWebSocket,
     #[error("not found")]
     NotFound,
     #[error("client address not allowed")]
@@ -129,6 +150,21 @@ impl ProxyError {
                 "bad_request",
                 "The request target is invalid.",
             ),
+            ProxyError::ConnectNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This server is not a proxy: CONNECT is not allowed.",
+            ),
+            ProxyError::UnsupportedProtocol => (
+                StatusCode::NOT_IMPLEMENTED,
+                "protocol_not_supported",
+                "Only WebSockets can be opened with an extended CONNECT.",
+            ),
+            ProxyError::NotAWebSocket => (
+                StatusCode::BAD_GATEWAY,
+                "not_a_websocket",
+                "Jupyter has no WebSocket at this address.",
+            ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found."),
             ProxyError::Forbidden => (
                 StatusCode::FORBIDDEN,
@@ -206,6 +242,11 @@ impl ProxyError {
         if let Some(c) = challenge {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 §15.5.6: a 405 names the methods the target allows.
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(""));
         }
         r
     }

@@ -30,6 +30,7 @@ pub mod upstream;
 pub mod upstream_token;
 pub mod websocket;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ use self::error::ProxyError;
 use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream};
 use self::upstream_token::{Refresh, UpstreamToken};
-use self::websocket::Tunnels;
+use self::websocket::{ClientTunnel, TunnelAccepted, Tunnels};
 use crate::audit;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via, Who};
@@ -254,11 +255,18 @@ impl Live {
             uri: &uri,
             start,
             armed: self.config.log.access_log,
+            who: None,
         };
 
-        let mut who = None;
         let mut resp = match self
-            .route(req, conn, client, named.is_some(), &sessions, &mut who)
+            .route(
+                req,
+                conn,
+                client,
+                named.is_some(),
+                &sessions,
+                &mut gave_up.who,
+            )
             .await
         {
             Ok(r) => r,
@@ -272,15 +280,26 @@ impl Live {
             }
         };
         gave_up.armed = false;
+        let who = gave_up.who.take();
         drop(gave_up);
         self.response_filter(&mut resp);
+        let h2_tunnel = resp.extensions().get::<TunnelAccepted>().is_some();
+        let tunnel = h2_tunnel || resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // An HTTP/2 tunnel's 200 counts as the opened tunnel it is (the
+        // `websocket` kind of the 101 an HTTP/1.1 client gets).
+        let status = if h2_tunnel {
+            StatusCode::SWITCHING_PROTOCOLS
+        } else {
+            resp.status()
+        };
         crate::metrics::request(
             uri.path().starts_with(self.prefix.as_str()),
-            resp.status().as_u16(),
+            status.as_u16(),
             start,
         );
 
-        if !self.config.log.access_log || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel logs its own lines (`Tunnel::run`).
+        if !self.config.log.access_log || tunnel {
             return Ok(resp);
         }
         // nbgate's own pages (login, logout) say who in the response.
@@ -299,7 +318,7 @@ impl Live {
 
     async fn route(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         conn: ConnInfo,
         client: IpAddr,
         known: bool,
@@ -326,39 +345,49 @@ impl Live {
         *who = Some(Who::Known(identity.clone()));
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
+        // A CONNECT opens a WebSocket over HTTP/2 or is refused.
+        let h2_tunnel = if *req.method() == Method::CONNECT {
+            Some(websocket_connect(&req)?)
+        } else {
+            None
+        };
         // HTTP/1.1 only: RFC 9110 §7.8 says a server must ignore `Upgrade`
         // in an HTTP/1.0 request (an old intermediary may have forwarded
         // it without understanding it, so a 101 could desynchronize the
         // connection); such a request is forwarded as a plain one, its
         // `Upgrade` removed with the other hop-by-hop headers.
-        let mut resp =
-            if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()) {
-                Box::pin(self.forward_websocket(req, client, &host, &identity)).await?
-            } else {
-                // Kept flat (no `forward` future holding the request and
-                // the exchange): this future is moved whole whenever hyper
-                // spawns or stores it, so its size is a cost per request.
-                let mut op = self.audit_op(&req, &identity, client);
-                let up_req = self.upstream_request(req, client, &host, &identity, op.as_mut())?;
-                // A discovered token may be stale (Jupyter restarted): a
-                // request without a body can be sent again with the new one.
-                let replay = self
-                    .token
-                    .discovers()
-                    .then(|| upstream::replayable(&up_req))
-                    .flatten();
-                let mut resp = self.upstream.send(up_req).await?;
-                if self.token.discovers()
-                    && upstream_token::refused(
-                        resp.status(),
-                        resp.headers(),
-                        &self.config.auth.base_url,
-                    )
-                {
-                    resp = Box::pin(self.reauthenticate(resp, replay)).await?;
-                }
-                audited(self.client_response(resp, &host)?, op)
-            };
+        let mut resp = if let Some(tunnel) = h2_tunnel {
+            let client_side = ClientSide::Http2(tunnel);
+            Box::pin(self.forward_websocket(req, client_side, client, &host, &identity)).await?
+        } else if req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers())
+        {
+            let client_side = ClientSide::Http1(hyper::upgrade::on(&mut req));
+            Box::pin(self.forward_websocket(req, client_side, client, &host, &identity)).await?
+        } else {
+            // Kept flat (no `forward` future holding the request and
+            // the exchange): this future is moved whole whenever hyper
+            // spawns or stores it, so its size is a cost per request.
+            let mut op = self.audit_op(&req, &identity, client);
+            let up_req = self.upstream_request(req, client, &host, &identity, op.as_mut())?;
+            // A discovered token may be stale (Jupyter restarted): a
+            // request without a body can be sent again with the new one.
+            let replay = self
+                .token
+                .discovers()
+                .then(|| upstream::replayable(&up_req))
+                .flatten();
+            let mut resp = self.upstream.send(up_req).await?;
+            if self.token.discovers()
+                && upstream_token::refused(
+                    resp.status(),
+                    resp.headers(),
+                    &self.config.auth.base_url,
+                )
+            {
+                resp = Box::pin(self.reauthenticate(resp, replay)).await?;
+            }
+            audited(self.client_response(resp, &host)?, op)
+        };
         if let Some(c) = identity
             .refresh_cookie
             .as_deref()
@@ -687,23 +716,46 @@ impl Live {
         }
     }
 
+    /// A WebSocket: Jupyter is asked for an HTTP/1.1 upgrade on a
+    /// connection of the tunnel's own, whichever way the client came.
+    ///
+    /// An HTTP/2 client's extended CONNECT (RFC 8441) is bridged to the
+    /// upgrade Jupyter speaks: `GET` with `Connection: upgrade`, `Upgrade:
+    /// websocket` and a `Sec-WebSocket-Key` of nbgate's own (RFC 8441 §5
+    /// has no key: the stream is the proof), the client's
+    /// `Sec-WebSocket-Protocol`/`-Extensions`/`-Version` passed on; Jupyter's
+    /// 101 becomes a 200 carrying only the chosen subprotocol and
+    /// extensions, echoed exactly (`Connection`, `Upgrade` and
+    /// `Sec-WebSocket-Accept` mean nothing or are illegal in HTTP/2).
     async fn forward_websocket(
         &self,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
+        client_side: ClientSide,
         client: IpAddr,
         host: &str,
         identity: &Identity,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // Take the client's upgrade future before answering (hyper resolves
-        // it once the 101 has been written).
-        let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         let log_path = parts.uri.path().to_owned();
+        let h2 = matches!(client_side, ClientSide::Http2(_));
         let upgrade = parts
             .headers
             .get(header::UPGRADE)
+            .filter(|_| !h2)
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+        if h2 {
+            parts.method = Method::GET;
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_KEY, websocket::new_key());
+            if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+                parts.headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+        }
         self.upstream_request_filter(&mut parts, client, host, identity)?;
         parts
             .headers
@@ -746,6 +798,12 @@ impl Live {
                     return Err(ProxyError::UpstreamAuth);
                 }
             }
+            // An HTTP/2 client takes any 2xx to its CONNECT for an open
+            // WebSocket (RFC 8441 §5): a page Jupyter served instead
+            // (`/lab` asked for as a WebSocket) must not look like one.
+            if h2 && up_resp.status().is_success() {
+                return Err(ProxyError::NotAWebSocket);
+            }
             // Jupyter refused (unknown kernel, 403 ...) or answered as to a
             // plain request (`GET /lab` with `Upgrade: websocket`): its
             // answer passes the same filter as any other, or the page with
@@ -764,24 +822,42 @@ impl Live {
                 audit::tap::for_tunnel(path, chosen, actor, &self.config.audit)
             });
         let idle = self.config.upstream.websocket_idle_timeout;
-        tokio::spawn(run_tunnel(
-            client_upgrade,
-            upstream_upgrade,
+        let tunnel = Tunnel {
             guard,
             idle,
             client,
-            log_path,
-        ));
-
+            path: log_path,
+        };
         let mut resp = Response::new(empty());
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        for (name, value) in up_resp.headers() {
-            resp.headers_mut().append(name.clone(), value.clone());
+        match client_side {
+            ClientSide::Http1(client_upgrade) => {
+                tokio::spawn(tunnel.run(
+                    async move { client_upgrade.await.map(TokioIo::new) },
+                    upstream_upgrade,
+                    "http/1.1",
+                ));
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                for (name, value) in up_resp.headers() {
+                    resp.headers_mut().append(name.clone(), value.clone());
+                }
+                // `Connection`/`Upgrade` stay (they make the 101); the rest
+                // of the header rules hold for a 101 as for any answer.
+                let token = self.token.current();
+                response::filter_headers(resp.headers_mut(), &self.response_rules(host, &token));
+            }
+            ClientSide::Http2(stream) => {
+                tokio::spawn(tunnel.run(stream, upstream_upgrade, "h2"));
+                for name in [
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    header::SEC_WEBSOCKET_EXTENSIONS,
+                ] {
+                    if let Some(v) = up_resp.headers().get(&name) {
+                        resp.headers_mut().insert(name, v.clone());
+                    }
+                }
+                resp.extensions_mut().insert(TunnelAccepted);
+            }
         }
-        // `Connection`/`Upgrade` stay (they make the 101); the rest of the
-        // header rules hold for a 101 as for any answer.
-        let token = self.token.current();
-        response::filter_headers(resp.headers_mut(), &self.response_rules(host, &token));
         Ok(resp)
     }
 
@@ -835,14 +911,20 @@ struct GiveUpLog<'a> {
     uri: &'a Uri,
     start: Instant,
     armed: bool,
+    /// Who the request was from, once known: the line names them.
+    who: Option<Who>,
 }
 
 impl Drop for GiveUpLog<'_> {
     fn drop(&mut self) {
         if self.armed {
+            let who = self.who.as_ref();
             tracing::info!(
                 target: "nbgate::access",
                 client = %self.client,
+                user = who.and_then(Who::user),
+                auth = who.and_then(Who::auth_kind),
+                auth_id = who.and_then(Who::credential_id),
                 method = %self.method,
                 path = %self.uri.path(),
                 duration_ms = self.start.elapsed().as_millis() as u64,
@@ -852,46 +934,103 @@ impl Drop for GiveUpLog<'_> {
     }
 }
 
-async fn run_tunnel(
-    client_upgrade: hyper::upgrade::OnUpgrade,
-    upstream_upgrade: hyper::upgrade::OnUpgrade,
-    mut guard: websocket::TunnelGuard,
+/// The client's side of a CONNECT, which opens a WebSocket over HTTP/2
+/// (RFC 8441: an extended CONNECT with `:protocol = websocket`, which
+/// `server::http2` hands over as a `ClientTunnel`) and nothing else.
+///
+/// # Errors
+/// A CONNECT without `:protocol` asks for a tunnel to another host:
+/// `ConnectNotAllowed` (no open proxy). One with another `:protocol`:
+/// `UnsupportedProtocol`.
+fn websocket_connect(
+    req: &Request<RequestBody>,
+) -> Result<tokio::sync::oneshot::Receiver<websocket::TunnelIo>, ProxyError> {
+    if let Some(tunnel) = req
+        .extensions()
+        .get::<ClientTunnel>()
+        .and_then(ClientTunnel::take)
+    {
+        return Ok(tunnel);
+    }
+    if req.extensions().get::<h2::ext::Protocol>().is_some() {
+        return Err(ProxyError::UnsupportedProtocol);
+    }
+    Err(ProxyError::ConnectNotAllowed)
+}
+
+/// The client side of a WebSocket: the connection hyper hands over after
+/// the 101, or the HTTP/2 stream `server::http2` hands over after the 200.
+enum ClientSide {
+    Http1(hyper::upgrade::OnUpgrade),
+    Http2(tokio::sync::oneshot::Receiver<websocket::TunnelIo>),
+}
+
+/// A tunnel accepted by Jupyter, before its two sides are open.
+struct Tunnel {
+    guard: websocket::TunnelGuard,
     idle: Duration,
     client: IpAddr,
     path: String,
-) {
-    let (c, u) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, %client, %path, "websocket upgrade failed");
-            return;
-        }
-    };
-    let start = Instant::now();
-    let tap = guard.tap.take();
-    let who = &guard.who;
-    let (user, auth, auth_id) = (who.user(), who.auth_kind(), who.credential_id());
-    tracing::info!(target: "nbgate::access", %client, user, auth, auth_id, %path, "tunnel opened");
-    let (reason, stats) = websocket::pump(
-        audit::tap::Tapped::new(TokioIo::new(c), tap),
-        TokioIo::new(u),
-        idle,
-        guard.cancel.clone(),
-    )
-    .await;
-    tracing::info!(
-        target: "nbgate::access",
-        %client,
-        user,
-        auth,
-        auth_id,
-        %path,
-        bytes_up = stats.bytes_up,
-        bytes_down = stats.bytes_down,
-        duration_ms = start.elapsed().as_millis() as u64,
-        reason = ?reason,
-        "tunnel closed"
-    );
+}
+
+impl Tunnel {
+    /// Waits for both sides, pumps, and writes the tunnel's access lines
+    /// (`via`: the client's protocol).
+    async fn run<C, IO, E>(
+        self,
+        client_side: C,
+        upstream_upgrade: hyper::upgrade::OnUpgrade,
+        via: &'static str,
+    ) where
+        C: Future<Output = Result<IO, E>>,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        E: std::fmt::Display,
+    {
+        let Tunnel {
+            mut guard,
+            idle,
+            client,
+            path,
+        } = self;
+        let (c, u) = tokio::join!(client_side, upstream_upgrade);
+        let (c, u) = match (c, u) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) => {
+                tracing::debug!(error = %e, %client, %path, via, "websocket upgrade failed (client)");
+                return;
+            }
+            (_, Err(e)) => {
+                tracing::debug!(error = %e, %client, %path, via, "websocket upgrade failed (upstream)");
+                return;
+            }
+        };
+        let start = Instant::now();
+        let tap = guard.tap.take();
+        let who = &guard.who;
+        let (user, auth, auth_id) = (who.user(), who.auth_kind(), who.credential_id());
+        tracing::info!(target: "nbgate::access", %client, user, auth, auth_id, %path, via, "tunnel opened");
+        let (reason, stats) = websocket::pump(
+            audit::tap::Tapped::new(c, tap),
+            TokioIo::new(u),
+            idle,
+            guard.cancel.clone(),
+        )
+        .await;
+        tracing::info!(
+            target: "nbgate::access",
+            %client,
+            user,
+            auth,
+            auth_id,
+            %path,
+            via,
+            bytes_up = stats.bytes_up,
+            bytes_down = stats.bytes_down,
+            duration_ms = start.elapsed().as_millis() as u64,
+            reason = ?reason,
+            "tunnel closed"
+        );
+    }
 }
 
 /// The API token of a request: `Authorization: token …` / `Bearer …`, or

@@ -6,6 +6,12 @@
 //! of the server-to-client stream to know where frames end, so that when
 //! nbgate closes a tunnel it can send the browser a proper close frame
 //! (1001 "going away") instead of cutting a frame in half.
+//!
+//! The client side is an HTTP/1.1 connection after its 101, or one HTTP/2
+//! stream after a 200 to an extended CONNECT (RFC 8441): `ClientTunnel` is
+//! how `server::http2` hands such a stream to the request path without the
+//! proxy knowing about the server. Jupyter's side is always an HTTP/1.1
+//! upgrade, so the pump sees the same WebSocket frames either way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +21,68 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+
+/// The byte stream of a client's WebSocket when it is not a whole
+/// connection: an HTTP/2 stream (`server::http2`). Boxed: one allocation
+/// per tunnel, and the request path stays one compiled function.
+pub type TunnelIo = Box<dyn TunnelStream>;
+
+/// A byte stream a tunnel can pump (one trait: a trait object names one).
+pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> TunnelStream for T {}
+
+/// Put by `server::http2` into the extensions of an extended CONNECT with
+/// `:protocol = websocket` (RFC 8441): the stream, once its 2xx is sent.
+///
+/// Why a channel: the stream can carry WebSocket bytes only after the
+/// response head went out, which happens after the handler returned it;
+/// the tunnel's task waits on this for its client side as an HTTP/1.1
+/// tunnel waits on hyper's `OnUpgrade`. In a `Mutex<Option<…>>` because
+/// request extensions must be `Clone + Sync`; taken once.
+#[derive(Clone)]
+pub struct ClientTunnel(Arc<Mutex<Option<oneshot::Receiver<TunnelIo>>>>);
+
+/// The server's end of a `ClientTunnel`.
+pub type TunnelOffer = oneshot::Sender<TunnelIo>;
+
+impl ClientTunnel {
+    pub fn new() -> (TunnelOffer, ClientTunnel) {
+        let (tx, rx) = oneshot::channel();
+        (tx, ClientTunnel(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    /// The client's stream, once the 2xx has been sent; an error when the
+    /// stream ended first. `None` when already taken.
+    pub fn take(&self) -> Option<oneshot::Receiver<TunnelIo>> {
+        self.0
+            .lock()
+            .expect("tunnel offer lock is never poisoned: no panics while held")
+            .take()
+    }
+}
+
+/// Marks the response to an extended CONNECT that the request path
+/// accepted (its tunnel task waits for the stream): only then does
+/// `server::http2` keep the stream open and hand it over. Any other answer,
+/// 2xx or not, is sent as an ordinary response.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelAccepted;
+
+/// A fresh `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random bytes, base64),
+/// for the upgrade nbgate asks of Jupyter on behalf of an HTTP/2 client,
+/// which sends none (RFC 8441 §5).
+pub fn new_key() -> http::HeaderValue {
+    use base64::Engine;
+    let mut nonce = [0u8; 16];
+    rand::fill(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    http::HeaderValue::from_str(&key).expect("base64 is a valid header value")
+}
 
 /// Open tunnels, so they can be closed from outside their task.
 #[derive(Default)]
@@ -197,6 +262,13 @@ impl PumpBuf {
 
 /// Pumps bytes until either side closes, the tunnel is idle for
 /// `idle_timeout`, or `cancel` fires.
+///
+/// Half-close: when the client ends its side (TCP FIN; END_STREAM on
+/// HTTP/2, RFC 8441 §5), Jupyter's connection is shut down for writing and
+/// what Jupyter still sends is passed to the client for up to `CLOSE_DRAIN`
+/// (Jupyter closes at once on a FIN), then the client's side is ended too:
+/// the client sees a clean end, never a cut one. When Jupyter ends first,
+/// the client's side is shut down (END_STREAM) and the tunnel ends.
 pub async fn pump<C, U>(
     client: C,
     upstream: U,
@@ -221,7 +293,12 @@ where
         let mut buf = PumpBuf::default();
         loop {
             let n = match c_r.read(buf.space()).await {
-                Ok(0) => return CloseReason::ClientClosed,
+                Ok(0) => {
+                    // The client's half-close (TCP FIN, or END_STREAM on
+                    // HTTP/2) is passed on as Jupyter's TCP FIN.
+                    let _ = u_w.shutdown().await;
+                    return CloseReason::ClientClosed;
+                }
                 Ok(n) => n,
                 Err(_) => return CloseReason::Error,
             };
@@ -290,10 +367,24 @@ where
         }
     };
 
+    tokio::pin!(down, idle);
     let reason = tokio::select! {
-        r = up => r,
-        r = down => r,
-        _ = idle => CloseReason::Idle,
+        r = up => {
+            if r == CloseReason::ClientClosed {
+                // Half-closed: what Jupyter still sends (the answer to the
+                // client's close frame) reaches the client, and Jupyter's
+                // end becomes the client's (`down` shuts its side down).
+                // Bounded: a Jupyter that neither sends nor closes does not
+                // hold the tunnel.
+                tokio::select! {
+                    _ = tokio::time::timeout(CLOSE_DRAIN, &mut down) => {}
+                    _ = &mut idle => {}
+                }
+            }
+            r
+        }
+        r = &mut down => r,
+        _ = &mut idle => CloseReason::Idle,
     };
     let stats = TunnelStats {
         bytes_up: bytes_up.load(Ordering::Relaxed),
@@ -418,6 +509,57 @@ mod tests {
         let (reason, stats) = task.await.expect("join");
         assert_eq!(reason, CloseReason::Closed);
         assert_eq!(stats.bytes_down, 4);
+    }
+
+    #[tokio::test]
+    async fn a_client_half_close_reaches_jupyter_and_its_answer_still_reaches_the_client() {
+        let (client_side, mut browser) = tokio::io::duplex(1024);
+        let (upstream_side, mut jupyter) = tokio::io::duplex(1024);
+        let task = tokio::spawn(pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        ));
+        // The browser's close frame (masked, code 1000), then its FIN or
+        // END_STREAM.
+        let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8];
+        browser.write_all(&close).await.expect("write");
+        browser.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        jupyter.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, close, "Jupyter gets the frame, then the FIN");
+        // Jupyter answers the close and closes; the answer arrives whole,
+        // then the browser's side ends.
+        jupyter
+            .write_all(&[0x88, 0x02, 0x03, 0xE8])
+            .await
+            .expect("write");
+        drop(jupyter);
+        let mut answer = Vec::new();
+        browser.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, vec![0x88, 0x02, 0x03, 0xE8]);
+        let (reason, stats) = task.await.expect("join");
+        assert_eq!(reason, CloseReason::ClientClosed);
+        assert_eq!((stats.bytes_up, stats.bytes_down), (8, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_tunnel_ends_when_jupyter_does_not() {
+        let (client_side, mut browser) = tokio::io::duplex(64);
+        let (upstream_side, _jupyter) = tokio::io::duplex(64);
+        let task = tokio::spawn(pump(
+            client_side,
+            upstream_side,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+        ));
+        browser.shutdown().await.expect("half-close");
+        let (reason, _) = tokio::time::timeout(CLOSE_DRAIN * 2, task)
+            .await
+            .expect("the tunnel outlived CLOSE_DRAIN")
+            .expect("join");
+        assert_eq!(reason, CloseReason::ClientClosed);
     }
 
     #[tokio::test(start_paused = true)]

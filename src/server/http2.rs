@@ -20,6 +20,19 @@
 //! - a body error resets the stream (INTERNAL_ERROR): the client sees an
 //!   incomplete response, never a truncated one that looks whole.
 //!
+//! WebSockets over HTTP/2 (RFC 8441): the connection advertises
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL, so browsers open a WebSocket as one
+//! more stream of the connection they already have (an extended CONNECT
+//! with `:protocol = websocket`) instead of a new TLS connection each. Such
+//! a request reaches the handler with no body and a
+//! `proxy::websocket::ClientTunnel` in its extensions; when the handler
+//! accepts it (a 2xx marked `TunnelAccepted`), the head goes out without
+//! END_STREAM and the stream, as a byte stream (`server::h2_stream`, with
+//! this connection's bookkeeping: `H2Tunnel`), goes to the tunnel's task
+//! through the `ClientTunnel`. Any other answer is sent as an ordinary
+//! response. Either side ends the tunnel with END_STREAM (a half-close,
+//! `proxy::websocket::pump` passes it on) or RST_STREAM.
+//!
 //! Per connection: the same settings hyper was given (and hyper's defaults
 //! for the rest), stream-reset limits (`ResetBudget`: reset floods close
 //! the connection with GOAWAY ENHANCE_YOUR_CALM), the client
@@ -48,7 +61,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::coalesce::coalesce;
 use super::frame_budget::{FrameBudget, Served};
+use super::h2_stream::H2Stream;
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
+use crate::proxy::websocket::{ClientTunnel, TunnelAccepted, TunnelOffer};
 use crate::telemetry::Chain;
 
 /// Connection settings, from `[server]` in the configuration.
@@ -133,7 +148,8 @@ where
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS);
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .enable_connect_protocol();
     let served = Arc::new(Served::default());
     let (io, flusher) = coalesce(FrameBudget::new(io, Arc::clone(&served)));
     let mut conn = tokio::time::timeout(settings.preface_timeout, builder.handshake(io))
@@ -207,18 +223,26 @@ where
                     closing = true;
                     continue;
                 }
-                let (parts, recv) = req.into_parts();
-                let body = if recv.is_end_stream() {
-                    H2Body::new(recv, None, None)
+                let (mut parts, recv) = req.into_parts();
+                let heard = keep_alive.as_ref().map(|k| Arc::clone(&k.heard));
+                let (body, tunnel) = if is_websocket_connect(&parts) {
+                    // The stream is kept for the tunnel; the handler sees
+                    // a request without a body.
+                    let (offer, ticket) = ClientTunnel::new();
+                    parts.extensions.insert(ticket);
+                    let pending = PendingTunnel { recv, offer, heard };
+                    (RequestBody::Empty, Some(pending))
+                } else if recv.is_end_stream() {
+                    (RequestBody::Http2(H2Body::new(recv, None, None)), None)
                 } else {
-                    let heard = keep_alive.as_ref().map(|k| Arc::clone(&k.heard));
-                    H2Body::new(recv, content_length(&parts.headers), heard)
+                    let length = content_length(&parts.headers);
+                    (RequestBody::Http2(H2Body::new(recv, length, heard)), None)
                 };
-                let body = RequestBody::Http2(body);
                 let response = handle(Request::from_parts(parts, body));
                 tokio::spawn(serve_stream(
                     response,
                     respond,
+                    tunnel,
                     Arc::clone(&resets),
                     Arc::clone(&served),
                     OpenStreams::start(&streams),
@@ -340,6 +364,18 @@ fn is_client_reset(e: &BoxError) -> bool {
             .is_some_and(|e| e.is_reset() && e.is_remote())
 }
 
+/// Is this an extended CONNECT for a WebSocket (RFC 8441 §4)? h2 accepts
+/// `:protocol` only on CONNECT, and only because the connection advertised
+/// it. Other protocols (`connect-udp` …) reach the handler as a CONNECT
+/// with a body, which the request path refuses (501).
+fn is_websocket_connect(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<h2::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
 /// The request's `Content-Length` (h2 has already checked that it is a
 /// number, and resets a stream whose DATA does not add up to it).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -429,14 +465,17 @@ impl KeepAlive {
     }
 }
 
-/// One stream: the handler's response, then its body.
+/// One stream: the handler's response, then its body, or the tunnel it
+/// opens.
 async fn serve_stream<F>(
     response: F,
     mut respond: SendResponse<Bytes>,
+    tunnel: Option<PendingTunnel>,
     resets: Arc<ResetBudget>,
     served: Arc<Served>,
-    // Held until the stream's answer is sent or abandoned.
-    _open: OpenStream,
+    // Held until the stream's answer is sent or abandoned, or while its
+    // tunnel is open: the connection is not idle meanwhile.
+    open: OpenStream,
 ) where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -460,6 +499,12 @@ async fn serve_stream<F>(
     let (mut head, body) = answer.into_parts();
     if !head.headers.contains_key(DATE) {
         head.headers.insert(DATE, http_date());
+    }
+    if let Some(tunnel) = tunnel {
+        if head.status.is_success() && head.extensions.get::<TunnelAccepted>().is_some() {
+            open_tunnel(tunnel, head, respond, served, open);
+            return;
+        }
     }
     let end = body.is_end_stream();
     if !end && !head.headers.contains_key(CONTENT_LENGTH) {
@@ -485,6 +530,97 @@ async fn serve_stream<F>(
             }
             send.send_reset(Reason::INTERNAL_ERROR);
         }
+    }
+}
+
+/// An extended CONNECT for a WebSocket, waiting for its answer.
+struct PendingTunnel {
+    recv: h2::RecvStream,
+    offer: TunnelOffer,
+    /// The connection's keep-alive flag (see `H2Body`).
+    heard: Option<Arc<AtomicBool>>,
+}
+
+/// Sends the 2xx head of an accepted tunnel without END_STREAM and hands
+/// the stream to the tunnel's task.
+fn open_tunnel(
+    tunnel: PendingTunnel,
+    head: http::response::Parts,
+    mut respond: SendResponse<Bytes>,
+    served: Arc<Served>,
+    open: OpenStream,
+) {
+    let send = match respond.send_response(Response::from_parts(head, ()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send a tunnel's response head");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    let io = H2Tunnel {
+        stream: H2Stream::new(send, tunnel.recv),
+        heard: tunnel.heard,
+        served,
+        _open: open,
+    };
+    // The tunnel's task is gone (shutdown): dropping the stream resets it.
+    let _ = tunnel.offer.send(Box::new(io));
+}
+
+/// A client's WebSocket stream (`H2Stream`) with the connection's
+/// bookkeeping: what it reads counts as hearing from the peer (no keep-alive
+/// PING needed), what it writes as data served (`FrameBudget`), and while it
+/// is open the connection is not idle.
+struct H2Tunnel {
+    stream: H2Stream,
+    heard: Option<Arc<AtomicBool>>,
+    served: Arc<Served>,
+    _open: OpenStream,
+}
+
+impl AsyncRead for H2Tunnel {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            if let Some(heard) = &this.heard {
+                heard.store(true, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Tunnel {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let n = std::task::ready!(std::pin::Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.served.add(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -614,13 +750,101 @@ mod tests {
         H: Fn(Request<RequestBody>) -> F + Send + 'static,
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
+        pair_with(h2::client::Builder::new(), stop, handle).await
+    }
+
+    /// `pair` with the client's settings from `client`.
+    async fn pair_with<H, F>(
+        client: h2::client::Builder,
+        stop: CancellationToken,
+        handle: H,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Result<(), Http2Error>>,
+    )
+    where
+        H: Fn(Request<RequestBody>) -> F + Send + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
         let (client_io, server_io) = tokio::io::duplex(256 * 1024);
         let server = tokio::spawn(async move { serve(server_io, &settings(), stop, handle).await });
-        let (send, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        let (send, conn) = client.handshake(client_io).await.expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
         (send, server)
+    }
+
+    /// A server that accepts every WebSocket over HTTP/2 and runs `tunnel`
+    /// on its stream (in nbgate the tunnel's task pumps it to Jupyter), and
+    /// a client with `client`'s settings.
+    async fn tunnel_pair<T, Fut>(
+        client: h2::client::Builder,
+        tunnel: T,
+    ) -> h2::client::SendRequest<Bytes>
+    where
+        T: Fn(crate::proxy::websocket::TunnelIo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let tunnel = Arc::new(tunnel);
+        let (send, _server) = pair_with(client, CancellationToken::new(), move |req| {
+            let tunnel = Arc::clone(&tunnel);
+            async move {
+                let ticket = req
+                    .extensions()
+                    .get::<ClientTunnel>()
+                    .and_then(ClientTunnel::take)
+                    .expect("an extended CONNECT for a WebSocket");
+                tokio::spawn(async move {
+                    if let Ok(io) = ticket.await {
+                        tunnel(io).await;
+                    }
+                });
+                let mut resp = Response::new(crate::proxy::body::empty());
+                resp.extensions_mut().insert(TunnelAccepted);
+                resp
+            }
+        })
+        .await;
+        send
+    }
+
+    /// Sends an extended CONNECT for a WebSocket (RFC 8441 §4) once the
+    /// server's SETTINGS allow it: the request's send half and the answer.
+    async fn send_websocket_connect(
+        send: &mut h2::client::SendRequest<Bytes>,
+    ) -> (SendStream<Bytes>, Response<h2::RecvStream>) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                *send = send.clone().ready().await.expect("connection ready");
+                if send.is_extended_connect_protocol_enabled() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the server advertises SETTINGS_ENABLE_CONNECT_PROTOCOL");
+        let req = Request::connect("https://nbgate.test/ws")
+            .extension(h2::ext::Protocol::from("websocket"))
+            .body(())
+            .expect("request");
+        let (resp, stream) = send.send_request(req, false).expect("send CONNECT");
+        (stream, resp.await.expect("answer to the CONNECT"))
+    }
+
+    /// Opens a WebSocket stream: the request's send half and the 200's body.
+    async fn connect_websocket(
+        send: &mut h2::client::SendRequest<Bytes>,
+    ) -> (SendStream<Bytes>, h2::RecvStream) {
+        let (stream, resp) = send_websocket_connect(send).await;
+        assert_eq!(resp.status(), 200);
+        (stream, resp.into_body())
+    }
+
+    /// Bytes 0, 1, … 250, 0, 1 …: a shift shows as a difference.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
     }
 
     fn get(path: &str) -> Request<()> {
@@ -1179,5 +1403,141 @@ mod tests {
             .expect("server task");
         assert!(ended.is_err(), "{ended:?}");
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_websocket_stream_carries_more_than_its_windows_both_ways() {
+        // The client's stream window is 1 KiB and nbgate's 1 MiB: the
+        // message only gets through whole if each side writes what the
+        // other's window allows and gives back what it has read.
+        const SIZE: usize = 1536 * 1024;
+        let mut client = h2::client::Builder::new();
+        client.initial_window_size(1024);
+        let mut send = tunnel_pair(client, |io| async move {
+            let (mut r, mut w) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        })
+        .await;
+        let (stream, recv) = connect_websocket(&mut send).await;
+        let (mut r, mut w) = tokio::io::split(H2Stream::new(stream, recv));
+        let sent = pattern(SIZE);
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.expect("write");
+            w.shutdown().await.expect("END_STREAM");
+        });
+        let mut echoed = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut echoed))
+            .await
+            .expect("the echo stalled")
+            .expect("read");
+        writer.await.expect("writer");
+        assert_eq!(echoed.len(), SIZE);
+        assert!(
+            echoed == pattern(SIZE),
+            "the echo differs from what was sent"
+        );
+    }
+
+    #[tokio::test]
+    async fn end_stream_from_the_client_is_a_half_close() {
+        // RFC 8441 §5: END_STREAM is TCP's FIN. After it, nbgate's side
+        // still sends (Jupyter's answer to a close frame) and ends its
+        // side with END_STREAM of its own.
+        let mut send = tunnel_pair(h2::client::Builder::new(), |mut io| async move {
+            let mut got = Vec::new();
+            io.read_to_end(&mut got).await.expect("read to END_STREAM");
+            io.write_all(format!("got {} bytes", got.len()).as_bytes())
+                .await
+                .expect("write after the client's END_STREAM");
+            io.shutdown().await.expect("END_STREAM");
+        })
+        .await;
+        let (mut stream, mut recv) = connect_websocket(&mut send).await;
+        stream
+            .send_data(Bytes::from_static(b"hello"), true)
+            .expect("data with END_STREAM");
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_all(&mut recv))
+            .await
+            .expect("the answer stalled")
+            .expect("a clean END_STREAM, not a reset");
+        assert_eq!(answer, b"got 5 bytes");
+    }
+
+    #[tokio::test]
+    async fn a_reset_from_the_client_ends_the_tunnel() {
+        // CANCEL (a closed tab) and NO_ERROR read as the end of the
+        // stream, any other reason as an error; either way the tunnel's
+        // reads end and its writes fail instead of waiting.
+        for (reason, clean) in [
+            (Reason::CANCEL, true),
+            (Reason::NO_ERROR, true),
+            (Reason::INTERNAL_ERROR, false),
+        ] {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut send = tunnel_pair(h2::client::Builder::new(), move |mut io| {
+                let tx = tx.clone();
+                async move {
+                    let mut buf = [0u8; 64];
+                    let read = io.read(&mut buf).await.map_err(|e| e.kind());
+                    let mut wrote = Ok(());
+                    for _ in 0..100 {
+                        wrote = io.write_all(&[0u8; 1024]).await;
+                        if wrote.is_err() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    let _ = tx.send((read, wrote.is_err()));
+                }
+            })
+            .await;
+            let (mut stream, _recv) = connect_websocket(&mut send).await;
+            stream.send_reset(reason);
+            let mut rx = rx;
+            let (read, write_failed) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{reason:?}: the tunnel did not end"))
+                .expect("the tunnel's task reported");
+            if clean {
+                assert_eq!(read, Ok(0), "{reason:?}");
+            } else {
+                assert!(read.is_err(), "{reason:?}: {read:?}");
+            }
+            assert!(write_failed, "{reason:?}: writes went on after the reset");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_that_ends_without_end_stream_resets_the_stream() {
+        // The tunnel's task drops its stream (Jupyter's connection failed):
+        // the client sees RST_STREAM, never an end that looks clean.
+        let mut send = tunnel_pair(h2::client::Builder::new(), |io| async move {
+            drop(io);
+        })
+        .await;
+        let (_stream, mut recv) = connect_websocket(&mut send).await;
+        let end = tokio::time::timeout(Duration::from_secs(5), read_all(&mut recv))
+            .await
+            .expect("the stream was left open");
+        let e = end.expect_err("a reset, not END_STREAM");
+        assert_eq!(e.reason(), Some(Reason::CANCEL), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_websocket_connect_that_is_not_accepted_gets_an_ordinary_answer() {
+        // A refusal (401, 403 …) is sent as a response with END_STREAM,
+        // and the stream is not handed over.
+        let (mut send, _server) = pair(CancellationToken::new(), |req| async move {
+            assert!(req.extensions().get::<ClientTunnel>().is_some());
+            let mut resp = Response::new(full("log in"));
+            *resp.status_mut() = http::StatusCode::UNAUTHORIZED;
+            resp
+        })
+        .await;
+        let (_stream, resp) = send_websocket_connect(&mut send).await;
+        assert_eq!(resp.status(), 401);
+        let mut body = resp.into_body();
+        assert_eq!(read_all(&mut body).await.expect("body"), b"log in");
     }
 }

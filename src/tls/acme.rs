@@ -731,34 +731,37 @@ impl Client {
         Err(last.expect("config validation requires at least one challenge"))
     }
 
+    /// The account builder, over an HTTPS client on nbgate's own crypto
+    /// provider (`tls::client_provider`): instant-acme's default client asks
+    /// rustls for a process-wide provider, which it cannot choose while two
+    /// are compiled in (see Cargo.toml), and would panic.
     fn builder(&self) -> Result<AccountBuilder, AcmeError> {
-        let Some(path) = &self.acme.ca_bundle else {
-            return Ok(Account::builder()?);
+        let https = match &self.acme.ca_bundle {
+            // The system's trusted roots, as instant-acme's default client uses.
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_platform_verifier(super::client_provider())
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| AcmeError::CaBundle {
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pemfile::certs(&mut &pem[..]).flatten() {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(AcmeError::CaBundleEmpty { path: path.clone() });
+                }
+                let tls = rustls::ClientConfig::builder_with_provider(super::client_provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("aws-lc-rs supports the default protocol versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+            }
         };
-        let pem = std::fs::read(path).map_err(|source| AcmeError::CaBundle {
-            path: path.clone(),
-            source,
-        })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &pem[..]).flatten() {
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            return Err(AcmeError::CaBundleEmpty { path: path.clone() });
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .build();
+        let https = https.https_only().enable_http1().enable_http2().build();
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);

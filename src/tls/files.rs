@@ -22,17 +22,15 @@ use super::TlsError;
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = read_chain(cert_path)?;
     let key = read_key(key_path)?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
-        TlsError::BadKey {
-            path: key_path.to_path_buf(),
-            source,
-        }
+    let signer = super::signing_key(key).map_err(|source| TlsError::BadKey {
+        path: key_path.to_path_buf(),
+        source,
     })?;
     check_validity(cert_path, &chain[0], time::OffsetDateTime::now_utc())?;
     let certified = CertifiedKey::new(chain, signer);
     match certified.keys_match() {
         Ok(()) => {}
-        // ring keys always expose their public half; "Unknown" would only
+        // aws-lc-rs keys always expose their public half; "Unknown" would only
         // come from a provider that cannot, and is not a mismatch.
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {

@@ -2,10 +2,12 @@
 //! resolver that every handshake asks for its certificate.
 //!
 //! Owns protocol choices (TLS 1.2 + 1.3, AEAD suites with forward secrecy
-//! only, ALPN `h2` and `http/1.1`, plus `acme-tls/1` for validation
-//! handshakes in ACME mode) and where certificates come from (`self_signed`,
-//! `files` with `reload`, `acme` with `challenge`). It does not accept
-//! connections: `server` does.
+//! only, the hybrid post-quantum key exchange X25519MLKEM768 ahead of the
+//! classical groups, ALPN `h2` and `http/1.1`, plus `acme-tls/1` for
+//! validation handshakes in ACME mode), the one crypto provider every TLS
+//! config of nbgate is built with, and where certificates come from
+//! (`self_signed`, `files` with `reload`, `acme` with `challenge`). It does
+//! not accept connections: `server` does.
 
 pub mod acme;
 pub mod challenge;
@@ -14,12 +16,14 @@ pub mod reload;
 pub mod self_signed;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use rustls::crypto::aws_lc_rs::kx_group;
+use rustls::crypto::{ActiveKeyExchange, CompletedKeyExchange, CryptoProvider, SupportedKxGroup};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{NamedGroup, ProtocolVersion, ServerConfig};
 
 use crate::config::{Config, TlsMode};
 use challenge::Challenges;
@@ -133,24 +137,103 @@ impl ResolvesServerCert for CertResolver {
 /// The ALPN protocols offered, most preferred first.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Builds the server configuration around a resolver.
+/// The key exchange groups the server accepts, as rustls' aws-lc-rs
+/// provider lists them with `prefer-post-quantum`: the hybrid X25519MLKEM768
+/// (X25519 and ML-KEM-768, FIPS 203) first, so a recorded session cannot be
+/// decrypted later by whoever breaks X25519 alone ("harvest now, decrypt
+/// later"); then X25519, P-256 and P-384 for clients without ML-KEM.
 ///
-/// The `ring` provider's default suites are exactly the AEAD suites with
-/// ECDHE key exchange (AES-GCM, ChaCha20-Poly1305), so forward secrecy holds
-/// for every handshake; TLS 1.0/1.1 and CBC suites are not compiled in.
+/// rustls takes the client's first choice among these (Chrome, Firefox and
+/// OpenSSL 3.5 list the hybrid first). It is TLS 1.3 only; a TLS 1.2
+/// handshake uses ECDHE over X25519, P-256 or P-384.
+static KX_GROUPS: [LoggedKxGroup; 4] = [
+    LoggedKxGroup(kx_group::X25519MLKEM768),
+    LoggedKxGroup(kx_group::X25519),
+    LoggedKxGroup(kx_group::SECP256R1),
+    LoggedKxGroup(kx_group::SECP384R1),
+];
+
+/// A key exchange group that logs, at debug level, that a handshake
+/// uses it: the one per-handshake record of which group a client got
+/// (`tls key exchange group=X25519MLKEM768`). One `debug!` per handshake,
+/// nothing per request; the server calls `start_and_complete` once per
+/// TLS 1.3 handshake and `start` once per TLS 1.2 one.
+#[derive(Debug)]
+struct LoggedKxGroup(&'static dyn SupportedKxGroup);
+
+impl SupportedKxGroup for LoggedKxGroup {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        tracing::debug!(group = ?self.0.name(), "tls key exchange");
+        self.0.start()
+    }
+
+    fn start_and_complete(
+        &self,
+        peer_pub_key: &[u8],
+    ) -> Result<CompletedKeyExchange, rustls::Error> {
+        tracing::debug!(group = ?self.0.name(), "tls key exchange");
+        self.0.start_and_complete(peer_pub_key)
+    }
+
+    fn ffdhe_group(&self) -> Option<rustls::ffdhe_groups::FfdheGroup<'static>> {
+        self.0.ffdhe_group()
+    }
+
+    fn name(&self) -> NamedGroup {
+        self.0.name()
+    }
+
+    fn fips(&self) -> bool {
+        self.0.fips()
+    }
+
+    fn usable_for_version(&self, version: ProtocolVersion) -> bool {
+        self.0.usable_for_version(version)
+    }
+}
+
+/// The crypto provider of nbgate's TLS server: rustls' aws-lc-rs provider
+/// (ring's has no ML-KEM) with its default suites and [`KX_GROUPS`]. Its
+/// suites are exactly the AEAD suites with ECDHE key exchange (TLS 1.3
+/// AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; TLS 1.2 ECDHE-ECDSA and
+/// ECDHE-RSA with the same ciphers), so forward secrecy holds for every
+/// handshake; TLS 1.0/1.1 and CBC suites are not compiled in.
+///
+/// Every config and signing key of the server is built from this value by
+/// name: two providers are compiled into the binary (crates nbgate uses
+/// still bring ring), and rustls cannot pick a process default then.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = KX_GROUPS
+            .iter()
+            .map(|g| g as &'static dyn SupportedKxGroup)
+            .collect();
+        Arc::new(provider)
+    }))
+}
+
+/// The crypto provider of nbgate's TLS clients (the ACME client): the same
+/// aws-lc-rs provider as the server's, without the per-handshake log.
+pub fn client_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds the server configuration around a resolver, on [`provider`].
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     let answers_tls_alpn01 = resolver.challenges().is_some();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring provider supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // The server's suite order wins (testssl.sh: "no cipher order"): a
     // client, or an attacker tampering with a TLS 1.2 hello's list order,
-    // cannot steer the handshake to the weakest suite both support;
-    // ring's list starts with AES-256-GCM and ChaCha20-Poly1305.
+    // cannot steer the handshake to the weakest suite both support; the
+    // provider's list starts with AES-256-GCM, then AES-128-GCM and
+    // ChaCha20-Poly1305.
     cfg.ignore_client_order = true;
     if answers_tls_alpn01 {
         // Last: rustls picks the first server protocol the client offers, so
@@ -161,10 +244,20 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     }
     // Stateless tickets let returning browsers resume without a full
     // handshake; the ticketer key rotates in memory and never touches disk.
-    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
         cfg.ticketer = ticketer;
     }
     Arc::new(cfg)
+}
+
+/// Loads a private key for signing handshakes with [`provider`].
+///
+/// # Errors
+/// A key type the provider cannot sign with (rustls' error says which).
+pub fn signing_key(
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    provider().key_provider.load_private_key(key)
 }
 
 /// Loads the certificate the configuration asks for (generating the
@@ -282,8 +375,8 @@ pub(crate) fn self_signed_key(
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .expect("rcgen generates ECDSA P-256 keys that ring signs with");
+    let signer =
+        signing_key(der).expect("rcgen generates ECDSA P-256 keys the provider signs with");
     Ok(Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(cert.der().to_vec())],
         signer,
@@ -324,9 +417,9 @@ mod tests {
         let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
         let key = self_signed_key(params).expect("self-signed key");
         let cfg = server_config(Arc::new(CertResolver::new(key)));
-        let ours = rustls::crypto::ring::default_provider();
+        let ours = provider();
         // A client that prefers the server's last choice.
-        let mut theirs = ours.clone();
+        let mut theirs = rustls::crypto::aws_lc_rs::default_provider();
         theirs.cipher_suites.reverse();
         let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(theirs))
             .with_safe_default_protocol_versions()
@@ -342,5 +435,38 @@ mod tests {
         server.process_new_packets().expect("process hello");
         let chosen = server.negotiated_cipher_suite().expect("suite chosen");
         assert_eq!(chosen.suite(), ours.cipher_suites[0].suite());
+    }
+
+    #[test]
+    fn hybrid_post_quantum_group_is_offered_first_then_the_classical_ones() {
+        let names: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            names,
+            [
+                NamedGroup::X25519MLKEM768,
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+        // The same list as rustls' own with `prefer-post-quantum`: a rustls
+        // upgrade that changes its defaults shows up here.
+        let upstream: Vec<NamedGroup> = rustls::crypto::aws_lc_rs::DEFAULT_KX_GROUPS
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(names, upstream);
+        assert!(!provider().kx_groups[0].usable_for_version(ProtocolVersion::TLSv1_2));
+    }
+
+    #[test]
+    fn every_suite_is_an_aead_suite_with_ecdhe() {
+        for suite in &provider().cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            let tls13 = name.starts_with("TLS13_");
+            let ecdhe = name.starts_with("TLS_ECDHE_");
+            let aead = name.contains("_GCM_") || name.contains("CHACHA20_POLY1305");
+            assert!((tls13 || ecdhe) && aead, "{name}");
+        }
     }
 }

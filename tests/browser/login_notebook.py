@@ -61,6 +61,12 @@ def parse_args():
     ap.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable")
     ap.add_argument("--timeout", type=float, default=120.0, help="overall time budget, seconds")
     ap.add_argument(
+        "--protocol",
+        choices=["h2", "http/1.1"],
+        default="h2",
+        help="the HTTP version Chromium must load JupyterLab with (http/1.1: HTTP/2 disabled)",
+    )
+    ap.add_argument(
         "--skip-login",
         action="store_true",
         help="development only: skip steps 1-3 and open URL/lab?token=$NBGATE_TEST_TOKEN "
@@ -254,6 +260,12 @@ def run_notebook(page, args, budget):
     if not path_of(page.url).startswith("/lab"):
         raise Fail(f"JupyterLab is not under /lab: {page.url}")
     dismiss_popups(page)
+    proto = page.evaluate(
+        "() => performance.getEntriesByType('navigation')[0].nextHopProtocol"
+    )
+    print(f"info: JupyterLab loaded over {proto}", flush=True)
+    if proto != args.protocol:
+        raise Fail(f"JupyterLab loaded over {proto!r}, expected {args.protocol!r}")
 
     step("create a Python 3 notebook")
     card = page.locator(NOTEBOOK_CARD)
@@ -308,11 +320,12 @@ def main():
     try:
         with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="nbgate-chromium-") as prof:
             step("launch chromium")
+            browser_args = BROWSER_ARGS + (["--disable-http2"] if args.protocol != "h2" else [])
             ctx = p.chromium.launch_persistent_context(
                 prof,
                 executable_path=args.chromium,
                 headless=True,
-                args=BROWSER_ARGS,
+                args=browser_args,
                 ignore_https_errors=True,
                 viewport={"width": 1280, "height": 900},
                 locale="en-US",  # the login page is localized from Accept-Language

@@ -7,6 +7,7 @@
 //!   certificate, raw TLS and WebSocket connectors. Every request a test makes goes through
 //!   `Nbgate` helpers so that authentication can later be added in one place.
 //! - `kernel`   the Jupyter kernel and terminal WebSocket protocols.
+//! - `h2ws`     WebSockets over HTTP/2 (RFC 8441): extended CONNECT on one h2 connection.
 //! - `upstream` an in-process hyper upstream (echo, redirect, slow stream, sink, WebSocket echo).
 //! - `pebble`   the Pebble ACME test server with its mock DNS, on its own loopback ports.
 //! - `certs`    rcgen certificates for `tls.mode = "files"` and fingerprints.
@@ -20,6 +21,7 @@
 
 pub mod ari;
 pub mod certs;
+pub mod h2ws;
 pub mod jupyter;
 pub mod kernel;
 pub mod login;

@@ -941,6 +941,26 @@ pub fn log_field(line: &str, name: &str) -> Option<String> {
     value.map(str::to_string)
 }
 
+/// Waits (30 s at most) for the server to close `ws`: the close frame's code (`None`: no close
+/// frame, the connection or HTTP/2 stream just ended).
+pub async fn closed_by_server<S>(ws: &mut WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    super::within(Duration::from_secs(30), "the tunnel to be closed", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+}
+
 /// A WebSocket handshake error with an HTTP response shown as status, headers and (lossy,
 /// truncated) body text rather than a byte array.
 pub fn describe_ws_error(error: &tokio_tungstenite::tungstenite::Error) -> String {
