@@ -602,3 +602,50 @@ async fn access_lines_name_the_user_and_how_they_authenticated() {
     assert_eq!(log_field(&line, "auth").as_deref(), Some("token"), "{line}");
     drop(ws);
 }
+
+/// The code audit reads a kernel WebSocket carried as a stream of an HTTP/2 connection (RFC
+/// 8441) as it reads an upgraded HTTP/1.1 one: same event, same fields, and the tunnel's access
+/// lines name the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_run_over_an_http2_websocket_is_audited() {
+    use common::h2ws::{h2_connection, h2_websocket, ApiClient};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    let jupyter = Jupyter::start().await;
+    let (gate, file) = gate_with_audit(&jupyter, &[("audit.code", true.into())]).await;
+    let kernel = start_kernel(&gate).await;
+    let api = ApiClient::of(&gate);
+    let mut conn = h2_connection(&gate).await;
+    let path = format!("/api/kernels/{kernel}/channels");
+    let (head, stream) = h2_websocket(&mut conn, &gate, &path, &api.headers()).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let mut ws =
+        WebSocketStream::from_raw_socket(stream.expect("the stream of a 200"), Role::Client, None)
+            .await;
+    assert_eq!(execute(&mut ws, "sum(range(10)) # over h2").await, "45");
+
+    let all = wait_for_kind(&file, "code_execute").await;
+    let e = all
+        .iter()
+        .find(|e| e["kind"] == "code_execute")
+        .expect("code_execute");
+    assert_eq!(e["code"], "sum(range(10)) # over h2", "{e}");
+    assert_eq!(e["kernel"], kernel.as_str(), "{e}");
+    assert_eq!(e["user"], TEST_USER, "{e}");
+    assert_eq!(e["auth"], "token", "{e}");
+    let line = gate.wait_for_line(&["tunnel opened", "h2"], T).await;
+    assert_eq!(
+        log_field(&line, "user").as_deref(),
+        Some(TEST_USER),
+        "{line}"
+    );
+    assert_eq!(log_field(&line, "via").as_deref(), Some("h2"), "{line}");
+    within(T, "close", ws.close(None)).await.ok();
+    let line = gate.wait_for_line(&["tunnel closed", "h2"], T).await;
+    assert_eq!(
+        log_field(&line, "user").as_deref(),
+        Some(TEST_USER),
+        "{line}"
+    );
+}
