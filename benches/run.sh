@@ -7,7 +7,7 @@
 # Other options are passed to the harness (benches/loadgen/main.rs):
 #   --only h1,h2,tls_full,tls_resumed,tls_resumed_x25519,ws_rtt,ws_rtt_h2,ws_throughput,large_body,
 #          idle,idle_h2,isolation,kernel
-#   --contenders direct,nbgate,nginx,caddy,nbgate-metrics   --rounds N   --secs N   --out DIR   --venv DIR
+#   --contenders direct,nbgate,nginx,caddy,nbgate-metrics,nbgate-audit   --rounds N   --secs N   --out DIR   --venv DIR
 #
 # Environment:
 #   NBGATE_TEST_VENV      Python venv with jupyter-server + ipykernel for the kernel round trip

@@ -989,3 +989,111 @@ pub fn accept_language(data: &[u8]) {
     );
     assert_eq!(negotiate_lang(None), Lang::En);
 }
+
+// Audit parsers (src/audit/): what a logged-in client sends.
+
+/// Where to cut `data` into pieces, from a seed byte: the same input fed in
+/// one piece and in many must give the same result.
+fn pieces(data: &[u8], seed: u8) -> Vec<&[u8]> {
+    let step = usize::from(seed % 13) + 1;
+    data.chunks(step).collect()
+}
+
+/// WebSocket frames a client sends on a kernel or terminal socket: the
+/// frame reader yields the same messages however the bytes are cut, never
+/// keeps more than `MAX_MESSAGE` of one, and the message parsers
+/// (`execute_request` in both protocols, terminal stdin) never panic.
+///
+/// Input: one seed byte (how to cut), then the bytes.
+pub fn kernel_frames(data: &[u8]) {
+    use nbgate::audit::kernel_frames::{
+        execute_request, terminal_stdin, Frames, Message, Protocol, MAX_MESSAGE,
+    };
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let run = |cuts: Vec<&[u8]>| {
+        let mut frames = Frames::default();
+        let mut seen = Vec::new();
+        for piece in cuts {
+            frames.feed(piece, &mut |m| {
+                let summary = match &m {
+                    Message::Text(b) | Message::Binary(b) => {
+                        assert!(b.len() <= MAX_MESSAGE);
+                        format!("{:?}", b)
+                    }
+                    other => format!("{other:?}"),
+                };
+                let x = (
+                    execute_request(&m, Protocol::Legacy),
+                    execute_request(&m, Protocol::V1),
+                    terminal_stdin(&m),
+                );
+                seen.push((summary, format!("{x:?}")));
+            });
+        }
+        seen
+    };
+    let whole = run(vec![bytes]);
+    let cut = run(pieces(bytes, seed));
+    assert_eq!(
+        whole, cut,
+        "the frame reader depends on how the bytes were cut"
+    );
+}
+
+/// An HTTP request to Jupyter as the audit classifies it: any method byte,
+/// path and JSON body; the body scanner finds the same fields however the
+/// body is cut, and building the event never panics.
+///
+/// Input: method byte, seed byte, then `path\nquery\nbody`.
+pub fn audit_classify(data: &[u8]) {
+    use nbgate::audit::classify::{classify, event, websocket, Outcome};
+    use nbgate::audit::json_scan::Scanner;
+    use nbgate::audit::Actor;
+    let [m, seed, rest @ ..] = data else {
+        return;
+    };
+    let methods = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD"];
+    let method: http::Method = methods[usize::from(*m) % methods.len()]
+        .parse()
+        .expect("a method");
+    let mut parts = rest.splitn(3, |&b| b == b'\n');
+    let path = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let query = parts
+        .next()
+        .map(|q| String::from_utf8_lossy(q).into_owned());
+    let body = parts.next().unwrap_or_default();
+    let _ = websocket(&path);
+    let scan = |cuts: Vec<&[u8]>| {
+        let mut s = Scanner::default();
+        for c in cuts {
+            s.feed(c);
+        }
+        s
+    };
+    let whole = scan(vec![body]);
+    let cut = scan(pieces(body, *seed));
+    assert_eq!(
+        whole.fields(),
+        cut.fields(),
+        "the scanner depends on how the body was cut"
+    );
+    assert_eq!(whole.complete(), cut.complete());
+    assert!(whole.fields().len() <= 32);
+    if let Some(op) = classify(&method, &path, query.as_deref()) {
+        let actor = Actor {
+            user: "fuzz".into(),
+            auth: "token",
+            auth_id: "0".into(),
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let out = Outcome {
+            status: 200 + u16::from(*seed % 2),
+            location: query.as_deref(),
+            request: Some(&whole),
+            response: Some(&whole),
+        };
+        let _ = event(&op, &actor, &out);
+    }
+}

@@ -90,4 +90,35 @@ pub enum Command {
         #[arg(short, long, env = "NBGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Read audit files (`[audit] file`): verify their chain, show their events.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that audit files form one unbroken chain (the current file and
+    /// rotated ones, named in any order: `audit.jsonl*`); exits 1 naming the
+    /// first line that was changed, removed or moved.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the events of audit files as a table (does not verify).
+    Show {
+        /// Only this user's events.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only events at or after this time: 2025-01-31, 2025-01-31T10:00:00Z,
+        /// or a duration back from now (2h, 1d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events of this kind (file_save, code_execute, …).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }

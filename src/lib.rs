@@ -28,6 +28,13 @@
 //!   others (HTTP/2 without ALPN is refused); `server::admin` the admin listener
 //!   (`/metrics`, `/health`; plain on loopback, else TLS + bearer token).
 //! - `telemetry`: logging setup (its level changes at a reload); access and audit targets.
+//! - `audit`: the operation audit (who opened, saved, ran what): HTTP requests classified
+//!   (`audit::classify`, JSON bodies read as they stream by `audit::json_scan`), the code of
+//!   kernel `execute_request`s and terminal lines read from the frames a client sends
+//!   (`audit::kernel_frames`, `audit::tap`), events to the log and to the chained,
+//!   rotated audit file (`audit::file`, its writer a thread behind a bounded queue), and
+//!   `nbgate audit verify|show` (`audit::verify`). Observes, never changes, what Jupyter
+//!   receives; imports `config`, `metrics` and `ws_frame` only.
 //! - `metrics`: Prometheus counters (per-thread shards on the request path) and their text
 //!   exposition; imports nothing else of the crate, so any module may count.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
@@ -36,16 +43,20 @@
 //!   with a fresh token; signals, reaping, readiness. `main` wires it to
 //!   `server::run`; it imports neither.
 //! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
+//! - `ws_frame`: the WebSocket frame header (RFC 6455 §5.2), read by the tunnel's frame
+//!   tracker and the audit's frame reader; imports nothing else of the crate.
 //! - `systemd`: the notify protocol (ready, reloading, stopping, status, the watchdog
 //!   with its liveness probe of workers and accept loops) and socket activation;
 //!   imports nothing else of the crate.
 //!
 //! Dependencies point one way: `server -> proxy -> pages -> (nothing)`,
+//! `proxy -> audit -> config`,
 //! `server -> reload -> (proxy, tls, auth, telemetry, systemd)` (the reload
 //! tells systemd), `supervisor -> reload` (only its `Source` type),
 //! `server -> tls -> state`, `server -> systemd`, everything may call
 //! `metrics` and read `config`; inside `proxy`, `upstream -> h1 -> transport`.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -62,3 +73,4 @@ pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
+pub mod ws_frame;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use nbgate::cli::{Cli, Command};
+use nbgate::cli::{AuditCommand, Cli, Command};
 use nbgate::config::{Config, LogFormat, Overrides};
 use nbgate::telemetry::Chain;
 
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             .map(|toml| print!("{toml}"))
             .map_err(Into::into),
         Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Audit { command } => audit(command),
         Command::HashPassword => hash_password(),
         Command::RotateSessionKey { state_dir } => {
             let dir = state_dir.unwrap_or_else(nbgate::config::default_state_dir);
@@ -144,6 +145,42 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// `nbgate audit verify|show`.
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use nbgate::audit::verify;
+    match command {
+        AuditCommand::Verify { files } => {
+            let r = verify::verify(&files)?;
+            println!(
+                "ok: {} lines, seq {}..{}, in {} file(s){}",
+                r.lines,
+                r.first_seq,
+                r.last_seq,
+                r.files.len(),
+                if r.starts_mid_chain {
+                    " (the chain starts after lines not given: rotated away or in other files)"
+                } else {
+                    ""
+                }
+            );
+        }
+        AuditCommand::Show {
+            user,
+            since,
+            kind,
+            files,
+        } => {
+            let since = since
+                .map(|s| verify::since(&s))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let filter = verify::Filter { user, since, kind };
+            verify::show(&files, &filter, &mut std::io::stdout().lock())?;
+        }
+    }
+    Ok(())
+}
+
 fn hash_password() -> anyhow::Result<()> {
     let pw = nbgate::auth::prompt::read_new_password()?;
     println!("{}", nbgate::auth::password::hash_password(&pw)?);
@@ -187,6 +224,8 @@ fn serve(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
         );
     }
     let auth = Arc::new(auth);
+    // Its writer is a thread: only once the environment was read above.
+    nbgate::audit::start(&config.audit)?;
     // A reload reads the file, the environment and the overrides as this
     // start did.
     let source: nbgate::reload::Source =
@@ -204,6 +243,7 @@ fn serve(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
         .await;
         Ok::<(), anyhow::Error>(())
     })?;
+    nbgate::audit::flush();
     tracing::info!("nbgate stopped");
     Ok(())
 }
@@ -228,6 +268,8 @@ fn run(
     // could ever log in (tests/state_faults.rs).
     let mut unshown = Unshown(initial.as_ref().map(|i| i.hash_file.clone()));
     supervisor::scrub_password_env();
+    // Its writer is a thread: only once the environment was scrubbed.
+    nbgate::audit::start(&config.audit)?;
     let auth = Arc::new(auth);
     let source = supervisor::reload_source(&config, move || {
         Ok(Config::load(path.as_deref(), &overrides)?)
@@ -261,6 +303,7 @@ fn run(
         tracing::info!(exit_code = code, "jupyter ended; nbgate stopped");
         Ok::<u8, anyhow::Error>(code)
     })?;
+    nbgate::audit::flush();
     Ok(code)
 }
 

@@ -295,6 +295,10 @@ struct Events {
     upstream_connects: [AtomicU64; 2],
     connect_latency: [AtomicU64; CONNECT_SLOTS],
     connect_sum_us: AtomicU64,
+    /// Audit events written to the audit file, and lost (queue full or a
+    /// failed write).
+    audit_written: AtomicU64,
+    audit_lost: AtomicU64,
 }
 
 /// When something last finished, and whether it succeeded.
@@ -331,6 +335,8 @@ static EVENTS: Events = Events {
     upstream_connects: [const { AtomicU64::new(0) }; 2],
     connect_latency: [const { AtomicU64::new(0) }; CONNECT_SLOTS],
     connect_sum_us: AtomicU64::new(0),
+    audit_written: AtomicU64::new(0),
+    audit_lost: AtomicU64::new(0),
 };
 
 static STARTED: AtomicU64 = AtomicU64::new(0);
@@ -352,6 +358,16 @@ pub fn token_check(outcome: TokenCheck) {
 }
 
 /// An address or user name was locked out.
+/// Audit events written to the audit file.
+pub fn audit_written(n: u64) {
+    EVENTS.audit_written.fetch_add(n, Relaxed);
+}
+
+/// Audit events that could not reach the audit file.
+pub fn audit_lost(n: u64) {
+    EVENTS.audit_lost.fetch_add(n, Relaxed);
+}
+
 pub fn lockout() {
     EVENTS.lockouts.fetch_add(1, Relaxed);
 }
@@ -581,6 +597,18 @@ impl Collector for Scrape {
             "lockouts",
             "Addresses or user names locked out after failed attempts",
             ev.lockouts.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "audit_events_written",
+            "Audit events appended to the audit file",
+            ev.audit_written.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "audit_events_lost",
+            "Audit events that could not reach the audit file (queue full or write failed)",
+            ev.audit_lost.load(Relaxed),
         )?;
         counter(
             &mut e,

@@ -60,13 +60,18 @@ pub enum ReloadError {
 }
 
 /// Settings a running server cannot change: their keys in the TOML file.
-const RESTART_ONLY: [&str; 6] = [
+/// `audit.file` stands for the file's settings (`file`, `max_size`,
+/// `keep`): its writer thread opened the file at start. `audit.code`,
+/// `code_max_bytes` and `terminal_input` apply to tunnels opened after a
+/// reload.
+const RESTART_ONLY: [&str; 7] = [
     "server.listen",
     "server.http_listen",
     "server.state_dir",
     "server.max_connections",
     "log.format",
     "admin",
+    "audit.file",
 ];
 
 /// Waits for SIGHUP and reloads; owns the certificate maintenance, which a
@@ -267,6 +272,13 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push(RESTART_ONLY[5]);
         new.admin.clone_from(&old.admin);
     }
+    let (o, n) = (&old.audit, &mut new.audit);
+    if (&o.file, o.max_size, o.keep) != (&n.file, n.max_size, n.keep) {
+        changed.push(RESTART_ONLY[6]);
+        n.file.clone_from(&o.file);
+        n.max_size = o.max_size;
+        n.keep = o.keep;
+    }
     changed
 }
 
@@ -329,13 +341,21 @@ mod tests {
         let old = config("[server]\nlisten = [\"127.0.0.1:8443\"]\nmax_connections = 100\n");
         let mut new = config(
             "[server]\nlisten = [\"127.0.0.1:9443\"]\nmax_connections = 200\n\
-             [log]\nformat = \"json\"\n",
+             [log]\nformat = \"json\"\n\
+             [audit]\nfile = \"/var/log/nbgate/audit.jsonl\"\ncode = true\n",
         );
         let changed = keep_restart_only(&old, &mut new);
         assert_eq!(
             changed,
-            ["server.listen", "server.max_connections", "log.format"]
+            [
+                "server.listen",
+                "server.max_connections",
+                "log.format",
+                "audit.file"
+            ]
         );
+        assert_eq!(new.audit.file, None);
+        assert!(new.audit.code, "audit.code applies at a reload");
         assert_eq!(new.server.listen, old.server.listen);
         assert_eq!(new.server.max_connections, 100);
         assert_eq!(new.log.format, old.log.format);

@@ -2,8 +2,9 @@
 //! systemd), filtered `RUST_LOG`-style, as text or JSON lines.
 //!
 //! Targets: `nbgate::access` (one event per request and per WebSocket
-//! tunnel), `nbgate::audit` (logins, lockouts, token use), the rest is
-//! operational. Secrets never reach a log event: values that could hold
+//! tunnel, with the user and how they authenticated), `nbgate::audit`
+//! (logins, lockouts, token use, and the operations `audit` records), the
+//! rest is operational. Secrets never reach a log event: values that could hold
 //! them (query strings, cookies, authorization headers) are never logged.
 
 use std::io::IsTerminal;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::kernel::start_kernel;
-use common::{poll_until, within, Jupyter, Nbgate, TestUpstream};
+use common::{poll_until, within, Jupyter, Nbgate, TestUpstream, TEST_API_TOKEN, TEST_USER};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -146,6 +146,10 @@ async fn a_client_that_gives_up_before_the_answer_is_logged() {
             .await;
         assert!(line.contains("duration_ms="), "{line}");
         assert!(line.contains("client=127.0.0.1"), "{line}");
+        // Who it was: the token's user and the token's id, never the token.
+        assert!(line.contains(&format!("user={TEST_USER}")), "{line}");
+        assert!(line.contains("auth=token"), "{line}");
+        assert!(!line.contains(TEST_API_TOKEN), "{line}");
     }
 }
 

@@ -59,4 +59,6 @@ replay_tests!(
     config,
     stored_hash,
     accept_language,
+    kernel_frames,
+    audit_classify,
 );

@@ -351,6 +351,10 @@ where
     }
 }
 
+/// A kernel channel's path, for the WebSocket measures: with code audit
+/// on (`nbgate-audit`), nbgate reads every frame sent on it.
+pub const KERNEL_WS: &str = "/api/kernels/00000000-0000-4000-8000-000000000000/channels";
+
 /// How a measure's WebSockets reach the contender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -364,10 +368,10 @@ pub enum Via {
 /// WebSocket.
 pub async fn ws_rtt(target: &Target, via: Via, dur: Duration) -> Result<Figures, BoxError> {
     match via {
-        Via::Http1 => echo_round_trips(ws_connect(target, "/ws").await?, dur).await,
+        Via::Http1 => echo_round_trips(ws_connect(target, KERNEL_WS).await?, dur).await,
         Via::Http2 => {
             let mut conn = h2_ws_connection(target).await?;
-            echo_round_trips(ws_connect_h2(&mut conn, target, "/ws").await?, dur).await
+            echo_round_trips(ws_connect_h2(&mut conn, target, KERNEL_WS).await?, dur).await
         }
     }
 }
@@ -400,7 +404,7 @@ where
 pub async fn ws_throughput(target: &Target, dur: Duration) -> Result<Figures, BoxError> {
     const SIZE: usize = 64 * 1024;
     const WINDOW: usize = 8;
-    let ws = ws_connect(target, "/ws").await?;
+    let ws = ws_connect(target, KERNEL_WS).await?;
     let (mut tx, mut rx) = ws.split();
     let window = Arc::new(Semaphore::new(WINDOW));
     let start = Instant::now();

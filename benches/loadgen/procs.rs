@@ -174,17 +174,22 @@ pub enum Kind {
     /// The same nbgate with `[admin] listen` set, which turns on the
     /// per-request metrics: their cost, measured in one run.
     NbgateMetrics,
+    /// The same nbgate with the audit file and code audit on (`[audit]
+    /// file`, `code`, `terminal_input`): what looking at every frame a
+    /// client sends costs a tunnel (issue 21: within 10% of audit off).
+    NbgateAudit,
     Nginx,
     Caddy,
 }
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Nbgate, Kind::Nginx, Kind::Caddy];
-    pub const WITH_BEFORE: [Kind; 6] = [
+    pub const WITH_BEFORE: [Kind; 7] = [
         Kind::Direct,
         Kind::Nbgate,
         Kind::NbgateBefore,
         Kind::NbgateMetrics,
+        Kind::NbgateAudit,
         Kind::Nginx,
         Kind::Caddy,
     ];
@@ -194,13 +199,16 @@ impl Kind {
     pub fn is_nbgate(self) -> bool {
         matches!(
             self,
-            Kind::Nbgate | Kind::NbgateBefore | Kind::NbgateMetrics
+            Kind::Nbgate | Kind::NbgateBefore | Kind::NbgateMetrics | Kind::NbgateAudit
         )
     }
 
     /// A contender that only exists to compare with `nbgate`.
     pub fn is_variant(self) -> bool {
-        matches!(self, Kind::NbgateBefore | Kind::NbgateMetrics)
+        matches!(
+            self,
+            Kind::NbgateBefore | Kind::NbgateMetrics | Kind::NbgateAudit
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -209,6 +217,7 @@ impl Kind {
             Kind::Nbgate => "nbgate",
             Kind::NbgateBefore => "nbgate-before",
             Kind::NbgateMetrics => "nbgate-metrics",
+            Kind::NbgateAudit => "nbgate-audit",
             Kind::Nginx => "nginx",
             Kind::Caddy => "caddy",
         }
@@ -270,17 +279,24 @@ impl Contender {
         fs::create_dir_all(&dir)?;
         let log = dir.join("log.txt");
         let mut proc = match kind {
-            Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, None)?,
+            Kind::Nbgate => start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, "")?,
             Kind::NbgateMetrics => {
-                let admin = free_port();
-                start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, Some(admin))?
+                let admin = format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", free_port());
+                start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, &admin)?
+            }
+            Kind::NbgateAudit => {
+                let audit = format!(
+                    "[audit]\nfile = {:?}\ncode = true\nterminal_input = true\n",
+                    dir.join("audit.jsonl").display().to_string()
+                );
+                start_nbgate(env, &env.nbgate_bin, backend, port, &dir, &log, &audit)?
             }
             Kind::NbgateBefore => {
                 let bin = env
                     .nbgate_before_bin
                     .as_ref()
                     .ok_or("NBGATE_BEFORE_BIN not set")?;
-                start_nbgate(env, bin, backend, port, &dir, &log, None)?
+                start_nbgate(env, bin, backend, port, &dir, &log, "")?
             }
             Kind::Nginx => start_nginx(env, backend, port, &dir, &log)?,
             Kind::Caddy => start_caddy(env, backend, port, &dir, &log)?,
@@ -307,11 +323,9 @@ fn start_nbgate(
     port: u16,
     dir: &Path,
     log: &Path,
-    admin_port: Option<u16>,
+    // Sections of a variant (`[admin]`, `[audit]`).
+    extra: &str,
 ) -> Result<Proc, BoxError> {
-    let admin = admin_port.map_or_else(String::new, |p| {
-        format!("[admin]\nlisten = \"127.0.0.1:{p}\"\n")
-    });
     let token = match &backend.jupyter_token {
         Some(t) => {
             let p = dir.join("jupyter-token");
@@ -350,7 +364,7 @@ access_log = false
 name = {user:?}
 password_hash = {hash:?}
 
-{admin}
+{extra}
 # ---- policy (allowlist + rate limits, sized not to trigger) ----
 {policy}
 "#,

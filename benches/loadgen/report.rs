@@ -462,6 +462,15 @@ pub fn write(opts: &Opts, env: &Env, out: &Outcome) -> Result<(), BoxError> {
         same_run_table(&mut r, &get, "nbgate", "nbgate-metrics", "on ÷ off")?;
         writeln!(r)?;
     }
+    if kinds.contains(&"nbgate-audit") {
+        writeln!(r, "## Audit on / off, same run\n")?;
+        writeln!(
+            r,
+            "`nbgate-audit` is the same binary as `nbgate` with `[audit] file`, `code` and `terminal_input` on: every frame a client sends on a kernel channel (the WebSocket measures use a kernel channel's path) is read by the code audit (issue 21: the round trip within 10% of audit off), run alternately with the others in this same run.\n"
+        )?;
+        same_run_table(&mut r, &get, "nbgate", "nbgate-audit", "on ÷ off")?;
+        writeln!(r)?;
+    }
     if kinds.contains(&"nbgate-before") {
         writeln!(r, "## Before / after the fixes, same run\n")?;
         let which = std::env::var("NBGATE_BEFORE_DESC").unwrap_or_else(|_| {

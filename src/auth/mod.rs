@@ -31,14 +31,22 @@ pub use self::users::{AuthError, InitialPassword, UserChanges};
 
 /// The outcome of a password or token check.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Check {
-    /// Verified; the user's name.
-    Valid(String),
+pub enum Check<T = String> {
+    /// Verified: the user's name (a password), or `TokenUser` (a token).
+    Valid(T),
     /// Wrong credentials. `unknown_user` is for the audit log only: the
     /// client sees the same answer either way.
     Invalid { unknown_user: bool },
     /// Too many verifications in flight: refused before any hashing.
     Busy,
+}
+
+/// Whose API token a request carried, and which of theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUser {
+    pub user: String,
+    /// `users::token_id`: names the token, reveals nothing of it.
+    pub id: Arc<str>,
 }
 
 /// How a request proved who it is.
@@ -62,8 +70,8 @@ enum Principal {
     /// The claims of the session cookie, shared with the connection's
     /// cache (no copy per request).
     Session(Arc<Claims>),
-    /// The user an API token belongs to.
-    Token(String),
+    /// The user an API token belongs to, and which token.
+    Token(TokenUser),
 }
 
 impl Identity {
@@ -75,10 +83,10 @@ impl Identity {
         }
     }
 
-    pub fn token(user: String) -> Self {
+    pub fn token(token: TokenUser) -> Self {
         Identity {
             via: Via::Token,
-            principal: Principal::Token(user),
+            principal: Principal::Token(token),
             refresh_cookie: None,
         }
     }
@@ -86,7 +94,24 @@ impl Identity {
     pub fn user(&self) -> &str {
         match &self.principal {
             Principal::Session(c) => &c.u,
-            Principal::Token(u) => u,
+            Principal::Token(t) => &t.user,
+        }
+    }
+
+    /// How the request authenticated, for logs: `session` or `token`.
+    pub fn auth_kind(&self) -> &'static str {
+        match self.via {
+            Via::Cookie => "session",
+            Via::Token => "token",
+        }
+    }
+
+    /// Which session or token, for logs: `session::short_id` of the
+    /// session id, or the token's id. Never the secret itself.
+    pub fn credential_id(&self) -> &str {
+        match &self.principal {
+            Principal::Session(c) => session::short_id(&c.sid),
+            Principal::Token(t) => &t.id,
         }
     }
 
@@ -96,6 +121,50 @@ impl Identity {
         match &self.principal {
             Principal::Session(c) => Some(&c.sid),
             Principal::Token(_) => None,
+        }
+    }
+}
+
+/// Who made a request, as its access line tells: an authenticated
+/// identity, or the user name a refused login tried.
+#[derive(Debug, Clone)]
+pub enum Who {
+    Known(Identity),
+    /// The name typed into a login form that was refused (or not yet
+    /// checked); shown as `user_tried`, never as `user`.
+    Tried(String),
+}
+
+impl Who {
+    /// The authenticated user.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Who::Known(id) => Some(id.user()),
+            Who::Tried(_) => None,
+        }
+    }
+
+    /// `session` or `token` (authenticated requests only).
+    pub fn auth_kind(&self) -> Option<&'static str> {
+        match self {
+            Who::Known(id) => Some(id.auth_kind()),
+            Who::Tried(_) => None,
+        }
+    }
+
+    /// The session or token id (authenticated requests only).
+    pub fn credential_id(&self) -> Option<&str> {
+        match self {
+            Who::Known(id) => Some(id.credential_id()),
+            Who::Tried(_) => None,
+        }
+    }
+
+    /// The name a refused login tried.
+    pub fn tried(&self) -> Option<&str> {
+        match self {
+            Who::Known(_) => None,
+            Who::Tried(name) => Some(name),
         }
     }
 }
@@ -118,7 +187,7 @@ pub struct Authenticator {
     /// The number `verify_slots` was made with.
     verify_slots_max: usize,
     /// std Mutex: short critical sections, never held across `.await`.
-    token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    token_cache: Mutex<HashMap<[u8; 32], (TokenUser, Instant)>>,
 }
 
 /// The last session cookie value one client connection carried and what
@@ -199,7 +268,7 @@ impl Authenticator {
             .lock()
             .expect("token cache lock never poisoned")
             .iter()
-            .filter(|(_, (user, _))| !revoked.contains(&user.as_str()))
+            .filter(|(_, (t, _))| !revoked.contains(&t.user.as_str()))
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         let slots = config.auth.max_concurrent_verifications;
@@ -258,12 +327,12 @@ impl Authenticator {
     }
 
     /// The user of a token verified recently (no hashing), if any.
-    pub fn recently_verified_token(&self, token: &str) -> Option<String> {
+    pub fn recently_verified_token(&self, token: &str) -> Option<TokenUser> {
         self.cached_token(&sha256(token.as_bytes()))
     }
 
     /// Verifies an API token against every user's token hashes.
-    pub async fn check_token(&self, token: &str) -> Check {
+    pub async fn check_token(&self, token: &str) -> Check<TokenUser> {
         let digest = sha256(token.as_bytes());
         if let Some(user) = self.cached_token(&digest) {
             return Check::Valid(user);
@@ -281,9 +350,9 @@ impl Authenticator {
             // Every candidate is tried (no early exit), so the time taken
             // does not reveal which user's token came close.
             let mut found = None;
-            for (user, hash) in candidates {
+            for (user, id, hash) in candidates {
                 if hash.verify(&tok) && found.is_none() {
-                    found = Some(user);
+                    found = Some(TokenUser { user, id });
                 }
             }
             found
@@ -291,9 +360,9 @@ impl Authenticator {
         .await
         .unwrap_or(None);
         match found {
-            Some(user) => {
-                self.remember_token(digest, &user);
-                Check::Valid(user)
+            Some(found) => {
+                self.remember_token(digest, &found);
+                Check::Valid(found)
             }
             None => Check::Invalid {
                 unknown_user: false,
@@ -301,7 +370,7 @@ impl Authenticator {
         }
     }
 
-    fn cached_token(&self, digest: &[u8; 32]) -> Option<String> {
+    fn cached_token(&self, digest: &[u8; 32]) -> Option<TokenUser> {
         let cache = self
             .token_cache
             .lock()
@@ -312,7 +381,7 @@ impl Authenticator {
             .map(|(u, _)| u.clone())
     }
 
-    fn remember_token(&self, digest: [u8; 32], user: &str) {
+    fn remember_token(&self, digest: [u8; 32], user: &TokenUser) {
         let mut cache = self
             .token_cache
             .lock()
@@ -323,7 +392,7 @@ impl Authenticator {
                 cache.clear();
             }
         }
-        cache.insert(digest, (user.to_owned(), Instant::now()));
+        cache.insert(digest, (user.clone(), Instant::now()));
     }
 
     /// Starts a session for `user`: a fresh session id every time, so a

@@ -350,6 +350,13 @@ pub fn check(
     Verdict::Valid { claims, refresh }
 }
 
+/// A session id prefix for logs: enough to correlate a login with the
+/// requests and tunnels of that session, useless to replay (the cookie is
+/// sealed with nbgate's key; the id alone opens nothing).
+pub fn short_id(sid: &str) -> &str {
+    sid.get(..8).unwrap_or(sid)
+}
+
 /// A new random session id (128 bits).
 pub fn new_session_id() -> String {
     let mut b = [0u8; 16];

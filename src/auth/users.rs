@@ -56,7 +56,8 @@ pub enum AuthError {
 pub struct User {
     name: String,
     password: Option<Arc<StoredHash>>,
-    tokens: Vec<Arc<StoredHash>>,
+    /// Each token's id (`token_id`) and hash.
+    tokens: Vec<(Arc<str>, Arc<StoredHash>)>,
     /// Short digest of the password hash string, carried in session
     /// cookies: a password change makes every older cookie invalid.
     fingerprint: String,
@@ -181,11 +182,15 @@ impl UserStore {
         c
     }
 
-    /// Every (user, token hash) pair.
-    pub fn token_hashes(&self) -> Vec<(String, Arc<StoredHash>)> {
+    /// Every user's tokens: (user, token id, token hash).
+    pub fn token_hashes(&self) -> Vec<(String, Arc<str>, Arc<StoredHash>)> {
         self.users
             .values()
-            .flat_map(|u| u.tokens.iter().map(|t| (u.name.clone(), Arc::clone(t))))
+            .flat_map(|u| {
+                u.tokens
+                    .iter()
+                    .map(|(id, t)| (u.name.clone(), Arc::clone(id), Arc::clone(t)))
+            })
             .collect()
     }
 
@@ -222,7 +227,7 @@ impl UserStore {
         let token_texts = tokens;
         let tokens = tokens
             .iter()
-            .map(|t| parse(t))
+            .map(|t| Ok::<_, AuthError>((Arc::from(token_id(t)), parse(t)?)))
             .collect::<Result<Vec<_>, _>>()?;
         let digest = |h: &str| {
             let d = ring::digest::digest(&ring::digest::SHA256, h.as_bytes());
@@ -248,6 +253,17 @@ impl UserStore {
         );
         Ok(())
     }
+}
+
+/// A token's id in logs and audit events: the first 8 bytes of the
+/// SHA-256 of its hash as configured, in hex. It names which of a user's
+/// tokens was used (and survives reordering them) without revealing
+/// anything about the token: it is derived from the stored hash, never the
+/// secret. An operator finds it with
+/// `printf %s 'HASH' | sha256sum | cut -c1-16`.
+pub fn token_id(stored_hash: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, stored_hash.trim().as_bytes());
+    hex::encode(&d.as_ref()[..8])
 }
 
 /// A password generated on first start, to be shown once on the terminal.

@@ -18,6 +18,7 @@
 //! `policy`, `admin`.
 
 mod admin;
+mod audit;
 mod auth;
 mod load;
 mod logging;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_LEN};
+pub use audit::AuditConfig;
 pub use auth::{AuthConfig, UserEntry};
 pub use load::default_state_dir;
 pub use logging::{LogConfig, LogFormat};
@@ -104,6 +106,7 @@ pub struct Config {
     /// The metrics and health listener; `None`: off (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    pub audit: AuditConfig,
 }
 
 /// The Jupyter token, kept out of `Debug` and serialized output.
@@ -238,6 +241,7 @@ impl Config {
         let policy = policy::validate(raw.policy, &ctx)?;
         let users = auth::users(raw.users, &ctx)?;
         let admin = admin::validate(raw.admin, &server, &ctx)?;
+        let audit = audit::validate(raw.audit, &ctx)?;
         Ok(Config {
             source: ctx.source,
             server,
@@ -248,6 +252,7 @@ impl Config {
             policy,
             users,
             admin,
+            audit,
         })
     }
 

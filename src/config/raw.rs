@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub(super) users: Vec<RawUser>,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,4 +160,16 @@ pub(super) struct RawLog {
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) token_file: Option<PathBuf>,
+}
+
+/// `[audit]`: the operation audit and its file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) file: Option<PathBuf>,
+    pub(super) max_size: Option<String>,
+    pub(super) keep: Option<usize>,
+    pub(super) code: Option<bool>,
+    pub(super) code_max_bytes: Option<String>,
+    pub(super) terminal_input: Option<bool>,
 }

@@ -16,6 +16,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::auth::Who;
+
 /// A body's error, whichever part of the path it came from.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -161,6 +163,9 @@ pub struct AccessRecord {
     pub status: u16,
     pub version: http::Version,
     pub start: Instant,
+    /// Who made the request: the authenticated user, or the name a
+    /// refused login tried; `None` for anonymous requests.
+    pub who: Option<Who>,
 }
 
 pin_project_lite::pin_project! {
@@ -197,9 +202,14 @@ impl LoggedBody {
 }
 
 fn emit(r: &AccessRecord, bytes: u64, failed: bool) {
+    let who = r.who.as_ref();
     tracing::info!(
         target: "nbgate::access",
         client = %r.client,
+        user = who.and_then(Who::user),
+        auth = who.and_then(Who::auth_kind),
+        auth_id = who.and_then(Who::credential_id),
+        user_tried = who.and_then(Who::tried),
         method = %r.method,
         path = %r.uri.path(),
         status = r.status,

@@ -2,6 +2,9 @@
 //! in security order: `check_host`, then (as they land) `check_policy`,
 //! `serve_own_pages`, `require_session`, then `check_origin` and `forward`
 //! (plain HTTP or WebSocket), then `response_filter` and the access log.
+//! Forwarded operations Jupyter answered are recorded by `audit` (its
+//! request-body tee, its tap on a tunnel's client side): observed, never
+//! changed.
 //!
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
 //! to Jupyter), `transport` (the byte stream to Jupyter and its
@@ -44,8 +47,9 @@ use self::headers::{strip_token_param, OriginCheck};
 use self::upstream::{PooledBody, Upstream};
 use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::{ClientTunnel, TunnelAccepted, Tunnels};
+use crate::audit;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
-use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via};
+use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via, Who};
 use crate::config::{Config, Secret, UpstreamConfig};
 use crate::policy::Refused;
 use crate::telemetry::Chain;
@@ -252,10 +256,18 @@ impl Live {
             uri: &uri,
             start,
             armed: self.config.log.access_log,
+            who: None,
         };
 
         let mut resp = match self
-            .route(req, conn, client, named.is_some(), &sessions)
+            .route(
+                req,
+                conn,
+                client,
+                named.is_some(),
+                &sessions,
+                &mut gave_up.who,
+            )
             .await
         {
             Ok(r) => r,
@@ -269,6 +281,7 @@ impl Live {
             }
         };
         gave_up.armed = false;
+        let who = gave_up.who.take();
         drop(gave_up);
         self.response_filter(&mut resp);
         let h2_tunnel = resp.extensions().get::<TunnelAccepted>().is_some();
@@ -290,6 +303,8 @@ impl Live {
         if !self.config.log.access_log || tunnel {
             return Ok(resp);
         }
+        // nbgate's own pages (login, logout) say who in the response.
+        let who = who.or_else(|| resp.extensions_mut().remove::<Who>());
         let record = AccessRecord {
             client,
             method,
@@ -297,6 +312,7 @@ impl Live {
             status: resp.status().as_u16(),
             version,
             start,
+            who,
         };
         Ok(resp.map(|b| LoggedBody::new(b, Some(record)).boxed_unsync()))
     }
@@ -308,6 +324,7 @@ impl Live {
         client: IpAddr,
         known: bool,
         sessions: &SessionCache,
+        who: &mut Option<Who>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.check_policy(conn, client, known)?;
         let host = check_host(&req)?;
@@ -326,6 +343,7 @@ impl Live {
                 return Err(refused);
             }
         };
+        *who = Some(Who::Known(identity.clone()));
         self.check_rate(client, true)?;
         check_origin(&req, &host, identity.via)?;
         // A CONNECT opens a WebSocket over HTTP/2 or is refused.
@@ -350,7 +368,8 @@ impl Live {
             // Kept flat (no `forward` future holding the request and
             // the exchange): this future is moved whole whenever hyper
             // spawns or stores it, so its size is a cost per request.
-            let up_req = self.upstream_request(req, client, &host, &identity)?;
+            let mut op = self.audit_op(&req, &identity, client);
+            let up_req = self.upstream_request(req, client, &host, &identity, op.as_mut())?;
             // A discovered token may be stale (Jupyter restarted): a
             // request without a body can be sent again with the new one.
             let replay = self
@@ -368,7 +387,7 @@ impl Live {
             {
                 resp = Box::pin(self.reauthenticate(resp, replay)).await?;
             }
-            self.client_response(resp, &host)?
+            audited(self.client_response(resp, &host)?, op)
         };
         if let Some(c) = identity
             .refresh_cookie
@@ -505,11 +524,11 @@ impl Live {
             }
         };
         match self.auth.check_token(&token).await {
-            Check::Valid(user) => {
-                attempt.succeeded(&user, now);
-                tracing::debug!(target: "nbgate::audit", event = "token_use", %user, %client, "api token accepted");
+            Check::Valid(found) => {
+                attempt.succeeded(&found.user, now);
+                tracing::debug!(target: "nbgate::audit", event = "token_use", user = %found.user, token_id = %found.id, %client, "api token accepted");
                 crate::metrics::token_check(crate::metrics::TokenCheck::Valid);
-                Ok(Identity::token(user))
+                Ok(Identity::token(found))
             }
             Check::Invalid { .. } => {
                 tracing::info!(target: "nbgate::audit", event = "token_failure", %client, "api token refused");
@@ -638,17 +657,36 @@ impl Live {
         }
     }
 
-    /// The request Jupyter receives for a client's request.
+    /// The request Jupyter receives for a client's request; its body is
+    /// observed (not changed) when `audit` needs fields of it.
     fn upstream_request(
         &self,
         req: Request<RequestBody>,
         client: IpAddr,
         host: &str,
         identity: &Identity,
+        audit: Option<&mut audit::body::Pending>,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         self.upstream_request_filter(&mut parts, client, host, identity)?;
-        Ok(Request::from_parts(parts, body.boxed_unsync()))
+        let body = match audit {
+            Some(pending) => pending.tee(body).boxed_unsync(),
+            None => body.boxed_unsync(),
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// The operation a request is, for the audit (`audit::classify`);
+    /// `None` for most requests (pages, static files, listings).
+    fn audit_op<B>(
+        &self,
+        req: &Request<B>,
+        identity: &Identity,
+        client: IpAddr,
+    ) -> Option<audit::body::Pending> {
+        let path = req.uri().path().strip_prefix(&*self.config.auth.base_url)?;
+        let op = audit::classify::classify(req.method(), path, req.uri().query())?;
+        Some(audit::body::Pending::new(op, actor(identity, client)))
     }
 
     /// Jupyter's response as the client gets it (before security headers).
@@ -778,9 +816,15 @@ impl Live {
             return response::upstream_response_filter(up_resp, &self.response_rules(host, &token));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut up_resp);
-        let guard = self
-            .tunnels
-            .register(identity.session_id().map(str::to_owned), identity.user());
+        let mut guard = self.tunnels.register(identity);
+        guard.tap = log_path
+            .strip_prefix(&*self.config.auth.base_url)
+            .and_then(|path| {
+                let chosen = up_resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
+                let chosen = chosen.and_then(|v| v.to_str().ok());
+                let actor = actor(identity, client);
+                audit::tap::for_tunnel(path, chosen, actor, &self.config.audit)
+            });
         let idle = self.config.upstream.websocket_idle_timeout;
         let tunnel = Tunnel {
             guard,
@@ -832,6 +876,35 @@ impl Live {
     }
 }
 
+/// Who did an audited operation.
+fn actor(identity: &Identity, client: IpAddr) -> audit::Actor {
+    audit::Actor {
+        user: identity.user().to_owned(),
+        auth: identity.auth_kind(),
+        auth_id: identity.credential_id().to_owned(),
+        client,
+    }
+}
+
+/// Jupyter's answer to an audited request: the event is recorded now, or
+/// (when it needs a field of the answer) once its body has passed.
+fn audited(
+    resp: Response<ProxyBody>,
+    pending: Option<audit::body::Pending>,
+) -> Response<ProxyBody> {
+    let Some(pending) = pending else {
+        return resp;
+    };
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    match pending.answered(resp.status().as_u16(), location) {
+        Some(answered) => resp.map(|b| audit::body::Observed::new(b, answered).boxed_unsync()),
+        None => resp,
+    }
+}
+
 /// Logs a request whose client gave up before nbgate had an answer for it
 /// (a closed connection, an HTTP/2 reset): without it such a request
 /// leaves no line at all. Disarmed once the answer exists;
@@ -842,14 +915,20 @@ struct GiveUpLog<'a> {
     uri: &'a Uri,
     start: Instant,
     armed: bool,
+    /// Who the request was from, once known: the line names them.
+    who: Option<Who>,
 }
 
 impl Drop for GiveUpLog<'_> {
     fn drop(&mut self) {
         if self.armed {
+            let who = self.who.as_ref();
             tracing::info!(
                 target: "nbgate::access",
                 client = %self.client,
+                user = who.and_then(Who::user),
+                auth = who.and_then(Who::auth_kind),
+                auth_id = who.and_then(Who::credential_id),
                 method = %self.method,
                 path = %self.uri.path(),
                 duration_ms = self.start.elapsed().as_millis() as u64,
@@ -912,7 +991,7 @@ impl Tunnel {
         E: std::fmt::Display,
     {
         let Tunnel {
-            guard,
+            mut guard,
             idle,
             client,
             path,
@@ -930,11 +1009,23 @@ impl Tunnel {
             }
         };
         let start = Instant::now();
-        tracing::info!(target: "nbgate::access", %client, %path, via, "tunnel opened");
-        let (reason, stats) = websocket::pump(c, TokioIo::new(u), idle, guard.cancel.clone()).await;
+        let tap = guard.tap.take();
+        let who = &guard.who;
+        let (user, auth, auth_id) = (who.user(), who.auth_kind(), who.credential_id());
+        tracing::info!(target: "nbgate::access", %client, user, auth, auth_id, %path, via, "tunnel opened");
+        let (reason, stats) = websocket::pump(
+            audit::tap::Tapped::new(c, tap),
+            TokioIo::new(u),
+            idle,
+            guard.cancel.clone(),
+        )
+        .await;
         tracing::info!(
             target: "nbgate::access",
             %client,
+            user,
+            auth,
+            auth_id,
             %path,
             via,
             bytes_up = stats.bytes_up,

@@ -22,7 +22,7 @@ use super::health;
 use super::upstream::Upstream;
 use super::websocket::Tunnels;
 use crate::auth::session::{Verdict, SESSION_COOKIE};
-use crate::auth::{csrf, next_path, session, Authenticator, Check};
+use crate::auth::{csrf, next_path, session, Authenticator, Check, Identity, Who};
 use crate::pages::{self, LoginView, Notice};
 use crate::policy::Refused;
 
@@ -215,6 +215,11 @@ impl Pages<'_> {
             ));
         }
         let user_shown = if user.len() <= 64 { user } else { "" };
+        // The access line of a refused login names the user tried.
+        let tried = |mut r: Response<ProxyBody>| {
+            r.extensions_mut().insert(Who::Tried(user_shown.to_owned()));
+            r
+        };
         // Checked before hashing: a locked-out guesser costs no PBKDF2.
         let attempt = match self.guard.lockout.begin(client, Some(user), Instant::now()) {
             Ok(attempt) => attempt,
@@ -223,13 +228,13 @@ impl Pages<'_> {
                 tracing::info!(target: "nbgate::audit", event = "login_locked", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "login refused: locked out");
                 crate::metrics::login(crate::metrics::Login::Locked);
                 self.guard.hold_refusal().await;
-                return Ok(self.locked_page(&headers, &next, user_shown, secs));
+                return Ok(tried(self.locked_page(&headers, &next, user_shown, secs)));
             }
             Err(Refused::InFlight) => {
                 tracing::info!(target: "nbgate::audit", event = "login_busy", user = %user_shown, %client, reason = "in_flight", "login refused: attempts from this address or for this name are still being verified");
                 crate::metrics::login(crate::metrics::Login::Busy);
                 self.guard.hold_refusal().await;
-                return Ok(self.busy_page(&headers, &next, user_shown));
+                return Ok(tried(self.busy_page(&headers, &next, user_shown)));
             }
         };
         Ok(
@@ -237,10 +242,12 @@ impl Pages<'_> {
                 Check::Valid(name) => {
                     attempt.succeeded(&name, Instant::now());
                     let (claims, set) = self.auth.start_session(&name);
-                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
+                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %session::short_id(&claims.sid), "login");
                     crate::metrics::login(crate::metrics::Login::Success);
                     let mut r = see_other(&next);
                     set_cookie(&mut r, &set);
+                    let who = Who::Known(Identity::session(Arc::new(claims), None));
+                    r.extensions_mut().insert(who);
                     r
                 }
                 Check::Invalid { unknown_user } => {
@@ -255,22 +262,22 @@ impl Pages<'_> {
                         let secs = locked_secs(&locked);
                         tracing::warn!(target: "nbgate::audit", event = "lockout", user = %user_shown, %client, scope = ?locked.scope, retry_after = secs, "too many failed logins: locked out");
                         crate::metrics::lockout();
-                        return Ok(self.locked_page(&headers, &next, user_shown, secs));
+                        return Ok(tried(self.locked_page(&headers, &next, user_shown, secs)));
                     }
-                    self.login_page(
+                    tried(self.login_page(
                         &headers,
                         &next,
                         user_shown,
                         Some(Notice::WrongCredentials),
                         StatusCode::UNAUTHORIZED,
-                    )
+                    ))
                 }
                 Check::Busy => {
                     drop(attempt);
                     tracing::warn!(target: "nbgate::audit", event = "login_busy", %client, "login refused: too many verifications in flight");
                     crate::metrics::login(crate::metrics::Login::Busy);
                     self.guard.hold_refusal().await;
-                    self.busy_page(&headers, &next, user_shown)
+                    tried(self.busy_page(&headers, &next, user_shown))
                 }
             },
         )
@@ -355,22 +362,19 @@ impl Pages<'_> {
             // any device, fails its check from now on.
             self.auth.end_all_sessions(&claims.u);
             let closed = self.tunnels.close_user(&claims.u);
-            tracing::info!(target: "nbgate::audit", event = "logout_everywhere", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout everywhere");
+            tracing::info!(target: "nbgate::audit", event = "logout_everywhere", user = %claims.u, %client, session = %session::short_id(&claims.sid), tunnels_closed = closed, "logout everywhere");
         } else {
             self.auth.end_session(&claims);
             let closed = self.tunnels.close_session(&claims.sid);
-            tracing::info!(target: "nbgate::audit", event = "logout", user = %claims.u, %client, session = %short(&claims.sid), tunnels_closed = closed, "logout");
+            tracing::info!(target: "nbgate::audit", event = "logout", user = %claims.u, %client, session = %session::short_id(&claims.sid), tunnels_closed = closed, "logout");
         }
         let mut r = html(
             StatusCode::OK,
             pages::render_logged_out(lang(&headers), &self.login_href()),
         );
         set_cookie(&mut r, &session::clear_cookie());
+        let who = Who::Known(Identity::session(Arc::new(claims), None));
+        r.extensions_mut().insert(who);
         Ok(r)
     }
-}
-
-/// A session id prefix for logs: enough to correlate, useless to replay.
-fn short(sid: &str) -> &str {
-    sid.get(..8).unwrap_or(sid)
 }

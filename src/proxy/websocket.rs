@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
+
 /// The byte stream of a client's WebSocket when it is not a whole
 /// connection: an HTTP/2 stream (`server::http2`). Boxed: one allocation
 /// per tunnel, and the request path stays one compiled function.
@@ -91,6 +93,7 @@ pub struct Tunnels {
 }
 
 struct Entry {
+    /// The login session's id (cookie logins only): logout closes them.
     session: Option<String>,
     /// Logout everywhere closes a user's tunnels, token ones included.
     user: String,
@@ -102,6 +105,11 @@ pub struct TunnelGuard {
     tunnels: Arc<Tunnels>,
     id: u64,
     pub cancel: CancellationToken,
+    /// Who opened the tunnel: its access lines name them.
+    pub who: Identity,
+    /// The audit's look at what the client sends (`[audit] code`,
+    /// `terminal_input`), taken by the tunnel's task.
+    pub tap: Option<crate::audit::tap::Tap>,
 }
 
 impl Drop for TunnelGuard {
@@ -115,15 +123,16 @@ impl Drop for TunnelGuard {
 }
 
 impl Tunnels {
-    /// Registers a tunnel, optionally tied to a login session.
-    pub fn register(self: &Arc<Self>, session: Option<String>, user: &str) -> TunnelGuard {
+    /// Registers a tunnel opened by `who` (tied to its login session,
+    /// when it has one).
+    pub fn register(self: &Arc<Self>, who: &Identity) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         self.lock().insert(
             id,
             Entry {
-                session,
-                user: user.to_owned(),
+                session: who.session_id().map(str::to_owned),
+                user: who.user().to_owned(),
                 cancel: cancel.clone(),
             },
         );
@@ -131,6 +140,8 @@ impl Tunnels {
             tunnels: Arc::clone(self),
             id,
             cancel,
+            who: who.clone(),
+            tap: None,
         }
     }
 
@@ -427,29 +438,7 @@ impl FrameTracker {
 
     /// The payload length once the header is complete.
     fn header_complete(&self) -> Option<u64> {
-        if self.have < 2 {
-            return None;
-        }
-        let masked = self.header[1] & 0x80 != 0;
-        let len7 = self.header[1] & 0x7F;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let need = 2 + ext + if masked { 4 } else { 0 };
-        if self.have < need {
-            return None;
-        }
-        Some(match ext {
-            0 => u64::from(len7),
-            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            _ => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-        })
+        crate::ws_frame::header(&self.header[..self.have]).map(|h| h.payload_len)
     }
 }
 
@@ -587,11 +576,30 @@ mod tests {
         assert_eq!(reason, CloseReason::Idle);
     }
 
+    fn session(sid: &str, user: &str) -> Identity {
+        let claims = crate::auth::session::Claims {
+            u: user.into(),
+            sid: sid.into(),
+            iat: 0,
+            lst: 0,
+            gen: 0,
+            pw: String::new(),
+        };
+        Identity::session(Arc::new(claims), None)
+    }
+
+    fn token(user: &str) -> Identity {
+        Identity::token(crate::auth::TokenUser {
+            user: user.into(),
+            id: "0123456789abcdef".into(),
+        })
+    }
+
     #[test]
     fn registry_closes_tunnels_of_one_session_only() {
         let t = Arc::new(Tunnels::default());
-        let a = t.register(Some("s1".into()), "ann");
-        let b = t.register(Some("s2".into()), "ann");
+        let a = t.register(&session("s1", "ann"));
+        let b = t.register(&session("s2", "ann"));
         assert_eq!(t.close_session("s1"), 1);
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
@@ -602,9 +610,9 @@ mod tests {
     #[test]
     fn registry_closes_every_tunnel_of_one_user_only() {
         let t = Arc::new(Tunnels::default());
-        let a = t.register(Some("s1".into()), "ann");
-        let b = t.register(None, "ann");
-        let c = t.register(Some("s3".into()), "bob");
+        let a = t.register(&session("s1", "ann"));
+        let b = t.register(&token("ann"));
+        let c = t.register(&session("s3", "bob"));
         assert_eq!(t.close_user("ann"), 2);
         assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
         assert!(!c.cancel.is_cancelled());
@@ -613,11 +621,11 @@ mod tests {
     #[test]
     fn registry_closes_a_users_session_or_token_tunnels() {
         let t = Arc::new(Tunnels::default());
-        let session = t.register(Some("s1".into()), "ann");
-        let token = t.register(None, "ann");
-        let other = t.register(None, "bob");
+        let session = t.register(&session("s1", "ann"));
+        let by_token = t.register(&token("ann"));
+        let other = t.register(&token("bob"));
         assert_eq!(t.close_user_tokens("ann"), 1);
-        assert!(token.cancel.is_cancelled() && !session.cancel.is_cancelled());
+        assert!(by_token.cancel.is_cancelled() && !session.cancel.is_cancelled());
         assert_eq!(t.close_user_sessions("ann"), 1);
         assert!(session.cancel.is_cancelled());
         assert!(!other.cancel.is_cancelled());

@@ -774,6 +774,13 @@ impl Nbgate {
         .map(|(ws, _response)| ws)
     }
 
+    /// Runs `nbgate ARGS…` (another command, e.g. `audit verify`) to its exit (20 s limit).
+    pub async fn run_args(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new(nbgate_bin());
+        cmd.args(args).env("RUST_LOG", RUST_LOG);
+        run_to_exit(cmd, Duration::from_secs(20)).await
+    }
+
     /// Peak resident set size of nbgate (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         proc_status_kib(self.pid, "VmHWM").expect("nbgate is running: /proc/PID/status VmHWM")
