@@ -4,8 +4,10 @@
 //! kernel WebSocket a stream of the page's HTTP/2 connection (RFC 8441), and
 //! again with HTTP/2 disabled (an upgraded HTTP/1.1 connection); a Python API
 //! client uses an nbgate API token over HTTPS and a
-//! kernel WebSocket, and a wrong token gets 401. Screenshots are kept in
-//! `target/test-artifacts/browser/` and `browser-http1/`.
+//! kernel WebSocket, and a wrong token gets 401; two Chromium contexts log in
+//! as one user and the first ends the second's session on the sessions page.
+//! Screenshots are kept in `target/test-artifacts/browser/`, `browser-http1/`
+//! and `browser-sessions/`.
 
 mod common;
 
@@ -237,4 +239,48 @@ async fn python_api_client_uses_a_token_and_a_wrong_token_gets_401() {
     .await
     .expect("join");
     assert!(ok, "wrong token was not refused as expected:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_ends_another_session_by_clicking_its_button() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let shots =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/browser-sessions");
+    std::fs::create_dir_all(&shots).expect("artifact dir");
+    let url = format!("https://localhost:{}", gate.https_addr().port());
+    let shots_s = shots.display().to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                script("sessions.py").to_str().expect("utf-8"),
+                "--url",
+                &url,
+                "--user",
+                TEST_USER,
+                "--screenshots",
+                &shots_s,
+                "--timeout",
+                "90",
+            ],
+            &[("NBGATE_TEST_PASSWORD", TEST_PASSWORD)],
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok,
+        "sessions page flow failed:\n{out}\n--- nbgate log ---\n{}",
+        gate.log_text()
+    );
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    for png in ["sessions.png", "sessions-ended.png"] {
+        assert!(shots.join(png).exists(), "screenshot {png} missing");
+    }
+    gate.wait_for_line(
+        &["nbgate::audit", "session_revoked", TEST_USER],
+        Duration::from_secs(10),
+    )
+    .await;
 }
