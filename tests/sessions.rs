@@ -54,9 +54,19 @@ async fn page(
     b: &Browser,
     language: Option<&str>,
 ) -> (u16, http::HeaderMap, String) {
+    page_at(gate, b, "/_nbgate/sessions", language).await
+}
+
+/// The page at `path` (with a query after a form) as `b` sees it.
+async fn page_at(
+    gate: &Nbgate,
+    b: &Browser,
+    path: &str,
+    language: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
     let mut req = b
         .client
-        .get(gate.url("/_nbgate/sessions"))
+        .get(gate.url(path))
         .header("cookie", &b.cookie)
         .header("accept", "text/html");
     if let Some(l) = language {
@@ -172,7 +182,7 @@ async fn two_logins_are_listed_and_ending_one_ends_its_cookie_and_websocket() {
     let cookie_value = desktop.cookie.split_once('=').expect("pair").1;
     assert!(!audit.contains(cookie_value), "{audit}");
 
-    let (_, _, html) = page(&gate, &laptop, None).await;
+    let (_, _, html) = page_at(&gate, &laptop, "/_nbgate/sessions?ended=one", None).await;
     assert_eq!(rows(&html).len(), 1, "{html}");
     assert!(html.contains("The session was ended."), "{html}");
     assert!(html.contains("No other sessions are active."), "{html}");
@@ -199,6 +209,15 @@ async fn ending_all_other_sessions_keeps_this_one_and_its_websocket() {
     .await;
     let phone = log_in(&gate, "127.0.0.3", HOSTILE_AGENT, TEST_USER, TEST_PASSWORD).await;
 
+    let (_, _, html) = page(&gate, &laptop, None).await;
+    assert_eq!(rows(&html).len(), 3, "{html}");
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(
+        row(&html, "Firefox 99 on Windows").contains("Address 127.0.0.3 "),
+        "{html}"
+    );
+    let csrf = hidden(&html, "csrf");
+
     let path = format!("/api/kernels/{}/channels", start_kernel(&gate).await);
     let connect = |cookie: String| {
         let (gate, path) = (&gate, path.clone());
@@ -212,12 +231,13 @@ async fn ending_all_other_sessions_keeps_this_one_and_its_websocket() {
     let mut own_ws = connect(laptop.cookie.clone()).await;
     let mut phone_ws = connect(phone.cookie.clone()).await;
     assert_eq!(execute(&mut phone_ws, "1+1").await, "2");
-
+    // The WebSocket came from 127.0.0.1 without a User-Agent: the phone's row shows the new
+    // address and keeps its browser.
     let (_, _, html) = page(&gate, &laptop, None).await;
-    assert_eq!(rows(&html).len(), 3, "{html}");
-    assert!(!html.contains("<script>alert"), "{html}");
-    assert!(html.contains("Firefox 99 on Windows"), "{html}");
-    let csrf = hidden(&html, "csrf");
+    assert!(
+        row(&html, "Firefox 99 on Windows").contains("Address 127.0.0.1 "),
+        "{html}"
+    );
     let ended = post(&gate, &laptop, &[("csrf", &csrf), ("end_others", "1")]).await;
     assert_eq!(ended.status(), 303);
     assert_eq!(
@@ -249,7 +269,7 @@ async fn ending_all_other_sessions_keeps_this_one_and_its_websocket() {
         "one audit line per listed session ended"
     );
 
-    let (_, _, html) = page(&gate, &laptop, None).await;
+    let (_, _, html) = page_at(&gate, &laptop, "/_nbgate/sessions?ended=others", None).await;
     assert_eq!(rows(&html).len(), 1, "{html}");
     assert!(html.contains("All other sessions were ended."), "{html}");
 }
@@ -280,6 +300,14 @@ async fn another_users_sessions_are_not_listed_and_a_forged_form_ends_nothing() 
         .start()
         .await;
     let mine = log_in(&gate, "127.0.0.1", CHROME_LINUX, TEST_USER, TEST_PASSWORD).await;
+    let mine_too = log_in(
+        &gate,
+        "127.0.0.4",
+        FIREFOX_WINDOWS,
+        TEST_USER,
+        TEST_PASSWORD,
+    )
+    .await;
     let theirs = log_in(
         &gate,
         "127.0.0.2",
@@ -291,9 +319,9 @@ async fn another_users_sessions_are_not_listed_and_a_forged_form_ends_nothing() 
     let theirs_too = log_in(&gate, "127.0.0.3", CHROME_LINUX, OTHER_USER, OTHER_PASSWORD).await;
 
     let (_, _, html) = page(&gate, &mine, None).await;
-    assert_eq!(rows(&html).len(), 1, "{html}");
+    assert_eq!(rows(&html).len(), 2, "{html}");
     assert!(
-        !html.contains("127.0.0.2") && !html.contains("Firefox"),
+        !html.contains("127.0.0.2") && !html.contains("127.0.0.3"),
         "{html}"
     );
     assert!(!html.contains(OTHER_USER), "{html}");
@@ -314,6 +342,7 @@ async fn another_users_sessions_are_not_listed_and_a_forged_form_ends_nothing() 
     // Ending "all others" ends only this user's others: the other user's stay.
     let all = post(&gate, &mine, &[("csrf", &csrf), ("end_others", "1")]).await;
     assert_eq!(all.status(), 303);
+    assert_eq!(status_of(&gate, &mine_too, &mine_too.cookie).await, 401);
     assert_eq!(status_of(&gate, &theirs, &theirs.cookie).await, 200);
     assert_eq!(status_of(&gate, &theirs_too, &theirs_too.cookie).await, 200);
     let (_, _, their_html) = page(&gate, &theirs_too, None).await;

@@ -195,7 +195,8 @@ impl ActiveSessions {
     /// Records a session seen with a valid cookie (at login, and on a
     /// connection's first request with it): adds it when unknown (a cookie
     /// from before a restart, or evicted), else updates where it was seen
-    /// from. Returns the entry for the connection to keep.
+    /// from (the address always, the browser when the request names one).
+    /// Returns the entry for the connection to keep.
     pub fn observe(
         &self,
         claims: &Claims,
@@ -212,7 +213,14 @@ impl ActiveSessions {
             .and_then(|list| list.iter().find(|e| *e.sid == *claims.sid))
             .cloned();
         if let Some(e) = known {
-            *lock(&e.seen_from) = (seen.client, agent);
+            let mut from = lock(&e.seen_from);
+            from.0 = seen.client;
+            // A request without a `User-Agent` (a script's WebSocket) says
+            // nothing about the browser: the summary it had stays.
+            if seen.user_agent.is_some() {
+                from.1 = agent;
+            }
+            drop(from);
             e.last_seen.fetch_max(now, Ordering::Relaxed);
             return e;
         }
@@ -422,6 +430,15 @@ mod tests {
         let list = reg.list("alice", 5_010, LIFE, |_| false);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].client, "127.0.0.3".parse::<IpAddr>().expect("ip"));
+        // A request without a User-Agent keeps the browser it had.
+        let bare = Sighting {
+            client: "127.0.0.4".parse().expect("ip"),
+            user_agent: None,
+        };
+        reg.observe(&claims("alice", "old", 1_000), bare, 5_020, LIFE);
+        let list = reg.list("alice", 5_020, LIFE, |_| false);
+        assert_eq!(list[0].client, "127.0.0.4".parse::<IpAddr>().expect("ip"));
+        assert_eq!(list[0].agent.browser_label().as_deref(), Some("Chrome 131"));
     }
 
     #[test]

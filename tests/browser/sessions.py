@@ -9,7 +9,6 @@ Exit 0 and a final line "OK" on success; exit 1 with a one-line reason on stderr
 import argparse
 import os
 import sys
-import tempfile
 import threading
 
 from harness import BROWSER_ARGS, Fail, report, step
@@ -55,12 +54,13 @@ def run(args):
     from playwright.sync_api import sync_playwright
 
     page = None
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="nbgate-chromium-") as prof:
+    with sync_playwright() as p:
         step("launch chromium")
+        # Playwright gives the browser a fresh temporary profile of its own.
         browser = p.chromium.launch(
             executable_path=args.chromium,
             headless=True,
-            args=BROWSER_ARGS + [f"--user-data-dir={prof}"],
+            args=BROWSER_ARGS,
             timeout=60000,
         )
         try:
