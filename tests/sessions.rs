@@ -124,8 +124,9 @@ async fn error_code(r: reqwest::Response) -> (u16, String) {
     (status, body["error"].as_str().expect("code").to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_logins_are_listed_and_ending_one_ends_its_cookie_and_websocket() {
+/// Jupyter, nbgate, and the test user logged in twice: a laptop (Chrome on Linux, 127.0.0.1)
+/// and a desktop (Firefox on Windows, 127.0.0.2).
+async fn laptop_and_desktop() -> (Jupyter, Nbgate, Browser, Browser) {
     let jupyter = Jupyter::start().await;
     let gate = Nbgate::start_for(&jupyter).await;
     let laptop = log_in(&gate, "127.0.0.1", CHROME_LINUX, TEST_USER, TEST_PASSWORD).await;
@@ -137,6 +138,12 @@ async fn two_logins_are_listed_and_ending_one_ends_its_cookie_and_websocket() {
         TEST_PASSWORD,
     )
     .await;
+    (jupyter, gate, laptop, desktop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_are_listed_and_ending_one_ends_its_cookie_and_websocket() {
+    let (_jupyter, gate, laptop, desktop) = laptop_and_desktop().await;
 
     let (status, headers, html) = page(&gate, &laptop, None).await;
     assert_eq!(status, 200, "{html}");
@@ -196,17 +203,7 @@ async fn two_logins_are_listed_and_ending_one_ends_its_cookie_and_websocket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_all_other_sessions_keeps_this_one_and_its_websocket() {
-    let jupyter = Jupyter::start().await;
-    let gate = Nbgate::start_for(&jupyter).await;
-    let mut laptop = log_in(&gate, "127.0.0.1", CHROME_LINUX, TEST_USER, TEST_PASSWORD).await;
-    let desktop = log_in(
-        &gate,
-        "127.0.0.2",
-        FIREFOX_WINDOWS,
-        TEST_USER,
-        TEST_PASSWORD,
-    )
-    .await;
+    let (_jupyter, gate, mut laptop, desktop) = laptop_and_desktop().await;
     let phone = log_in(&gate, "127.0.0.3", HOSTILE_AGENT, TEST_USER, TEST_PASSWORD).await;
 
     let (_, _, html) = page(&gate, &laptop, None).await;
@@ -351,17 +348,7 @@ async fn another_users_sessions_are_not_listed_and_a_forged_form_ends_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_without_the_sessions_csrf_token_are_refused_and_end_nothing() {
-    let jupyter = Jupyter::start().await;
-    let gate = Nbgate::start_for(&jupyter).await;
-    let laptop = log_in(&gate, "127.0.0.1", CHROME_LINUX, TEST_USER, TEST_PASSWORD).await;
-    let desktop = log_in(
-        &gate,
-        "127.0.0.2",
-        FIREFOX_WINDOWS,
-        TEST_USER,
-        TEST_PASSWORD,
-    )
-    .await;
+    let (_jupyter, gate, laptop, desktop) = laptop_and_desktop().await;
     let (_, _, html) = page(&gate, &laptop, None).await;
     let handle = hidden(row(&html, "Firefox 133 on Windows"), "end");
     // A token made for the other session (bound to its id) is not this session's.
