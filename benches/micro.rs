@@ -34,6 +34,14 @@ fn cookie_value(set_cookie: &str) -> String {
         .to_owned()
 }
 
+/// Where the bench's session is seen from (as a request would say).
+fn here() -> nbgate::auth::active::Sighting<'static> {
+    nbgate::auth::active::Sighting {
+        client: IpAddr::from([127, 0, 0, 1]),
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36"),
+    }
+}
+
 fn authenticator() -> Authenticator {
     // The iteration count only matters for password logins, not for the
     // cookie check measured here.
@@ -47,7 +55,7 @@ fn authenticator() -> Authenticator {
 
 fn session_cookie(c: &mut Criterion) {
     let auth = authenticator();
-    let (_, set) = auth.start_session("alice");
+    let (_, set) = auth.start_session("alice", here());
     assert!(set.starts_with(SESSION_COOKIE));
     let value = cookie_value(&set);
     assert!(matches!(
@@ -63,10 +71,10 @@ fn session_cookie(c: &mut Criterion) {
     let cache = nbgate::auth::SessionCache::default();
     g.bench_function(
         "check_session_cached (same value as the connection's last)",
-        |b| b.iter(|| auth.check_session_cached(black_box(&value), &cache)),
+        |b| b.iter(|| auth.check_session_cached(black_box(&value), &cache, here)),
     );
     let keys = SessionKeys::ephemeral();
-    let (claims, _) = auth.start_session("alice");
+    let (claims, _) = auth.start_session("alice", here());
     let sealed = cookie_value(&keys.seal(&claims, LIFE.max));
     g.bench_function("open (AES-GCM decrypt + JSON only)", |b| {
         b.iter(|| keys.open(black_box(&sealed)))

@@ -12,6 +12,9 @@
 //! - `reload`: SIGHUP re-reads the whole configuration (the same validation as a start),
 //!   prepares users and certificate, then swaps the request path's configuration
 //!   (`proxy::Gateway::reload`) with nothing dropped; owns `tls::Maintenance`.
+//! - `auth`: passwords and API tokens (verified off the executor), session cookies, their
+//!   revocation, the in-memory list of each user's active sessions for the sessions page
+//!   (`auth::active`), CSRF tokens, the `next=` sanitizer; decisions only, no responses.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`

@@ -1,7 +1,7 @@
 //! Every HTML page nbgate shows a person, and the JSON error bodies it sends API clients.
 //!
-//! Owns: the login page, the logged-out page, the logout form fragment, the browser error
-//! pages, their one shared inline stylesheet, the Content-Security-Policy that goes with
+//! Owns: the login page, the logged-out page, the logout form fragment, the sessions page
+//! (a user's active sessions with forms to end them), the browser error pages, their one shared inline stylesheet, the Content-Security-Policy that goes with
 //! them, Accept-Language negotiation between the two supported languages, and the shape of
 //! the JSON error body.
 //!
@@ -140,6 +140,15 @@ input:focus-visible,button:focus-visible,.button:focus-visible{outline:3px solid
 .logout{margin:0}
 .check{display:flex;gap:10px;align-items:center;margin:0 0 18px;font-weight:400}
 .check input{width:24px;min-height:24px;height:24px;margin:0}
+main.wide{max-width:600px}
+a{color:var(--accent)}
+.sessions{list-style:none;margin:0 0 20px;padding:0}
+.sessions li{border:1px solid var(--line);border-radius:8px;padding:12px 14px;margin:0 0 12px}
+.sessions li p{margin:0 0 8px}
+.sessions form{margin:0}
+.sessions button{width:auto;min-height:40px;padding:6px 14px}
+.tag{display:inline-block;margin:0 0 0 8px;padding:0 8px;border-radius:999px;background:var(--info-bg);color:var(--info-fg);font-size:13px;font-weight:600}
+.links{margin:16px 0 0}
 "#;
 
 /// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
@@ -371,6 +380,24 @@ fn code_text(code: &str, lang: Lang) -> Option<(String, String)> {
              将 upstream.token_file 设为 Jupyter 的令牌，或用 `nbgate run -- jupyter lab` 启动 \
              Jupyter。详情见 nbgate 的日志。",
         ),
+        ("session_not_found", Lang::En) => (
+            "No such session",
+            "That session is not one of your active sessions: it may have ended already. \
+             Reload the sessions page to see the current list.",
+        ),
+        ("session_not_found", Lang::ZhHans) => (
+            "没有这个会话",
+            "该会话不是您当前活动的会话之一，可能已经结束。请重新加载会话页面查看最新列表。",
+        ),
+        ("login_session_required", Lang::En) => (
+            "Log in with a browser",
+            "The sessions page lists browser login sessions and needs one: an API token \
+             cannot open it.",
+        ),
+        ("login_session_required", Lang::ZhHans) => (
+            "请用浏览器登录",
+            "会话页面列出浏览器登录会话，需要登录会话才能打开：API 令牌无法打开它。",
+        ),
         _ => return None,
     };
     Some((heading.to_owned(), sentence.to_owned()))
@@ -501,20 +528,251 @@ pub fn logout_form(action: &str, csrf_token: &str, lang: Lang) -> String {
     )
 }
 
-/// The logout page: who is logged in, and the logout form.
-pub fn render_logout(lang: Lang, user: &str, action: &str, csrf_token: &str) -> String {
-    let (title, heading, who) = match lang {
-        Lang::En => ("nbgate — Log out", "Log out", "Logged in as"),
-        Lang::ZhHans => ("nbgate — 退出登录", "退出登录", "当前用户"),
+/// The logout page: who is logged in, the logout form, and a link to the sessions page
+/// (`sessions_href`, escaped, not checked).
+pub fn render_logout(
+    lang: Lang,
+    user: &str,
+    action: &str,
+    csrf_token: &str,
+    sessions_href: &str,
+) -> String {
+    let (title, heading, who, sessions) = match lang {
+        Lang::En => (
+            "nbgate — Log out",
+            "Log out",
+            "Logged in as",
+            "See and end your other sessions",
+        ),
+        Lang::ZhHans => (
+            "nbgate — 退出登录",
+            "退出登录",
+            "当前用户",
+            "查看并结束您的其他会话",
+        ),
     };
     let main = format!(
-        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{} <strong>{}</strong></p>\n{}\n</main>\n",
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{} <strong>{}</strong></p>\n{}\n\
+         <p class=\"links\"><a href=\"{}\">{}</a></p>\n</main>\n",
         html_escape(heading),
         html_escape(who),
         html_escape(user),
         logout_form(action, csrf_token, lang),
+        html_escape(sessions_href),
+        html_escape(sessions),
     );
     document(lang, title, &main)
+}
+
+/// One row of the sessions page. Every string is escaped on output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The value the row's form posts as `end` (a short session id).
+    pub handle: String,
+    /// Browser and version (`Chrome 131`); `None`: not recognised.
+    pub browser: Option<String>,
+    pub os: Option<&'static str>,
+    /// The client address of its latest connection.
+    pub client: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub last_seen: u64,
+    /// The session showing the page: marked, and without an end button.
+    pub current: bool,
+}
+
+/// What the sessions page says after a form was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionsNotice {
+    EndedOne,
+    EndedOthers,
+}
+
+/// Everything the sessions page shows.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionsView<'a> {
+    pub lang: Lang,
+    pub user: &'a str,
+    pub rows: &'a [SessionRow],
+    /// The forms' POST target, e.g. `/_nbgate/sessions`.
+    pub action: &'a str,
+    pub csrf_token: &'a str,
+    pub logout_href: &'a str,
+    pub notice: Option<SessionsNotice>,
+}
+
+/// The sessions page: the user's active sessions (this one marked), a POST form per other
+/// session to end it (field `end` = its handle) and one to end all others (field
+/// `end_others=1`), each with the hidden `csrf` field. Works without script, like every page.
+pub fn render_sessions(view: &SessionsView<'_>) -> String {
+    let t = SessionsText::of(view.lang);
+    let mut main = String::with_capacity(2048);
+    main.push_str("<main class=\"wide\">\n<p class=\"brand\">nbgate</p>\n");
+    main.push_str(&format!("<h1>{}</h1>\n", html_escape(t.heading)));
+    if let Some(notice) = view.notice {
+        let text = match notice {
+            SessionsNotice::EndedOne => t.ended_one,
+            SessionsNotice::EndedOthers => t.ended_others,
+        };
+        main.push_str(&format!(
+            "<p class=\"notice notice-info\" role=\"status\">{}</p>\n",
+            html_escape(text)
+        ));
+    }
+    main.push_str(&format!(
+        "<p>{} <strong>{}</strong></p>\n<ul class=\"sessions\">\n",
+        html_escape(t.who),
+        html_escape(view.user)
+    ));
+    for row in view.rows {
+        let what = browser_summary(row.browser.as_deref(), row.os, view.lang);
+        let tag = if row.current {
+            format!(
+                " <span class=\"tag\">{}</span>",
+                html_escape(t.this_session)
+            )
+        } else {
+            String::new()
+        };
+        main.push_str(&format!(
+            "<li{}>\n<p><strong>{}</strong>{tag}</p>\n\
+             <p class=\"muted\">{} {} · {} {} · {} {}</p>\n",
+            if row.current {
+                " class=\"current\""
+            } else {
+                ""
+            },
+            html_escape(&what),
+            html_escape(t.address),
+            html_escape(&row.client),
+            html_escape(t.started),
+            utc_minute(row.started),
+            html_escape(t.last_seen),
+            utc_minute(row.last_seen),
+        ));
+        if !row.current {
+            let label = format!("{}: {what}, {}", t.end_one, row.client);
+            main.push_str(&format!(
+                "<form method=\"post\" action=\"{}\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"end\" value=\"{}\">\
+                 <button type=\"submit\" aria-label=\"{}\">{}</button></form>\n",
+                html_escape(view.action),
+                html_escape(view.csrf_token),
+                html_escape(&row.handle),
+                html_escape(&label),
+                html_escape(t.end_one),
+            ));
+        }
+        main.push_str("</li>\n");
+    }
+    main.push_str("</ul>\n");
+    if view.rows.iter().any(|r| !r.current) {
+        main.push_str(&format!(
+            "<form method=\"post\" action=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"end_others\" value=\"1\">\
+             <button type=\"submit\">{}</button></form>\n",
+            html_escape(view.action),
+            html_escape(view.csrf_token),
+            html_escape(t.end_others),
+        ));
+    } else {
+        main.push_str(&format!(
+            "<p class=\"muted\">{}</p>\n",
+            html_escape(t.no_others)
+        ));
+    }
+    main.push_str(&format!(
+        "<p class=\"links\"><a href=\"{}\">{}</a></p>\n</main>\n",
+        html_escape(view.logout_href),
+        html_escape(t.logout),
+    ));
+    document(view.lang, t.title, &main)
+}
+
+/// The sessions page's words in one language.
+struct SessionsText {
+    title: &'static str,
+    heading: &'static str,
+    who: &'static str,
+    this_session: &'static str,
+    address: &'static str,
+    started: &'static str,
+    last_seen: &'static str,
+    end_one: &'static str,
+    end_others: &'static str,
+    no_others: &'static str,
+    ended_one: &'static str,
+    ended_others: &'static str,
+    logout: &'static str,
+}
+
+impl SessionsText {
+    fn of(lang: Lang) -> Self {
+        match lang {
+            Lang::En => SessionsText {
+                title: "nbgate — Sessions",
+                heading: "Your sessions",
+                who: "Logged in as",
+                this_session: "This session",
+                address: "Address",
+                started: "Started",
+                last_seen: "Last seen",
+                end_one: "End session",
+                end_others: "End all other sessions",
+                no_others: "No other sessions are active.",
+                ended_one: "The session was ended.",
+                ended_others: "All other sessions were ended.",
+                logout: "Log out",
+            },
+            Lang::ZhHans => SessionsText {
+                title: "nbgate — 会话",
+                heading: "您的会话",
+                who: "当前用户",
+                this_session: "当前会话",
+                address: "地址",
+                started: "开始于",
+                last_seen: "最近活动",
+                end_one: "结束会话",
+                end_others: "结束所有其他会话",
+                no_others: "没有其他活动的会话。",
+                ended_one: "该会话已结束。",
+                ended_others: "所有其他会话均已结束。",
+                logout: "退出登录",
+            },
+        }
+    }
+}
+
+/// "Chrome 131 on Linux" / "Linux 上的 Chrome 131", from a summary's parts.
+fn browser_summary(browser: Option<&str>, os: Option<&str>, lang: Lang) -> String {
+    let browser = browser.unwrap_or(match lang {
+        Lang::En => "Unknown browser",
+        Lang::ZhHans => "未知浏览器",
+    });
+    match (os, lang) {
+        (None, _) => browser.to_owned(),
+        (Some(os), Lang::En) => format!("{browser} on {os}"),
+        (Some(os), Lang::ZhHans) => format!("{os} 上的 {browser}"),
+    }
+}
+
+/// `2026-12-02 10:29 UTC`: UTC, not the browser's zone (a page without script cannot know
+/// it), to the minute (the registry's last-seen time is no more precise).
+fn utc_minute(unix: u64) -> String {
+    let t = i64::try_from(unix)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 /// Wraps a `<main>` in the shared document: viewport, favicon, stylesheet.
@@ -604,7 +862,13 @@ mod tests {
             render_login(&view(Lang::ZhHans, Some(Notice::WrongCredentials))),
             render_logged_out(Lang::En, "/_nbgate/login"),
             render_logged_out(Lang::ZhHans, "/_nbgate/login"),
+            render_logout(Lang::En, "a", "/l", "t", "/s"),
+            render_logout(Lang::ZhHans, "a", "/l", "t", "/s"),
         ];
+        for lang in [Lang::En, Lang::ZhHans] {
+            pages.push(render_sessions(&sessions_view(lang, &rows())));
+            pages.push(render_sessions(&sessions_view(lang, &rows()[..1])));
+        }
         for code in [400, 403, 404, 421, 429, 431, 500, 502, 503, 504, 418] {
             let status = StatusCode::from_u16(code).expect("valid status code");
             for lang in [Lang::En, Lang::ZhHans] {
@@ -621,6 +885,41 @@ mod tests {
             ));
         }
         pages
+    }
+
+    fn rows() -> Vec<SessionRow> {
+        vec![
+            SessionRow {
+                handle: "AAAAaaaa".into(),
+                browser: Some("Chrome 131".into()),
+                os: Some("Linux"),
+                client: "127.0.0.1".into(),
+                started: 1_764_671_355,
+                last_seen: 1_764_671_415,
+                current: true,
+            },
+            SessionRow {
+                handle: "BBBBbbbb".into(),
+                browser: None,
+                os: None,
+                client: "2001:db8::1".into(),
+                started: 0,
+                last_seen: 60,
+                current: false,
+            },
+        ]
+    }
+
+    fn sessions_view(lang: Lang, rows: &[SessionRow]) -> SessionsView<'_> {
+        SessionsView {
+            lang,
+            user: "alice",
+            rows,
+            action: "/_nbgate/sessions",
+            csrf_token: "tok",
+            logout_href: "/_nbgate/logout",
+            notice: Some(SessionsNotice::EndedOne),
+        }
     }
 
     fn inline_style(page: &str) -> &str {
@@ -665,9 +964,68 @@ mod tests {
         assert!(form.contains(">Log out</button>"));
         assert!(logout_form("/_nbgate/logout", "t", Lang::ZhHans).contains(">退出登录</button>"));
         assert!(form.contains("name=\"everywhere\""));
-        let page = render_logout(Lang::En, HOSTILE, HOSTILE, HOSTILE);
+        let page = render_logout(Lang::En, HOSTILE, HOSTILE, HOSTILE, HOSTILE);
         assert!(!page.contains("<script"));
         assert!(page.contains("Logged in as"));
+        let page = render_logout(Lang::En, "a", "/_nbgate/logout", "t", "/_nbgate/sessions");
+        assert!(page.contains("<a href=\"/_nbgate/sessions\">See and end your other sessions</a>"));
+    }
+
+    #[test]
+    fn sessions_page_marks_this_session_and_offers_forms_only_for_the_others() {
+        let page = render_sessions(&sessions_view(Lang::En, &rows()));
+        assert!(page.contains("<title>nbgate — Sessions</title>"));
+        assert!(page.contains(
+            "<strong>Chrome 131 on Linux</strong> <span class=\"tag\">This session</span>"
+        ));
+        assert!(page.contains(
+            "Address 127.0.0.1 · Started 2025-12-02 10:29 UTC · Last seen 2025-12-02 10:30 UTC"
+        ));
+        assert!(page.contains("<strong>Unknown browser</strong></p>"));
+        assert!(page.contains("Started 1970-01-01 00:00 UTC · Last seen 1970-01-01 00:01 UTC"));
+        // One end form (the other session's), one end-all-others form, both with the token.
+        assert_eq!(
+            page.matches("<form method=\"post\" action=\"/_nbgate/sessions\">")
+                .count(),
+            2
+        );
+        assert_eq!(page.matches("name=\"csrf\" value=\"tok\"").count(), 2);
+        assert!(page.contains("name=\"end\" value=\"BBBBbbbb\""));
+        assert!(
+            !page.contains("value=\"AAAAaaaa\""),
+            "no form ends this session"
+        );
+        assert!(page.contains("aria-label=\"End session: Unknown browser, 2001:db8::1\""));
+        assert!(page.contains("name=\"end_others\" value=\"1\""));
+        assert!(page.contains("role=\"status\">The session was ended.</p>"));
+        let alone = render_sessions(&sessions_view(Lang::En, &rows()[..1]));
+        assert!(!alone.contains("<form"));
+        assert!(alone.contains("No other sessions are active."));
+    }
+
+    #[test]
+    fn sessions_page_in_chinese_and_escaped() {
+        let page = render_sessions(&sessions_view(Lang::ZhHans, &rows()));
+        assert!(page.contains("<html lang=\"zh-Hans\">"));
+        assert!(page.contains("<h1>您的会话</h1>"));
+        assert!(page.contains("Linux 上的 Chrome 131"));
+        assert!(page.contains("当前会话"));
+        assert!(page.contains(">结束所有其他会话</button>"));
+        let hostile = vec![SessionRow {
+            handle: HOSTILE.into(),
+            browser: Some(HOSTILE.into()),
+            client: HOSTILE.into(),
+            ..rows()[1].clone()
+        }];
+        let page = render_sessions(&SessionsView {
+            user: HOSTILE,
+            action: HOSTILE,
+            csrf_token: HOSTILE,
+            logout_href: HOSTILE,
+            ..sessions_view(Lang::En, &hostile)
+        });
+        assert!(!page.contains("<script"));
+        assert!(!page.contains(HOSTILE));
     }
 
     #[test]

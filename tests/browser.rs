@@ -4,8 +4,10 @@
 //! kernel WebSocket a stream of the page's HTTP/2 connection (RFC 8441), and
 //! again with HTTP/2 disabled (an upgraded HTTP/1.1 connection); a Python API
 //! client uses an nbgate API token over HTTPS and a
-//! kernel WebSocket, and a wrong token gets 401. Screenshots are kept in
-//! `target/test-artifacts/browser/` and `browser-http1/`.
+//! kernel WebSocket, and a wrong token gets 401; two Chromium contexts log in
+//! as one user and the first ends the second's session on the sessions page.
+//! Screenshots are kept in `target/test-artifacts/browser/`, `browser-http1/`
+//! and `browser-sessions/`.
 
 mod common;
 
@@ -104,6 +106,51 @@ fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, String) {
     (finished.is_some_and(|s| s.success()), text)
 }
 
+/// Runs the browser script `name` against `gate` as the test user (`--url`, `--user`,
+/// `--screenshots`, `--timeout budget_secs`, then `extra`), screenshots in
+/// `target/test-artifacts/<shots_dir>`; asserts that it ended with `OK`. Returns that directory.
+async fn browser_flow(
+    gate: &Nbgate,
+    name: &str,
+    shots_dir: &str,
+    extra: &[&str],
+    budget_secs: u64,
+) -> PathBuf {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-artifacts")
+        .join(shots_dir);
+    std::fs::create_dir_all(&shots).expect("artifact dir");
+    let mut args: Vec<String> = vec![
+        script(name).to_str().expect("utf-8").to_owned(),
+        "--url".into(),
+        format!("https://localhost:{}", gate.https_addr().port()),
+        "--user".into(),
+        TEST_USER.into(),
+        "--screenshots".into(),
+        shots.display().to_string(),
+        "--timeout".into(),
+        budget_secs.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(
+            &args,
+            &[("NBGATE_TEST_PASSWORD", TEST_PASSWORD)],
+            Duration::from_secs(budget_secs + 30),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok,
+        "browser flow {name} failed:\n{out}\n--- nbgate log ---\n{}",
+        gate.log_text()
+    );
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    shots
+}
+
 /// Chromium logs in through nbgate's form and runs a cell in JupyterLab, the page loaded over
 /// `protocol` (`h2`, or `http/1.1` with HTTP/2 disabled); screenshots go to `shots_dir`.
 /// Returns nbgate (still running, for its log).
@@ -114,40 +161,14 @@ async fn chromium_runs_a_cell(protocol: &str, shots_dir: &str) -> (Jupyter, Nbga
     // cannot, so a handshake logged with it below is the browser's.
     let hybrid = ["tls key exchange", "group=X25519MLKEM768"];
     assert_eq!(gate.find_line(&hybrid), None);
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/test-artifacts")
-        .join(shots_dir);
-    std::fs::create_dir_all(&shots).expect("artifact dir");
-    let url = format!("https://localhost:{}", gate.https_addr().port());
-    let shots_s = shots.display().to_string();
-    let protocol = protocol.to_owned();
-    let (ok, out) = tokio::task::spawn_blocking(move || {
-        run(
-            &[
-                script("login_notebook.py").to_str().expect("utf-8"),
-                "--url",
-                &url,
-                "--user",
-                TEST_USER,
-                "--screenshots",
-                &shots_s,
-                "--timeout",
-                "150",
-                "--protocol",
-                &protocol,
-            ],
-            &[("NBGATE_TEST_PASSWORD", TEST_PASSWORD)],
-            Duration::from_secs(180),
-        )
-    })
-    .await
-    .expect("join");
-    assert!(
-        ok,
-        "browser flow failed:\n{out}\n--- nbgate log ---\n{}",
-        gate.log_text()
-    );
-    assert!(out.trim_end().ends_with("OK"), "{out}");
+    let shots = browser_flow(
+        &gate,
+        "login_notebook.py",
+        shots_dir,
+        &["--protocol", protocol],
+        150,
+    )
+    .await;
     for png in ["login.png", "login-error.png", "notebook.png"] {
         assert!(shots.join(png).exists(), "screenshot {png} missing");
     }
@@ -237,4 +258,19 @@ async fn python_api_client_uses_a_token_and_a_wrong_token_gets_401() {
     .await
     .expect("join");
     assert!(ok, "wrong token was not refused as expected:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_ends_another_session_by_clicking_its_button() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let shots = browser_flow(&gate, "sessions.py", "browser-sessions", &[], 90).await;
+    for png in ["sessions.png", "sessions-ended.png"] {
+        assert!(shots.join(png).exists(), "screenshot {png} missing");
+    }
+    gate.wait_for_line(
+        &["nbgate::audit", "session_revoked", TEST_USER],
+        Duration::from_secs(10),
+    )
+    .await;
 }

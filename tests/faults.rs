@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::kernel::start_kernel;
-use common::{poll_until, within, Jupyter, Nbgate, TestUpstream, TEST_API_TOKEN, TEST_USER};
+use common::nbgate::{TEST_API_TOKEN, TEST_USER};
+use common::{poll_until, within, Jupyter, Nbgate, TestUpstream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -7,13 +7,17 @@
 //!
 //! Submodules: `password` (hash formats), `prompt` (reading a new password
 //! from a terminal), `users` (where users come from), `session` (cookies,
-//! lifetime, revocation), `csrf`, `next_path`.
+//! lifetime, revocation), `active` (the in-memory list of each user's
+//! active sessions, for the sessions page), `user_agent` (a browser
+//! summary for that list), `csrf`, `next_path`.
 
+pub mod active;
 pub mod csrf;
 pub mod next_path;
 pub mod password;
 pub mod prompt;
 pub mod session;
+pub mod user_agent;
 pub mod users;
 
 use std::collections::HashMap;
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use self::active::{ActiveSession, ActiveSessions, Entry, Sighting};
 use self::password::StoredHash;
 use self::session::{Claims, Lifetime, Revocations, SessionKeys, Verdict};
 use self::users::{User, UserStore};
@@ -180,6 +185,8 @@ pub struct Authenticator {
     /// the same cookies, and logouts recorded before it stay recorded.
     keys: Arc<SessionKeys>,
     revocations: Arc<Revocations>,
+    /// Shared with the authenticator a reload makes, like `revocations`.
+    active: Arc<ActiveSessions>,
     life: Lifetime,
     /// Caps password/token verifications in flight (each is ~0.1 s of a
     /// core): a guessing flood cannot take every core from proxying.
@@ -194,9 +201,18 @@ pub struct Authenticator {
 /// it decrypted to: browsers send the same cookie on every request of a
 /// keep-alive or HTTP/2 connection, and decrypting it (AES-GCM, base64,
 /// JSON) was the largest cost of a logged-in request that nbgate adds.
+/// It also holds the session's entry in the active-sessions registry, so
+/// that keeping "last seen" current costs a request one atomic load.
 #[derive(Default)]
 pub struct SessionCache {
-    last: Mutex<Option<(Box<str>, Arc<Claims>)>>,
+    last: Mutex<Option<CachedSession>>,
+}
+
+struct CachedSession {
+    value: Box<str>,
+    claims: Arc<Claims>,
+    /// Set by the first request that found the session valid.
+    entry: Option<Arc<Entry>>,
 }
 
 impl Authenticator {
@@ -220,6 +236,7 @@ impl Authenticator {
             users,
             keys: Arc::new(keys),
             revocations: Arc::new(revocations),
+            active: Arc::new(ActiveSessions::default()),
             life: Lifetime {
                 idle: config.auth.idle_timeout,
                 max: config.auth.max_lifetime,
@@ -237,6 +254,7 @@ impl Authenticator {
             users,
             keys: Arc::new(SessionKeys::ephemeral()),
             revocations: Arc::new(Revocations::in_memory()),
+            active: Arc::new(ActiveSessions::default()),
             life,
             verify_slots: Arc::new(Semaphore::new(2)),
             verify_slots_max: 2,
@@ -262,6 +280,11 @@ impl Authenticator {
     pub fn reloaded(&self, config: &Config) -> Result<(Authenticator, UserChanges), AuthError> {
         let users = users::reload(config, &self.users)?;
         let changes = self.users.changes(&users);
+        // Their cookies fail the fingerprint check from now on: no longer
+        // active sessions.
+        for user in changes.removed.iter().chain(&changes.password_changed) {
+            self.active.forget_others(user, None);
+        }
         let revoked: Vec<&str> = changes.revoked().collect();
         let token_cache = self
             .token_cache
@@ -281,6 +304,7 @@ impl Authenticator {
             users,
             keys: Arc::clone(&self.keys),
             revocations: Arc::clone(&self.revocations),
+            active: Arc::clone(&self.active),
             life: Lifetime {
                 idle: config.auth.idle_timeout,
                 max: config.auth.max_lifetime,
@@ -397,7 +421,8 @@ impl Authenticator {
 
     /// Starts a session for `user`: a fresh session id every time, so a
     /// cookie planted before login is never promoted (session fixation).
-    pub fn start_session(&self, user: &str) -> (Claims, String) {
+    /// The session is listed as active, seen from `seen`.
+    pub fn start_session(&self, user: &str, seen: Sighting<'_>) -> (Claims, String) {
         let now = session::unix_now();
         let claims = Claims {
             u: user.to_owned(),
@@ -412,6 +437,7 @@ impl Authenticator {
                 .unwrap_or_default(),
         };
         let cookie = self.keys.seal(&claims, self.life.max);
+        self.active.observe(&claims, seen, now, self.life);
         (claims, cookie)
     }
 
@@ -427,30 +453,47 @@ impl Authenticator {
     /// keys, which never change while it runs — and every check that can
     /// change (expiry, logout, logout everywhere, password change) runs on
     /// every request. A different value, tampered or not, is decrypted.
-    pub fn check_session_cached(&self, value: &str, cache: &SessionCache) -> Option<Verdict> {
-        let claims = {
-            let mut last = cache.last.lock().unwrap_or_else(|e| e.into_inner());
-            match &*last {
-                Some((v, claims)) if **v == *value => Arc::clone(claims),
-                _ => {
-                    let claims = Arc::new(self.keys.open(value)?);
-                    *last = Some((value.into(), Arc::clone(&claims)));
-                    claims
+    ///
+    /// A valid session is kept in the active-sessions registry: `seen`
+    /// (called only on the connection's first valid request, so the
+    /// request path reads no `User-Agent` otherwise) says from where.
+    pub fn check_session_cached<'a>(
+        &self,
+        value: &str,
+        cache: &SessionCache,
+        seen: impl FnOnce() -> Sighting<'a>,
+    ) -> Option<Verdict> {
+        let now = session::unix_now();
+        // The connection's own lock: other connections never wait on it.
+        let mut last = cache.last.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = match &mut *last {
+            Some(c) if *c.value == *value => c,
+            slot => slot.insert(CachedSession {
+                value: value.into(),
+                claims: Arc::new(self.keys.open(value)?),
+                entry: None,
+            }),
+        };
+        let verdict = self.check_claims_at(Arc::clone(&cached.claims), now);
+        if let Verdict::Valid { .. } = verdict {
+            match &cached.entry {
+                Some(entry) => self.active.touch(entry, now),
+                None => {
+                    let entry = self.active.observe(&cached.claims, seen(), now, self.life);
+                    cached.entry = Some(entry);
                 }
             }
-        };
-        Some(self.check_claims(claims))
+        }
+        Some(verdict)
     }
 
     fn check_claims(&self, claims: Arc<Claims>) -> Verdict {
+        self.check_claims_at(claims, session::unix_now())
+    }
+
+    fn check_claims_at(&self, claims: Arc<Claims>, now: u64) -> Verdict {
         let fp = self.users.get(&claims.u).map(|u| u.fingerprint());
-        session::check(
-            claims,
-            session::unix_now(),
-            self.life,
-            &self.revocations,
-            fp,
-        )
+        session::check(claims, now, self.life, &self.revocations, fp)
     }
 
     /// A refreshed cookie for an active session (sliding idle timeout).
@@ -465,17 +508,71 @@ impl Authenticator {
 
     /// Ends one session (logout).
     pub fn end_session(&self, claims: &Claims) {
+        self.revoke_session(&claims.u, &claims.sid, claims.iat);
+    }
+
+    /// Revokes one session by id (until its absolute expiry, after which
+    /// the cookie is refused anyway), then drops it from the active list.
+    fn revoke_session(&self, user: &str, sid: &str, iat: u64) {
         let now = session::unix_now();
-        self.revocations.revoke_session(
-            &claims.sid,
-            claims.iat.saturating_add(self.life.max.as_secs()),
-            now,
-        );
+        self.revocations
+            .revoke_session(sid, iat.saturating_add(self.life.max.as_secs()), now);
+        self.active.forget(user, sid);
     }
 
     /// Ends every session of a user (logout everywhere).
     pub fn end_all_sessions(&self, user: &str) {
         self.revocations.revoke_user(user);
+        self.active.forget_others(user, None);
+    }
+
+    /// Notes a valid session as seen now from `seen` (the sessions page,
+    /// which the request path's check does not pass through).
+    pub fn seen(&self, claims: &Claims, seen: Sighting<'_>) {
+        self.active
+            .observe(claims, seen, session::unix_now(), self.life);
+    }
+
+    /// The active sessions of the user `current` belongs to, most recently
+    /// seen first. Never another user's: the registry is asked for this
+    /// user's list only.
+    pub fn sessions_of(&self, current: &Claims) -> Vec<ActiveSession> {
+        self.active
+            .list(&current.u, session::unix_now(), self.life, |sid| {
+                self.revocations.is_revoked(sid)
+            })
+    }
+
+    /// Ends the session of `current`'s user whose short id is `handle`
+    /// (`session::short_id`); returns its id. `None` (nothing ended): no
+    /// such session of this user, or `handle` names `current` itself
+    /// (that is what logout is for).
+    pub fn end_other_session(&self, current: &Claims, handle: &str) -> Option<String> {
+        let target = self.active.find(&current.u, handle)?;
+        if target.sid == current.sid {
+            return None;
+        }
+        self.revoke_session(&current.u, &target.sid, target.started);
+        Some(target.sid)
+    }
+
+    /// Ends every session of `current`'s user except `current`; returns the
+    /// ids of the listed sessions that ended, and a new cookie for
+    /// `current` (the same session id and issue time).
+    ///
+    /// The user's generation is bumped (as for logout everywhere), which
+    /// ends every cookie of the user, also those the active list does not
+    /// hold (evicted from a full list, or issued before a restart and not
+    /// used since); the current session carries on with a cookie of the
+    /// new generation. A request of the current session in flight with the
+    /// old cookie is refused once this returns; the browser has the new
+    /// cookie from this answer on.
+    pub fn end_other_sessions(&self, current: &Claims) -> (Vec<String>, String) {
+        self.revocations.revoke_user(&current.u);
+        let ended = self.active.forget_others(&current.u, Some(&current.sid));
+        let mut renewed = current.clone();
+        renewed.gen = self.revocations.generation(&current.u);
+        (ended, self.refresh(renewed))
     }
 
     /// Key for CSRF tokens.
@@ -578,6 +675,13 @@ mod tests {
         rest.split(';').next().expect("value").to_owned()
     }
 
+    fn here() -> Sighting<'static> {
+        Sighting {
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36"),
+        }
+    }
+
     fn is_valid(v: Option<Verdict>) -> bool {
         matches!(v, Some(Verdict::Valid { .. }))
     }
@@ -586,14 +690,14 @@ mod tests {
     fn a_cached_session_cookie_is_still_checked_for_logout() {
         let auth = alice();
         let cache = SessionCache::default();
-        let (claims, set) = auth.start_session("alice");
+        let (claims, set) = auth.start_session("alice", here());
         let value = value_of(&set);
-        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        assert!(is_valid(auth.check_session_cached(&value, &cache, here)));
         // Served from the cache now; a logout must still end it.
-        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        assert!(is_valid(auth.check_session_cached(&value, &cache, here)));
         auth.end_session(&claims);
         assert_eq!(
-            auth.check_session_cached(&value, &cache),
+            auth.check_session_cached(&value, &cache, here),
             Some(Verdict::Revoked)
         );
     }
@@ -602,11 +706,11 @@ mod tests {
     fn a_cached_session_cookie_is_still_checked_for_logout_everywhere() {
         let auth = alice();
         let cache = SessionCache::default();
-        let value = value_of(&auth.start_session("alice").1);
-        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        let value = value_of(&auth.start_session("alice", here()).1);
+        assert!(is_valid(auth.check_session_cached(&value, &cache, here)));
         auth.end_all_sessions("alice");
         assert_eq!(
-            auth.check_session_cached(&value, &cache),
+            auth.check_session_cached(&value, &cache, here),
             Some(Verdict::Revoked)
         );
     }
@@ -615,20 +719,143 @@ mod tests {
     fn a_tampered_value_is_not_taken_from_the_cache() {
         let auth = alice();
         let cache = SessionCache::default();
-        let value = value_of(&auth.start_session("alice").1);
-        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        let value = value_of(&auth.start_session("alice", here()).1);
+        assert!(is_valid(auth.check_session_cached(&value, &cache, here)));
         let mut tampered = value.clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).expect("ascii");
-        assert_eq!(auth.check_session_cached(&tampered, &cache), None);
+        assert_eq!(auth.check_session_cached(&tampered, &cache, here), None);
         // A value that only extends the cached one is no match either.
         assert_eq!(
-            auth.check_session_cached(&format!("{value}x"), &cache),
+            auth.check_session_cached(&format!("{value}x"), &cache, here),
             None
         );
         // The genuine value still works (decrypted again after the misses).
-        assert!(is_valid(auth.check_session_cached(&value, &cache)));
+        assert!(is_valid(auth.check_session_cached(&value, &cache, here)));
+    }
+
+    fn alice_and_bob() -> Authenticator {
+        let hash = password::hash_password_with_iterations("password-1", password::MIN_ITERATIONS)
+            .expect("hash");
+        let mut users = UserStore::default();
+        users.add("test", "alice", Some(&hash), &[]).expect("user");
+        users.add("test", "bob", Some(&hash), &[]).expect("user");
+        Authenticator::for_tests(
+            users,
+            Lifetime {
+                idle: Duration::from_secs(3600),
+                max: Duration::from_secs(86400),
+            },
+        )
+    }
+
+    fn listed(auth: &Authenticator, c: &Claims) -> Vec<String> {
+        let mut sids: Vec<String> = auth.sessions_of(c).into_iter().map(|s| s.sid).collect();
+        sids.sort();
+        sids
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn logins_are_listed_per_user_and_logout_removes_them() {
+        let auth = alice_and_bob();
+        let (a1, _) = auth.start_session("alice", here());
+        let (a2, _) = auth.start_session("alice", here());
+        let (b1, _) = auth.start_session("bob", here());
+        assert_eq!(
+            listed(&auth, &a1),
+            sorted(vec![a1.sid.clone(), a2.sid.clone()])
+        );
+        assert_eq!(listed(&auth, &b1), [b1.sid.as_str()]);
+        auth.end_session(&a2);
+        assert_eq!(listed(&auth, &a1), [a1.sid.as_str()]);
+        auth.end_all_sessions("alice");
+        assert!(listed(&auth, &a1).is_empty());
+        assert_eq!(listed(&auth, &b1), [b1.sid.as_str()]);
+    }
+
+    #[test]
+    fn ending_one_session_refuses_this_one_and_other_users_sessions() {
+        let auth = alice_and_bob();
+        let (a1, _) = auth.start_session("alice", here());
+        let (a2, a2_cookie) = auth.start_session("alice", here());
+        let (b1, b1_cookie) = auth.start_session("bob", here());
+        assert_eq!(
+            auth.end_other_session(&a1, session::short_id(&a1.sid)),
+            None
+        );
+        assert_eq!(
+            auth.end_other_session(&a1, session::short_id(&b1.sid)),
+            None
+        );
+        assert_eq!(auth.end_other_session(&a1, &b1.sid), None);
+        assert_eq!(auth.end_other_session(&a1, ""), None);
+        assert!(is_valid(auth.check_session(&value_of(&b1_cookie))));
+        assert_eq!(
+            auth.end_other_session(&a1, session::short_id(&a2.sid)),
+            Some(a2.sid.clone())
+        );
+        assert_eq!(
+            auth.check_session(&value_of(&a2_cookie)),
+            Some(Verdict::Revoked)
+        );
+        assert_eq!(listed(&auth, &a1), [a1.sid.as_str()]);
+    }
+
+    #[test]
+    fn ending_all_other_sessions_renews_this_one_and_ends_unlisted_cookies_too() {
+        let auth = alice_and_bob();
+        let (a1, a1_cookie) = auth.start_session("alice", here());
+        let (a2, a2_cookie) = auth.start_session("alice", here());
+        // A cookie the list does not hold (issued before a restart, or evicted).
+        auth.active.forget("alice", &a2.sid);
+        let (_, b1_cookie) = auth.start_session("bob", here());
+        let (ended, renewed) = auth.end_other_sessions(&a1);
+        assert!(ended.is_empty(), "{ended:?}");
+        assert_eq!(
+            auth.check_session(&value_of(&a2_cookie)),
+            Some(Verdict::Revoked)
+        );
+        assert_eq!(
+            auth.check_session(&value_of(&a1_cookie)),
+            Some(Verdict::Revoked),
+            "the old cookie of this session is of the old generation"
+        );
+        match auth.check_session(&value_of(&renewed)) {
+            Some(Verdict::Valid { claims, .. }) => {
+                assert_eq!((&claims.sid, claims.iat), (&a1.sid, a1.iat));
+            }
+            other => panic!("renewed cookie: {other:?}"),
+        }
+        assert!(is_valid(auth.check_session(&value_of(&b1_cookie))));
+    }
+
+    #[test]
+    fn a_valid_cached_cookie_is_listed_once_with_where_it_was_seen() {
+        let auth = alice();
+        let cache = SessionCache::default();
+        let (claims, set) = auth.start_session("alice", here());
+        auth.active.forget("alice", &claims.sid);
+        let elsewhere = || Sighting {
+            client: std::net::IpAddr::from([127, 0, 0, 2]),
+            user_agent: Some("curl/8.5.0"),
+        };
+        let value = value_of(&set);
+        assert!(is_valid(
+            auth.check_session_cached(&value, &cache, elsewhere)
+        ));
+        assert!(is_valid(auth.check_session_cached(&value, &cache, || {
+            panic!("a connection's later requests read no User-Agent")
+        })));
+        let list = auth.sessions_of(&claims);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].client, std::net::IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(list[0].agent.browser_label().as_deref(), Some("curl 8"));
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@
 //! crate's private jar, under a key generated on first start and kept in the
 //! state directory (mode 0600). What the server does keep is small: a
 //! per-user generation counter (logout everywhere) and the ids of sessions
-//! logged out before their natural expiry.
+//! logged out before their natural expiry. Which sessions are active, for
+//! the sessions page, is `active`'s memory of what requests showed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -304,7 +305,8 @@ impl Revocations {
         self.persist();
     }
 
-    fn is_revoked(&self, sid: &str) -> bool {
+    /// Whether this one session was logged out or revoked.
+    pub fn is_revoked(&self, sid: &str) -> bool {
         self.read().revoked.contains_key(sid)
     }
 
@@ -350,18 +352,18 @@ pub fn check(
     Verdict::Valid { claims, refresh }
 }
 
-/// A session id prefix for logs: enough to correlate a login with the
-/// requests and tunnels of that session, useless to replay (the cookie is
-/// sealed with nbgate's key; the id alone opens nothing).
-pub fn short_id(sid: &str) -> &str {
-    sid.get(..8).unwrap_or(sid)
-}
-
 /// A new random session id (128 bits).
 pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// A session id prefix for logs and the sessions page's forms: enough to
+/// correlate and to tell a user's sessions apart, useless to replay (the
+/// cookie, not the id, is the credential).
+pub fn short_id(sid: &str) -> &str {
+    sid.get(..8).unwrap_or(sid)
 }
 
 /// Seconds since the Unix epoch.

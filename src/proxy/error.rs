@@ -87,6 +87,16 @@ pub enum ProxyError {
     /// A form whose CSRF token does not match its session (an old tab).
     #[error("form expired")]
     FormExpired,
+    /// The sessions page was asked to end a session that is not one of
+    /// the asking user's active sessions (ended already, or another
+    /// user's: the answer is the same, and nothing is ended).
+    #[error("no such session of this user")]
+    SessionNotFound,
+    /// The sessions page was asked for with an API token and no login
+    /// session: it lists and ends browser sessions, which a token has none
+    /// of (and a token must not end the sessions of a person's browser).
+    #[error("the sessions page needs a login session")]
+    LoginSessionRequired,
 }
 
 impl ProxyError {
@@ -205,6 +215,16 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "csrf",
                 "The form expired; reload the page and try again.",
+            ),
+            ProxyError::SessionNotFound => (
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "No such active session of yours; it may have ended already.",
+            ),
+            ProxyError::LoginSessionRequired => (
+                StatusCode::FORBIDDEN,
+                "login_session_required",
+                "The sessions page needs a browser login session; an API token cannot use it.",
             ),
         }
     }

@@ -48,6 +48,7 @@ use self::upstream::{PooledBody, Upstream};
 use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::{ClientTunnel, TunnelAccepted, Tunnels};
 use crate::audit;
+use crate::auth::active::Sighting;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via, Who};
 use crate::config::{Config, Secret, UpstreamConfig};
@@ -74,8 +75,8 @@ pub struct ConnInfo {
 /// started with (the upstream connections they hold are theirs).
 pub struct Gateway {
     live: ArcSwap<Live>,
-    /// Open WebSocket tunnels: shutdown, logout and a reload that revokes
-    /// a user close them.
+    /// Open WebSocket tunnels: shutdown, logout, ending a session on the
+    /// sessions page and a reload that revokes a user close them.
     pub tunnels: Arc<Tunnels>,
 }
 
@@ -462,8 +463,17 @@ impl Live {
         if let Some(token) = header_token {
             return self.token_identity(client, token).await;
         }
+        // Where the session is seen from, for its sessions page: read only
+        // on a connection's first request with a valid cookie.
+        let seen = || Sighting {
+            client,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        };
         let verdict = own_pages::cookie(req.headers(), SESSION_COOKIE)
-            .and_then(|v| self.auth.check_session_cached(v, sessions));
+            .and_then(|v| self.auth.check_session_cached(v, sessions, seen));
         if let Some(Verdict::Valid { claims, refresh }) = verdict {
             let refresh_cookie = refresh.then(|| self.auth.refresh(Claims::clone(&claims)));
             return Ok(Identity::session(claims, refresh_cookie));

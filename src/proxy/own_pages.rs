@@ -1,4 +1,5 @@
-//! nbgate's own pages under `<base_url>_nbgate/`: login, logout, health.
+//! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
+//! (a user's active sessions, ending one or all others), health.
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 //! Refusals (not found, a form too large or expired) are `ProxyError`s,
@@ -16,14 +17,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::body::{full, ProxyBody, RequestBody};
-use super::error::ProxyError;
+use super::error::{self, ProxyError};
 use super::guard::{locked_secs, Guard};
 use super::health;
 use super::upstream::Upstream;
 use super::websocket::Tunnels;
-use crate::auth::session::{Verdict, SESSION_COOKIE};
+use crate::auth::active::Sighting;
+use crate::auth::session::{short_id as short, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check, Identity, Who};
-use crate::pages::{self, LoginView, Notice};
+use crate::pages::{self, LoginView, Notice, SessionRow, SessionsNotice, SessionsView};
 use crate::policy::Refused;
 
 /// Largest login/logout form body accepted.
@@ -61,6 +63,12 @@ fn lang(headers: &HeaderMap) -> pages::Lang {
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok()),
     )
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
 }
 
 fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
@@ -135,6 +143,8 @@ impl Pages<'_> {
             (&Method::POST, "login") => self.login_submit(req, client).await?,
             (&Method::GET, "logout") => self.logout_page(req.headers()),
             (&Method::POST, "logout") => self.logout_submit(req, client).await?,
+            (&Method::GET | &Method::HEAD, "sessions") => self.sessions_page(&req, client)?,
+            (&Method::POST, "sessions") => self.sessions_submit(req, client).await?,
             _ => return Err(ProxyError::NotFound),
         })
     }
@@ -198,10 +208,7 @@ impl Pages<'_> {
         };
         let user = field("username").trim();
         let next = next_path::sanitize_next(Some(field("next")), self.base_url);
-        let agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let agent = user_agent(&headers).unwrap_or("");
         let binding = cookie(&headers, csrf::CSRF_COOKIE).unwrap_or("");
         if !csrf::verify(self.auth.csrf_key(), binding, field("csrf")) {
             tracing::info!(target: "nbgate::audit", event = "login_csrf_failed", %client, user_agent = agent, "login refused: bad CSRF token");
@@ -241,8 +248,12 @@ impl Pages<'_> {
             match self.auth.check_password(user, field("password")).await {
                 Check::Valid(name) => {
                     attempt.succeeded(&name, Instant::now());
-                    let (claims, set) = self.auth.start_session(&name);
-                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %session::short_id(&claims.sid), "login");
+                    let seen = Sighting {
+                        client,
+                        user_agent: user_agent(&headers),
+                    };
+                    let (claims, set) = self.auth.start_session(&name, seen);
+                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
                     crate::metrics::login(crate::metrics::Login::Success);
                     let mut r = see_other(&next);
                     set_cookie(&mut r, &set);
@@ -334,7 +345,13 @@ impl Pages<'_> {
         };
         let token = csrf::token(self.auth.csrf_key(), &claims.sid);
         let action = format!("{}logout", self.prefix);
-        let body = pages::render_logout(lang(headers), &claims.u, &action, &token);
+        let body = pages::render_logout(
+            lang(headers),
+            &claims.u,
+            &action,
+            &token,
+            &self.sessions_href(),
+        );
         html(StatusCode::OK, body)
     }
 
@@ -377,4 +394,147 @@ impl Pages<'_> {
         r.extensions_mut().insert(who);
         Ok(r)
     }
+}
+
+impl Pages<'_> {
+    fn sessions_href(&self) -> String {
+        format!("{}sessions", self.prefix)
+    }
+
+    /// The login session a sessions page request comes with, noted as seen
+    /// (so the page lists it even when the registry did not hold it yet).
+    ///
+    /// Without one: an API token's request gets a JSON refusal saying the
+    /// page is for browser sessions (a token has none, and must not end a
+    /// person's browser sessions); a browser is sent to log in and come
+    /// back; any other client gets the usual 401.
+    fn sessions_login(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        client: IpAddr,
+    ) -> Result<session::Claims, ProxyError> {
+        if let Some(claims) = self.session_of(headers) {
+            let seen = Sighting {
+                client,
+                user_agent: user_agent(headers),
+            };
+            self.auth.seen(&claims, seen);
+            return Ok(claims);
+        }
+        if headers.contains_key(header::AUTHORIZATION) || query_param(query, "token").is_some() {
+            return Err(ProxyError::LoginSessionRequired);
+        }
+        let login = error::wants_html(headers).then(|| {
+            let next: String =
+                form_urlencoded::byte_serialize(self.sessions_href().as_bytes()).collect();
+            format!("{}?next={next}", self.login_href())
+        });
+        Err(ProxyError::LoginRequired { login })
+    }
+
+    /// `GET sessions`: the user's active sessions, this one marked.
+    fn sessions_page(
+        &self,
+        req: &Request<RequestBody>,
+        client: IpAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let headers = req.headers();
+        let claims = self.sessions_login(headers, req.uri().query(), client)?;
+        let mut rows: Vec<SessionRow> = self
+            .auth
+            .sessions_of(&claims)
+            .into_iter()
+            .map(|s| SessionRow {
+                handle: short(&s.sid).to_owned(),
+                browser: s.agent.browser_label(),
+                os: s.agent.os,
+                client: s.client.to_string(),
+                started: s.started,
+                last_seen: s.last_seen,
+                current: s.sid == claims.sid,
+            })
+            .collect();
+        // This session first, the others as listed (most recently seen first).
+        rows.sort_by_key(|r| !r.current);
+        let notice = match query_param(req.uri().query(), "ended").as_deref() {
+            Some("one") => Some(SessionsNotice::EndedOne),
+            Some("others") => Some(SessionsNotice::EndedOthers),
+            _ => None,
+        };
+        let token = csrf::token(self.auth.csrf_key(), &claims.sid);
+        let action = self.sessions_href();
+        let logout = format!("{}logout", self.prefix);
+        let view = SessionsView {
+            lang: lang(headers),
+            user: &claims.u,
+            rows: &rows,
+            action: &action,
+            csrf_token: &token,
+            logout_href: &logout,
+            notice,
+        };
+        let r = html(StatusCode::OK, pages::render_sessions(&view));
+        Ok(said_by(r, claims))
+    }
+
+    /// `POST sessions`: ends one other session of the user (`end` = its
+    /// handle) or all others (`end_others=1`), closing their WebSocket
+    /// tunnels as logout does, then back to the list (303).
+    ///
+    /// The CSRF token is bound to the session id, as the logout form's: no
+    /// other site can make a browser end its user's sessions. Only the
+    /// poster's own sessions can be named (`Authenticator::end_other_session`).
+    async fn sessions_submit(
+        &self,
+        req: Request<RequestBody>,
+        client: IpAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let query = req.uri().query().map(str::to_owned);
+        let (headers, form) = Self::read_form(req).await.ok_or(ProxyError::FormTooLarge)?;
+        let claims = self.sessions_login(&headers, query.as_deref(), client)?;
+        let field = |n: &str| {
+            form.iter()
+                .find(|(k, _)| k == n)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        if !csrf::verify(self.auth.csrf_key(), &claims.sid, field("csrf")) {
+            tracing::info!(target: "nbgate::audit", event = "sessions_csrf_failed", user = %claims.u, %client, session = %short(&claims.sid), "sessions form refused: bad CSRF token");
+            return Err(ProxyError::FormExpired);
+        }
+        let by = short(&claims.sid);
+        if field("end_others") == "1" {
+            let (ended, cookie) = self.auth.end_other_sessions(&claims);
+            let closed = self
+                .tunnels
+                .close_user_sessions_except(&claims.u, &claims.sid);
+            for sid in &ended {
+                tracing::info!(target: "nbgate::audit", event = "session_revoked", user = %claims.u, %client, session = %short(sid), by_session = %by, "session ended from the sessions page");
+            }
+            tracing::info!(target: "nbgate::audit", event = "other_sessions_revoked", user = %claims.u, %client, session = %by, listed_ended = ended.len(), tunnels_closed = closed, "all other sessions ended from the sessions page");
+            let mut r = see_other(&format!("{}?ended=others", self.sessions_href()));
+            set_cookie(&mut r, &cookie);
+            return Ok(said_by(r, claims));
+        }
+        match self.auth.end_other_session(&claims, field("end")) {
+            Some(sid) => {
+                let closed = self.tunnels.close_session(&sid);
+                tracing::info!(target: "nbgate::audit", event = "session_revoked", user = %claims.u, %client, session = %short(&sid), by_session = %by, tunnels_closed = closed, "session ended from the sessions page");
+                let r = see_other(&format!("{}?ended=one", self.sessions_href()));
+                Ok(said_by(r, claims))
+            }
+            None => {
+                tracing::info!(target: "nbgate::audit", event = "session_revoke_refused", user = %claims.u, %client, session = %by, "sessions form named no other active session of this user");
+                Err(ProxyError::SessionNotFound)
+            }
+        }
+    }
+}
+
+/// `r` with the session it answers, for the access line's `user`, `auth`
+/// and `auth_id` (`Live::handle` takes it from the response's extensions).
+fn said_by(mut r: Response<ProxyBody>, claims: session::Claims) -> Response<ProxyBody> {
+    r.extensions_mut()
+        .insert(Who::Known(Identity::session(Arc::new(claims), None)));
+    r
 }

@@ -1,6 +1,6 @@
 //! WebSocket tunnels: the byte pump between an upgraded client connection
 //! and an upgraded Jupyter connection, and the registry that lets shutdown
-//! (and logout) close them.
+//! (and logout, or a session ended on the sessions page) close them.
 //!
 //! A tunnel copies bytes opaquely in both directions. It reads just enough
 //! of the server-to-client stream to know where frames end, so that when
@@ -175,6 +175,13 @@ impl Tunnels {
     /// changed the password). Returns how many.
     pub fn close_user_sessions(&self, user: &str) -> usize {
         self.close_where(|e| e.user == user && e.session.is_some())
+    }
+
+    /// Closes a user's tunnels opened with a login session other than
+    /// `keep` (the sessions page's "end all other sessions"). Returns how
+    /// many.
+    pub fn close_user_sessions_except(&self, user: &str, keep: &str) -> usize {
+        self.close_where(|e| e.user == user && e.session.as_deref().is_some_and(|s| s != keep))
     }
 
     /// Closes a user's tunnels opened with an API token (a reload changed

@@ -18,21 +18,12 @@ import uuid
 import requests
 import websocket  # websocket-client
 
+from harness import Fail, report, step
+
 HTTP_TIMEOUT = 30  # seconds, per HTTP request
 WS_TIMEOUT = 30  # seconds, WebSocket handshake and each receive
 KERNEL_START_TIMEOUT = 60  # seconds until the kernel answers kernel_info
 EXEC_TIMEOUT = 60  # seconds per execute_request round trip
-
-
-class Fail(Exception):
-    pass
-
-
-_T0 = time.monotonic()
-
-
-def step(msg):
-    print(f"step: {msg} [t={time.monotonic() - _T0:.1f}s]", flush=True)
 
 
 def parse_args():
@@ -314,19 +305,7 @@ def run_expect_fail(args):
 
 def main():
     args = parse_args()
-    try:
-        if args.expect_fail:
-            run_expect_fail(args)
-        else:
-            run_ok(args)
-    except Fail as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
-    print("OK", flush=True)
-    return 0
+    return report(lambda: run_expect_fail(args) if args.expect_fail else run_ok(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import threading
 import time
 import urllib.parse
 
+from harness import BROWSER_ARGS, Fail, report, step
+
 LAUNCHER_CARD = ".jp-LauncherCard"
 NOTEBOOK_CARD = '.jp-LauncherCard[data-category="Notebook"][title^="Python 3"]'
 NOTEBOOK_CARD_ANY = '.jp-LauncherCard[data-category="Notebook"]'
@@ -30,28 +32,6 @@ CURRENT_TAB_LABEL = "#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current .lm-TabBa
 LOGIN_PATH = "/_nbgate/login"
 SESSION_COOKIE = "__Host-nbgate-session"
 WRONG_LOGIN_TEXT = "Wrong user name or password."
-
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-class Fail(Exception):
-    pass
-
-
-_T0 = time.monotonic()
-
-
-def step(msg):
-    print(f"step: {msg} [t={time.monotonic() - _T0:.1f}s]", flush=True)
-
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -300,6 +280,45 @@ def run_notebook(page, args, budget):
     shot(page, args.screenshots, "notebook.png")
 
 
+def run(args, budget):
+    from playwright.sync_api import sync_playwright
+
+    page = None
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="nbgate-chromium-") as prof:
+        step("launch chromium")
+        browser_args = BROWSER_ARGS + (["--disable-http2"] if args.protocol != "h2" else [])
+        ctx = p.chromium.launch_persistent_context(
+            prof,
+            executable_path=args.chromium,
+            headless=True,
+            args=browser_args,
+            ignore_https_errors=True,
+            viewport={"width": 1280, "height": 900},
+            locale="en-US",  # the login page is localized from Accept-Language
+            timeout=60000,
+        )
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.on("pageerror", lambda e: print(f"browser-pageerror: {e}", flush=True))
+            if args.skip_login:
+                step("open JupyterLab directly with a token (--skip-login)")
+                q = urllib.parse.urlencode({"token": args.token})
+                page.goto(f"{args.url}/lab?reset&{q}", timeout=budget.ms())
+            else:
+                do_login(page, args, budget)
+            run_notebook(page, args, budget)
+        except Exception:
+            if page is not None:
+                try:
+                    shot(page, args.screenshots, "failure.png")
+                    print(f"info: page at failure: {page.url}", flush=True)
+                except Exception:
+                    pass
+            raise
+        finally:
+            ctx.close()
+
+
 def main():
     args = parse_args()
     os.makedirs(args.screenshots, exist_ok=True)
@@ -314,57 +333,10 @@ def main():
     dog.daemon = True
     dog.start()
 
-    from playwright.sync_api import Error as PwError, sync_playwright
-
-    page = None
     try:
-        with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="nbgate-chromium-") as prof:
-            step("launch chromium")
-            browser_args = BROWSER_ARGS + (["--disable-http2"] if args.protocol != "h2" else [])
-            ctx = p.chromium.launch_persistent_context(
-                prof,
-                executable_path=args.chromium,
-                headless=True,
-                args=browser_args,
-                ignore_https_errors=True,
-                viewport={"width": 1280, "height": 900},
-                locale="en-US",  # the login page is localized from Accept-Language
-                timeout=60000,
-            )
-            try:
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                page.on("pageerror", lambda e: print(f"browser-pageerror: {e}", flush=True))
-                if args.skip_login:
-                    step("open JupyterLab directly with a token (--skip-login)")
-                    q = urllib.parse.urlencode({"token": args.token})
-                    page.goto(f"{args.url}/lab?reset&{q}", timeout=budget.ms())
-                else:
-                    do_login(page, args, budget)
-                run_notebook(page, args, budget)
-            except Exception:
-                if page is not None:
-                    try:
-                        shot(page, args.screenshots, "failure.png")
-                        print(f"info: page at failure: {page.url}", flush=True)
-                    except Exception:
-                        pass
-                raise
-            finally:
-                ctx.close()
-    except Fail as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except PwError as e:
-        print(f"error: playwright: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr, flush=True)
-        return 1
+        return report(lambda: run(args, budget))
     finally:
         dog.cancel()
-    print("OK", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

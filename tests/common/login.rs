@@ -16,8 +16,22 @@ pub fn bare_client(gate: &Nbgate) -> reqwest::Client {
 /// A client without credentials whose connections come from `local` (e.g.
 /// 127.0.0.2, to be "another client" on loopback).
 pub fn bare_client_from(gate: &Nbgate, local: Option<IpAddr>) -> reqwest::Client {
+    browser_client(gate, local, None)
+}
+
+/// A client without credentials from `local` that sends `user_agent` (none: no `User-Agent`),
+/// to be one browser among several.
+pub fn browser_client(
+    gate: &Nbgate,
+    local: Option<IpAddr>,
+    user_agent: Option<&str>,
+) -> reqwest::Client {
     let cert = reqwest::Certificate::from_pem(gate.cert_pem()).expect("pem");
-    reqwest::Client::builder()
+    let builder = match user_agent {
+        Some(ua) => reqwest::Client::builder().user_agent(ua),
+        None => reqwest::Client::builder(),
+    };
+    builder
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(cert)

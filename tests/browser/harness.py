@@ -1,0 +1,52 @@
+"""What the end-to-end scripts here share: progress lines, the failure type, Chromium's flags.
+
+Imported by the scripts in this directory (Python puts a script's own directory first on
+`sys.path`). Output contract (README.md): `step: ...` progress lines on stdout; on failure one
+`error: <reason>` line on stderr.
+"""
+
+import sys
+import time
+
+
+class Fail(Exception):
+    """A check failed: its message is the one-line reason printed."""
+
+
+_T0 = time.monotonic()
+
+
+def step(msg):
+    print(f"step: {msg} [t={time.monotonic() - _T0:.1f}s]", flush=True)
+
+
+# Headless Chromium as TESTING.md says it runs here: no sandbox (root), no GPU, nothing fetched
+# in the background, no QUIC (nbgate speaks TCP only).
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def report(body):
+    """Runs `body()` and returns the exit code: 0 after printing `OK`, or 1 after printing
+    one `error:` line (a `Fail`'s reason, Playwright's first line, or any other exception's)."""
+    try:
+        body()
+    except Fail as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:  # noqa: BLE001 - every failure becomes the one error line
+        first = str(e).splitlines()[0] if str(e) else ""
+        if type(e).__module__.startswith("playwright"):
+            print(f"error: playwright: {first}", file=sys.stderr, flush=True)
+        else:
+            print(f"error: {type(e).__name__}: {first}", file=sys.stderr, flush=True)
+        return 1
+    print("OK", flush=True)
+    return 0
