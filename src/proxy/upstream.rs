@@ -399,6 +399,7 @@ mod tests {
             token_file: None,
             token_env: None,
             token: None,
+            identity: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(300),
             websocket_idle_timeout: Duration::from_secs(60),

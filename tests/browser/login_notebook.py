@@ -300,24 +300,48 @@ def run_notebook(page, args, budget):
     shot(page, args.screenshots, "notebook.png")
 
 
+def guarded(timeout, body):
+    """Runs `body()` under a last-resort watchdog (in case something blocks outside
+    Playwright's own timeouts) and maps its failure to the scripts' contract: one `error:` line
+    on stderr and 1, else `OK` on stdout and 0."""
+
+    def watchdog():
+        print(f"error: hard timeout after {timeout + 60:.0f} s", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    dog = threading.Timer(timeout + 60, watchdog)
+    dog.daemon = True
+    dog.start()
+
+    from playwright.sync_api import Error as PwError
+
+    try:
+        body()
+    except Fail as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except PwError as e:
+        print(f"error: playwright: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    finally:
+        dog.cancel()
+    print("OK", flush=True)
+    return 0
+
+
 def main():
     args = parse_args()
     os.makedirs(args.screenshots, exist_ok=True)
     budget = Budget(args.timeout)
 
-    # Last-resort watchdog in case something blocks outside Playwright's own timeouts.
-    def watchdog():
-        print(f"error: hard timeout after {args.timeout + 60:.0f} s", file=sys.stderr, flush=True)
-        os._exit(1)
+    def body():
+        from playwright.sync_api import sync_playwright
 
-    dog = threading.Timer(args.timeout + 60, watchdog)
-    dog.daemon = True
-    dog.start()
-
-    from playwright.sync_api import Error as PwError, sync_playwright
-
-    page = None
-    try:
+        page = None
         with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="nbgate-chromium-") as prof:
             step("launch chromium")
             browser_args = BROWSER_ARGS + (["--disable-http2"] if args.protocol != "h2" else [])
@@ -351,20 +375,8 @@ def main():
                 raise
             finally:
                 ctx.close()
-    except Fail as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except PwError as e:
-        print(f"error: playwright: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr, flush=True)
-        return 1
-    finally:
-        dog.cancel()
-    print("OK", flush=True)
-    return 0
+
+    return guarded(args.timeout, body)
 
 
 if __name__ == "__main__":
