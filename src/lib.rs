@@ -20,7 +20,9 @@
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`
 //!   the keep-alive pool, `proxy::h1` one HTTP/1.1 exchange, `proxy::transport` the byte stream),
 //!   WebSocket tunnels, the filter every upstream answer passes (`proxy::response`, with the
-//!   streaming token scrubber), Jupyter's reachability for health checks (`proxy::health`).
+//!   streaming token scrubber), the signed user header that replaces Jupyter's token under
+//!   `nbgate run` (`proxy::upstream_identity`), Jupyter's reachability for health checks
+//!   (`proxy::health`).
 //! - `pages`: HTML pages and JSON error bodies a client sees.
 //! - `server`: listeners, accept loops (each connection served by the least-loaded worker
 //!   thread), TLS handshakes under timeouts, graceful shutdown; `server::http2` serves
@@ -41,9 +43,12 @@
 //! - `metrics`: Prometheus counters (per-thread shards on the request path) and their text
 //!   exposition; imports nothing else of the crate, so any module may count.
 //! - `jupyter`: Jupyter's own files, read only: runtime files (a running
-//!   server's token) and the password hash `jupyter server password` stores.
+//!   server's token) and the password hash `jupyter server password` stores;
+//!   `jupyter::identity` the signed user header nbgate's identity provider
+//!   for Jupyter (`python/nbgate_identity.py`) verifies.
 //! - `supervisor`: `nbgate run`: Jupyter as a child on a private Unix socket
-//!   with a fresh token; signals, reaping, readiness. `main` wires it to
+//!   with a fresh token and nbgate's identity provider; signals, reaping,
+//!   readiness. `main` wires it to
 //!   `server::run`; it imports neither.
 //! - `nginx_import`: `nbgate import-nginx`: an nginx config written for Jupyter -> nbgate TOML.
 //! - `ws_frame`: the WebSocket frame header (RFC 6455 §5.2), read by the tunnel's frame

@@ -25,8 +25,10 @@ cd "$repo"
 APT_PACKAGES=(chromium pebble fail2ban testssl.sh openssl python3 systemd prometheus)
 # What the test venv holds; changing this list re-runs pip on the next run.
 # `notebook` (7.x): `nbgate run -- jupyter notebook` is tested too. `jupyterhub`: JupyterHub
-# behind nbgate (tests/jupyterhub.rs).
-PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright jupyterhub)
+# behind nbgate (tests/jupyterhub.rs). jupyter-collaboration: real-time collaboration for
+# tests/identity.rs (it enables itself for every Jupyter of the venv; `ensure_venv` switches
+# RTC off there by default).
+PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright jupyterhub jupyter-collaboration)
 # Node packages (npm; Node itself must be on the machine): JupyterHub's proxy.
 NODE_REQUIREMENTS=(configurable-http-proxy@5)
 
@@ -81,6 +83,12 @@ ensure_venv() {
     "$NBGATE_TEST_VENV/bin/python" -m pip install --disable-pip-version-check \
         --progress-bar off -q --upgrade "${PY_REQUIREMENTS[@]}"
     "$NBGATE_TEST_VENV/bin/jupyter" server --version >/dev/null
+    # Real-time collaboration off for every Jupyter of the venv: only tests/identity.rs turns
+    # it on (`--YDocExtension.disable_rtc=False`); the others keep the plain document model.
+    # (Not in jupyter_server_config.d: Jupyter reads only extension switches from there.)
+    mkdir -p "$NBGATE_TEST_VENV/etc/jupyter"
+    printf '{"YDocExtension": {"disable_rtc": true}}\n' \
+        >"$NBGATE_TEST_VENV/etc/jupyter/jupyter_server_config.json"
     printf '%s' "$want" >"$stamp"
     log "venv: ready"
 }

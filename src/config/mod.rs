@@ -47,7 +47,7 @@ pub use tls::{
     AcmeChallenge, AcmeConfig, AcmeEab, AcmeKeyType, TlsConfig, TlsMode, LETSENCRYPT_DIRECTORY,
     LETSENCRYPT_STAGING_DIRECTORY,
 };
-pub use upstream::{UpstreamAddr, UpstreamConfig};
+pub use upstream::{IdentityKey, UpstreamAddr, UpstreamConfig};
 pub use values::{
     parse_cidr, parse_duration, parse_size, parse_upstream, valid_upstream_token, valid_user_name,
 };

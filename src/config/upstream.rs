@@ -4,6 +4,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -58,6 +60,11 @@ pub struct UpstreamConfig {
         serialize_with = "ser_header_name"
     )]
     pub identity_header: Option<HeaderName>,
+    /// `nbgate run` only: the per-start secret that signs the identity
+    /// header Jupyter's nbgate provider verifies (`jupyter::identity`).
+    /// Never read from the file.
+    #[serde(skip)]
+    pub identity: Option<IdentityKey>,
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
     /// How long Jupyter may take to answer a request once it has been
@@ -70,6 +77,41 @@ pub struct UpstreamConfig {
     #[serde(serialize_with = "ser_duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+}
+
+/// The identity header's secret and whether Jupyter verifies the header.
+///
+/// Why a flag beside the secret: nbgate signs requests instead of
+/// presenting Jupyter's token only once Jupyter has shown that it uses
+/// nbgate's provider (`supervisor` probes at start); until then, and for
+/// good if the provider is not in use, the token goes as before. Clones
+/// share the flag, so a configuration reloaded from the running one keeps it.
+#[derive(Debug, Clone)]
+pub struct IdentityKey {
+    secret: Secret,
+    confirmed: Arc<AtomicBool>,
+}
+
+impl IdentityKey {
+    pub fn new(secret: Secret) -> Self {
+        IdentityKey {
+            secret,
+            confirmed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn secret(&self) -> &str {
+        self.secret.expose()
+    }
+
+    /// Jupyter has shown that it verifies the header.
+    pub fn confirm(&self) {
+        self.confirmed.store(true, Ordering::Release);
+    }
+
+    pub fn confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Acquire)
+    }
 }
 
 /// Validates `[upstream]` and reads the token it names; `--upstream` wins
@@ -104,6 +146,7 @@ pub(super) fn validate(
         token_env: u.token_env,
         token: token.map(Secret::new),
         identity_header,
+        identity: None,
         connect_timeout: ctx.duration(
             "upstream.connect_timeout",
             u.connect_timeout,

@@ -9,7 +9,8 @@
 //! Submodules: `headers` (pure header rules), `upstream` (connection pool
 //! to Jupyter), `transport` (the byte stream to Jupyter and its
 //! connector), `upstream_token` (the token presented to Jupyter, configured
-//! or discovered), `h1` (one HTTP/1.1 exchange on a pooled connection),
+//! or discovered), `upstream_identity` (the signed user header that
+//! replaces the token under `nbgate run`), `h1` (one HTTP/1.1 exchange on a pooled connection),
 //! `websocket` (tunnels), `body` (response body + access log),
 //! `response` (the filter every upstream answer passes, whatever the
 //! path), `scrub` (the token removed from HTML as it streams),
@@ -27,6 +28,7 @@ pub mod response;
 pub mod scrub;
 pub mod transport;
 pub mod upstream;
+pub mod upstream_identity;
 pub mod upstream_token;
 pub mod websocket;
 
@@ -93,6 +95,8 @@ pub struct Live {
     /// Jupyter's token and its `Authorization: token …` value: configured,
     /// made by `nbgate run`, or found in Jupyter's runtime file.
     token: Arc<UpstreamToken>,
+    /// The identity header's key (`nbgate run` only).
+    identity: Option<upstream_identity::UpstreamIdentity>,
     pub auth: Arc<Authenticator>,
     /// `<base_url>_nbgate/`: nbgate's own pages.
     prefix: String,
@@ -219,7 +223,9 @@ impl Live {
                 .expect("digits are a valid header value")
         });
         let prefix = format!("{}_nbgate/", config.auth.base_url);
+        let identity = upstream_identity::UpstreamIdentity::new(&config.upstream);
         Live {
+            identity,
             guard,
             auth,
             prefix,
@@ -606,15 +612,28 @@ impl Live {
         if let Some(name) = &self.config.upstream.identity_header {
             headers::set_identity(&mut parts.headers, name, identity.user());
         }
+        // Signed with the user's name, the request needs no token: apps
+        // behind jupyter-server-proxy no longer receive Jupyter's master
+        // credential with every request (issue 9).
+        let signed = upstream_identity::present(
+            &mut parts.headers,
+            self.identity.as_ref(),
+            identity.user(),
+            &parts.method,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        );
         if let Some(c) = &*self.token.current() {
-            parts
-                .headers
-                .insert(header::AUTHORIZATION, c.header.clone());
+            if !signed {
+                parts
+                    .headers
+                    .insert(header::AUTHORIZATION, c.header.clone());
+            }
             // Fail closed: a compressed page could not be scrubbed of the
-            // token, so Jupyter is never asked to compress while the token
-            // is injected (on every request: which answers are HTML is
-            // known only afterwards). Free for Jupyter: its Tornado app has
-            // no `compress_response`, so it compresses nothing anyway.
+            // token, so Jupyter is never asked to compress while it knows
+            // a token it may write into a page (on every request: which
+            // answers are HTML is known only afterwards). Free for
+            // Jupyter: its Tornado app has no `compress_response`, so it
+            // compresses nothing anyway.
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
         Ok(())
@@ -1205,8 +1224,9 @@ fn check_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
 
 /// Refuses unsafe methods and WebSocket upgrades made by another site.
 ///
-/// nbgate injects Jupyter's token upstream, and Jupyter skips its own XSRF
-/// and Origin checks for token-authenticated requests; so this check is the
+/// nbgate injects Jupyter's token upstream (or the identity header, which
+/// nbgate's provider counts alike), and Jupyter skips its own XSRF and
+/// Origin checks for token-authenticated requests; so this check is the
 /// one that stops cross-site request forgery and cross-site WebSocket
 /// hijacking. A request with neither `Origin` nor `Referer` is not made by a
 /// browser on another site (browsers send `Origin` on every cross-site POST

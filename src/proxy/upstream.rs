@@ -400,6 +400,7 @@ mod tests {
             token_env: None,
             token: None,
             identity_header: None,
+            identity: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(300),
             websocket_idle_timeout: Duration::from_secs(60),

@@ -3,6 +3,9 @@
 //! running Jupyter, found in its runtime file the way `jupyter server list`
 //! finds it, and found again when Jupyter starts refusing it (a Jupyter
 //! restarted with a new token keeps working without restarting nbgate).
+//! Under `nbgate run` with Jupyter's identity provider in use, requests
+//! carry the signed user header instead (`upstream_identity`); the token
+//! is then still what the scrubber removes from Jupyter's answers.
 //!
 //! Read on every request: one `ArcSwap` load, no lock, no allocation.
 //! Never logs the token, only the file it came from.

@@ -102,6 +102,17 @@ pub fn build(user: &[OsString], setup: &Setup<'_>) -> Result<Vec<OsString>, ArgE
     if setup.allow_root {
         argv.push("--ServerApp.allow_root=True".into());
     }
+    // A class name, no secret. A jupyter_server without identity providers
+    // (< 2.0) only warns about an option it does not know; whether the
+    // provider is in use is checked once Jupyter answers
+    // (`Supervised::ready`).
+    argv.push(
+        format!(
+            "--ServerApp.identity_provider_class={}",
+            crate::jupyter::identity::PROVIDER_CLASS
+        )
+        .into(),
+    );
     Ok(argv)
 }
 
@@ -137,6 +148,9 @@ mod tests {
         assert_eq!(&argv[..3], ["jupyter", "lab", "--notebook-dir=/data"]);
         assert!(argv.contains(&"--ServerApp.sock=/tmp/nbgate-run-x/jupyter.sock".into()));
         assert!(argv.contains(&"--ServerApp.open_browser=False".into()));
+        assert!(argv.contains(
+            &"--ServerApp.identity_provider_class=nbgate_identity.NbgateIdentityProvider".into()
+        ));
         assert!(!argv
             .iter()
             .any(|a| a.contains("base_url") || a.contains("allow_root")));

@@ -9,6 +9,16 @@
 //! `JUPYTER_TOKEN_FILE` (never argv, never the environment kernels
 //! inherit), and the file is removed once Jupyter has read it.
 //!
+//! Jupyter also learns who each request is from: nbgate writes its identity
+//! provider (`python/nbgate_identity.py`, built into the binary) into the
+//! private directory, puts that on Jupyter's `PYTHONPATH`, names the class
+//! in argv, and hands a fresh signing secret over the way it hands the
+//! token (`NBGATE_IDENTITY_SECRET_FILE`, a 0600 file removed once read; the
+//! provider also drops the variable and its `PYTHONPATH` entry from the
+//! environment kernels inherit). Once Jupyter answers, a signed probe of
+//! `/api/me` shows whether the provider is in use; only then does nbgate
+//! sign requests instead of presenting the token (`proxy::upstream_identity`).
+//!
 //! Submodules: `args` (Jupyter's command line), `child` (the process,
 //! signals, reaping). `main` wires the pieces to `server::run`; this module
 //! does not import `server`.
@@ -27,7 +37,8 @@ use tokio::sync::watch;
 
 use self::args::ArgError;
 use self::child::{ChildError, ExitCode, Output, RunAs};
-use crate::config::{Config, Secret, UpstreamAddr, UserEntry};
+use crate::config::{Config, IdentityKey, Secret, UpstreamAddr, UserEntry};
+use crate::jupyter::identity;
 
 /// How long Jupyter may take to answer on its socket after it starts. Cold
 /// starts with many extensions take tens of seconds on small machines.
@@ -41,8 +52,9 @@ pub const PASSWORD_ENV: [&str; 2] = ["NBGATE_PASSWORD", "JUPYTER_PASSWORD"];
 /// Variables Jupyter must not inherit: passwords (a notebook could read
 /// them from `os.environ`), tokens that would override nbgate's, and
 /// systemd's hand-over variables meant for nbgate alone.
-const REMOVED_ENV: [&str; 12] = [
+const REMOVED_ENV: [&str; 13] = [
     "NBGATE_PASSWORD",
+    "NBGATE_IDENTITY_SECRET_FILE",
     "JUPYTER_PASSWORD",
     "JUPYTER_TOKEN",
     "JUPYTER_TOKEN_FILE",
@@ -248,6 +260,9 @@ pub struct Prepared {
     argv: Vec<OsString>,
     run_as: Option<RunAs>,
     token: String,
+    /// Signs the readiness probe of the identity provider.
+    identity: IdentityKey,
+    base_url: String,
     command: String,
 }
 
@@ -294,26 +309,28 @@ pub fn prepare(config: &mut Config, spec: ChildSpec) -> Result<Prepared, Supervi
         },
     )?;
     let token = crate::auth::password::generate_token();
-    crate::state::write_atomic(&dir.token_file(), token.as_bytes(), 0o600).map_err(|source| {
-        SuperviseError::PrivateDir {
-            path: dir.token_file(),
-            source,
-        }
-    })?;
-    if let Some(u) = &run_as {
-        chown(&dir.token_file(), u).map_err(|source| SuperviseError::PrivateDir {
-            path: dir.token_file(),
-            source,
-        })?;
-    }
+    dir.write(&dir.token_file(), &token, run_as.as_ref())?;
+    let secret = crate::auth::password::generate_token();
+    dir.write(&dir.identity_file(), &secret, run_as.as_ref())?;
+    let python = dir.python_dir();
+    dir.mkdir(&python, run_as.as_ref())?;
+    dir.write(
+        &python.join(format!("{}.py", identity::PROVIDER_MODULE)),
+        identity::PROVIDER_SOURCE,
+        run_as.as_ref(),
+    )?;
+    let identity = IdentityKey::new(Secret::new(secret));
     config.upstream.url = UpstreamAddr::Unix { path: socket };
     config.upstream.token = Some(Secret::new(token.clone()));
+    config.upstream.identity = Some(identity.clone());
     Ok(Prepared {
         command: args::display(&spec.command),
         dir,
         argv,
         run_as,
         token,
+        identity,
+        base_url: config.auth.base_url.clone(),
     })
 }
 
@@ -355,6 +372,40 @@ impl PrivateDir {
     fn token_file(&self) -> PathBuf {
         self.path.join("token")
     }
+
+    /// The identity header's secret, until Jupyter has read it.
+    fn identity_file(&self) -> PathBuf {
+        self.path.join("identity")
+    }
+
+    /// Where Jupyter imports nbgate's identity provider from.
+    fn python_dir(&self) -> PathBuf {
+        self.path.join("python")
+    }
+
+    /// A 0600 file of Jupyter's user.
+    fn write(&self, path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<(), SuperviseError> {
+        let failed = |source| SuperviseError::PrivateDir {
+            path: path.to_owned(),
+            source,
+        };
+        crate::state::write_atomic(path, text.as_bytes(), 0o600).map_err(failed)?;
+        run_as.map_or(Ok(()), |u| chown(path, u)).map_err(failed)
+    }
+
+    /// A 0700 directory of Jupyter's user.
+    fn mkdir(&self, path: &Path, run_as: Option<&RunAs>) -> Result<(), SuperviseError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let failed = |source| SuperviseError::PrivateDir {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(failed)?;
+        run_as.map_or(Ok(()), |u| chown(path, u)).map_err(failed)
+    }
 }
 
 impl Drop for PrivateDir {
@@ -394,10 +445,23 @@ pub fn start(prepared: Prepared, grace: Duration) -> Result<Supervised, Supervis
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
-    let mut set_env = vec![(
-        "JUPYTER_TOKEN_FILE".to_owned(),
-        prepared.dir.token_file().into_os_string(),
-    )];
+    // The provider's directory first; the user's own PYTHONPATH after it.
+    let mut pythonpath = prepared.dir.python_dir().into_os_string();
+    if let Some(theirs) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(theirs);
+    }
+    let mut set_env = vec![
+        (
+            "JUPYTER_TOKEN_FILE".to_owned(),
+            prepared.dir.token_file().into_os_string(),
+        ),
+        (
+            identity::SECRET_ENV.to_owned(),
+            prepared.dir.identity_file().into_os_string(),
+        ),
+        ("PYTHONPATH".to_owned(), pythonpath),
+    ];
     if let Some(u) = &prepared.run_as {
         set_env.push(("HOME".into(), u.home.clone().into_os_string()));
         set_env.push(("USER".into(), u.name.clone().into()));
@@ -500,7 +564,20 @@ impl Supervised {
             let _ = tokio::time::timeout(Duration::from_millis(100), exited).await;
         }
         let _ = std::fs::remove_file(self.prepared.dir.token_file());
+        let _ = std::fs::remove_file(self.prepared.dir.identity_file());
         self.output.go_live();
+        let p = &self.prepared;
+        match probe_identity(&socket, &p.identity, &p.base_url).await {
+            Ok(()) => {
+                p.identity.confirm();
+                tracing::info!(
+                    "jupyter knows nbgate's users: requests carry a signed user name, not Jupyter's token"
+                );
+            }
+            Err(why) => tracing::info!(
+                "jupyter does not use nbgate's identity provider ({why}): every user reaches it as its token holder"
+            ),
+        }
         tracing::info!(pid = self.pid, "jupyter is ready");
         Ok(())
     }
@@ -550,6 +627,59 @@ async fn answers(socket: &Path) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// The user name of the identity probe (it appears in Jupyter's log).
+const PROBE_USER: &str = "nbgate-probe";
+
+/// Whether Jupyter verifies nbgate's identity header: `GET <base>api/me`
+/// signed for [`PROBE_USER`], without the token, must name that user. Else
+/// why not, in words for the log (an older jupyter_server, or another
+/// provider configured).
+async fn probe_identity(socket: &Path, key: &IdentityKey, base_url: &str) -> Result<(), String> {
+    let target = format!("{base_url}api/me");
+    let header = identity::sign(
+        &identity::key(key.secret()),
+        PROBE_USER,
+        identity::now(),
+        "GET",
+        &target,
+    );
+    let header = header.to_str().expect("sign makes ASCII");
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await?;
+        // HTTP/1.0: the answer ends with the connection, never chunked.
+        let head = format!(
+            "GET {target} HTTP/1.0\r\nHost: localhost\r\n{}: {header}\r\n\r\n",
+            identity::HEADER
+        );
+        s.write_all(head.as_bytes()).await?;
+        let mut answer = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err(format!("probe failed: {e}")),
+        Err(_) => return Err("no answer to the probe within 10s".into()),
+    };
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!(
+            "a signed request got {status}, not 200; it needs jupyter_server >= 2.0 and no identity_provider_class of its own"
+        ));
+    }
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let user = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["identity"]["username"].as_str().map(str::to_owned));
+    match user {
+        Some(u) if u == PROBE_USER => Ok(()),
+        _ => {
+            Err("Jupyter did not name the signed user: another identity provider is in use".into())
+        }
+    }
 }
 
 /// The lines printed once Jupyter is ready, the way Jupyter prints its URL:

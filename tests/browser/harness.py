@@ -5,7 +5,9 @@ Imported by the scripts in this directory (Python puts a script's own directory 
 `error: <reason>` line on stderr.
 """
 
+import os
 import sys
+import threading
 import time
 
 
@@ -50,3 +52,20 @@ def report(body):
         return 1
     print("OK", flush=True)
     return 0
+
+
+def guarded(timeout, body):
+    """`report(body)` under a last-resort watchdog: if something blocks outside Playwright's own
+    timeouts, the script still ends (one `error:` line, exit 1) `timeout + 60` s after."""
+
+    def watchdog():
+        print(f"error: hard timeout after {timeout + 60:.0f} s", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    dog = threading.Timer(timeout + 60, watchdog)
+    dog.daemon = True
+    dog.start()
+    try:
+        return report(body)
+    finally:
+        dog.cancel()

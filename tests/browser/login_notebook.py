@@ -10,11 +10,10 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 
-from harness import BROWSER_ARGS, Fail, report, step
+from harness import BROWSER_ARGS, Fail, guarded, step
 
 LAUNCHER_CARD = ".jp-LauncherCard"
 NOTEBOOK_CARD = '.jp-LauncherCard[data-category="Notebook"][title^="Python 3"]'
@@ -324,20 +323,7 @@ def main():
     os.makedirs(args.screenshots, exist_ok=True)
     budget = Budget(args.timeout)
 
-    # Last-resort watchdog in case something blocks outside Playwright's own timeouts.
-    def watchdog():
-        print(f"error: hard timeout after {args.timeout + 60:.0f} s", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    dog = threading.Timer(args.timeout + 60, watchdog)
-    dog.daemon = True
-    dog.start()
-
-    try:
-        return report(lambda: run(args, budget))
-    finally:
-        dog.cancel()
-
+    return guarded(args.timeout, lambda: run(args, budget))
 
 if __name__ == "__main__":
     sys.exit(main())
