@@ -1097,3 +1097,28 @@ pub fn audit_classify(data: &[u8]) {
         let _ = event(&op, &actor, &out);
     }
 }
+
+/// `User-Agent` summaries for the sessions page (`auth::user_agent`): any
+/// header, however long or hostile, gives a summary made only of the fixed
+/// names and a number, and nothing after the scanned prefix changes it.
+pub fn user_agent(data: &[u8]) {
+    use nbgate::auth::user_agent::summarize;
+
+    let ua = String::from_utf8_lossy(data);
+    let s = summarize(Some(&ua));
+    if let Some(label) = s.browser_label() {
+        assert!(
+            label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-'),
+            "label {label:?} holds more than fixed names and digits"
+        );
+        assert!(label.len() <= 40, "label {label:?} too long");
+    }
+    assert!(s.major.is_none_or(|v| v < 1_000_000), "{s:?}");
+    // What lies past the scanned prefix is not looked at.
+    let padded = format!("{}{ua}", "x".repeat(600));
+    let far = summarize(Some(&padded));
+    assert_eq!(far.browser, None, "{padded:?}");
+    assert_eq!(far.os, None, "{padded:?}");
+}

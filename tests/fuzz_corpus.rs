@@ -61,4 +61,5 @@ replay_tests!(
     accept_language,
     kernel_frames,
     audit_classify,
+    user_agent,
 );
