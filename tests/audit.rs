@@ -369,7 +369,9 @@ async fn a_jupyter_session_is_audited_in_order_in_the_file_and_the_log() {
     assert_eq!(by("terminal_input")["code"], "echo audit-''me");
     assert_eq!(by("terminal_close")["terminal"], term.as_str());
 
-    // The log has the same events, in the same order.
+    // The log has the same events, in the same order (the last one written, the log read).
+    gate.wait_for_line(&["nbgate::audit", "terminal_close"], T)
+        .await;
     let logged: Vec<String> = gate
         .log_lines()
         .iter()
