@@ -757,3 +757,74 @@ fn codes_in(html: &str) -> Vec<String> {
         .map(|rest| rest.split("</code>").next().expect("end").to_owned())
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printed_secret_in_a_totp_secret_file_is_asked_for_and_a_bad_policy_names_its_line() {
+    // An unknown `totp` value: check-config names the file and the line.
+    let mut users = required_user();
+    users.as_array_mut().expect("users")[0]
+        .as_table_mut()
+        .expect("user")
+        .insert("totp".into(), "sometimes".into());
+    let bad = NbgateBuilder::new().set("users", users);
+    let done = bad.check_config().await;
+    assert!(!done.status.success());
+    let config = bad.dir().join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let line = text
+        .lines()
+        .position(|l| l.contains("sometimes"))
+        .expect("the bad line")
+        + 1;
+    assert!(
+        done.stderr
+            .contains(&format!("{}:{line}:", config.display())),
+        "{}",
+        done.stderr
+    );
+
+    // `--print-secret`: the secret alone on stdout, for a file the configuration names.
+    let builder = NbgateBuilder::new();
+    let path = builder.write_config();
+    let done = builder
+        .run(&[
+            "totp",
+            "enroll",
+            "--user",
+            TEST_USER,
+            "--print-secret",
+            "--config",
+            path.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert!(done.status.success(), "{}", done.stderr);
+    let secret = done.stdout.trim().to_owned();
+    assert_eq!(secret.len(), 32, "{}", done.stdout);
+    assert!(done.stderr.contains("otpauth://"), "{}", done.stderr);
+    let secret_file = builder.dir().join("tester.totp");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
+    let state = builder
+        .dir()
+        .join("state/totp")
+        .join(format!("{TEST_USER}.json"));
+    let stored = std::fs::read_to_string(&state).expect("state file");
+    assert!(
+        !stored.contains(&secret),
+        "the state directory keeps no secret then"
+    );
+    let mut users = required_user();
+    let user = users.as_array_mut().expect("users")[0]
+        .as_table_mut()
+        .expect("user");
+    user.remove("totp");
+    user.insert(
+        "totp_secret_file".into(),
+        secret_file.display().to_string().into(),
+    );
+    let gate = builder.set("users", users).start().await;
+    let client = bare_client(&gate);
+    let now = settled_now().await;
+    let r = log_in_with(&gate, &client, &code_at(&base32_decode(&secret), now)).await;
+    assert_eq!(r.status(), 303);
+    assert!(session_of(&r).is_some());
+}

@@ -214,16 +214,15 @@ pub fn render_account(view: &AccountView<'_>) -> String {
                 utc_minute(enrolled_at),
                 html_escape(t.left),
             ));
+            // Each action a bordered item of the list style the sessions page
+            // uses for one form per item: spaced and grouped on a phone.
             main.push_str(&format!(
-                "<p class=\"muted\">{}</p>\n",
-                html_escape(t.regenerate_intro)
+                "<ul class=\"sessions\">\n<li>\n<p>{}</p>\n{}</li>\n<li>\n<p>{}</p>\n{}</li>\n</ul>\n",
+                html_escape(t.regenerate_intro),
+                form(view, "regenerate", &[], t.code_label, t.regenerate),
+                html_escape(t.remove_intro),
+                form(view, "remove", &[], t.code_label, t.remove),
             ));
-            main.push_str(&form(view, "regenerate", &[], t.code_label, t.regenerate));
-            main.push_str(&format!(
-                "<p class=\"muted\">{}</p>\n",
-                html_escape(t.remove_intro)
-            ));
-            main.push_str(&form(view, "remove", &[], t.code_label, t.remove));
         }
         TotpSection::Off {
             offer,

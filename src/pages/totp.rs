@@ -144,7 +144,7 @@ pub fn offer_html(offer: &Offer<'_>, lang: Lang) -> String {
         Lang::ZhHans => ("用身份验证器应用扫描的二维码", "密钥"),
     };
     format!(
-        "<p>{}</p>\n<p class=\"muted\">{}: <code>{}</code></p>\n",
+        "<p>{}</p>\n<p>{}: <code>{}</code></p>\n",
         qr_svg(offer.uri, qr_label),
         html_escape(key_label),
         html_escape(offer.secret),
