@@ -301,6 +301,11 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
         probe.auth.password_env = None;
         nbgate::auth::users::load(&probe)?;
     }
+    // totp: a user's secret file must hold a usable secret (the server
+    // would refuse that user's logins).
+    for user in config.users.iter().filter(|u| u.totp_secret_file.is_some()) {
+        nbgate::auth::second_factor::status(&config, &user.name)?;
+    }
     println!("# effective configuration from {}", config.source.display());
     let guard = nbgate::proxy::guard::Guard::new(&config.policy);
     for line in guard.describe().lines() {

@@ -821,6 +821,20 @@ async fn a_printed_secret_in_a_totp_secret_file_is_asked_for_and_a_bad_policy_na
         "totp_secret_file".into(),
         secret_file.display().to_string().into(),
     );
+    // check-config reads the secret file: one without a usable secret is named.
+    let junk = builder.dir().join("junk.totp");
+    std::fs::write(&junk, "not a secret\n").expect("junk file");
+    let mut bad_users = users.clone();
+    bad_users.as_array_mut().expect("users")[0]
+        .as_table_mut()
+        .expect("user")
+        .insert("totp_secret_file".into(), junk.display().to_string().into());
+    let done = NbgateBuilder::new()
+        .set("users", bad_users)
+        .check_config()
+        .await;
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("junk.totp"), "{}", done.stderr);
     let gate = builder.set("users", users).start().await;
     let client = bare_client(&gate);
     let now = settled_now().await;
