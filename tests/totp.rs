@@ -335,8 +335,33 @@ async fn cli_enrolment_then_password_and_code_reach_jupyter_and_codes_work_once(
     }
     assert!(!log.contains(&next), "a TOTP code in the log");
 
-    // `nbgate totp disable`: the password alone again, without a reload.
+    // `nbgate totp recovery-codes`: ten new ones; the old ones stop working.
     let config = gate.config_path().to_str().expect("utf-8").to_owned();
+    let done = gate
+        .run_args(&[
+            "totp",
+            "recovery-codes",
+            "--user",
+            TEST_USER,
+            "--config",
+            &config,
+        ])
+        .await;
+    assert!(done.status.success(), "{}", done.stderr);
+    let fresh: Vec<&str> = done
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() == 11 && l.as_bytes()[5] == b'-')
+        .collect();
+    assert_eq!(fresh.len(), 10, "{}", done.stdout);
+    let r = log_in_with(&gate, &client, &enrolled.recovery[5]).await;
+    assert_eq!(r.status(), 401, "an old recovery code after regeneration");
+    let r = log_in_with(&gate, &client, fresh[5]).await;
+    assert_eq!(r.status(), 200);
+    assert!(session_of(&r).is_some());
+
+    // `nbgate totp disable`: the password alone again, without a reload.
     let done = gate
         .run_args(&["totp", "disable", "--user", TEST_USER, "--config", &config])
         .await;
