@@ -15,6 +15,10 @@
 //! - `auth`: passwords and API tokens (verified off the executor), session cookies, their
 //!   revocation, the in-memory list of each user's active sessions for the sessions page
 //!   (`auth::active`), CSRF tokens, the `next=` sanitizer; decisions only, no responses.
+//!   The TOTP second factor: codes and recovery codes (`auth::totp`), each user's state file
+//!   (`auth::second_factor`), the sealed pending login between password and code
+//!   (`auth::pending`); its pages are `pages::totp` and `pages::account`, its routes
+//!   `proxy::own_pages::{totp, account}`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`

@@ -9,14 +9,20 @@
 //! from a terminal), `users` (where users come from), `session` (cookies,
 //! lifetime, revocation), `active` (the in-memory list of each user's
 //! active sessions, for the sessions page), `user_agent` (a browser
-//! summary for that list), `csrf`, `next_path`.
+//! summary for that list), `csrf`, `next_path`. The TOTP second factor:
+//! `totp` (codes and recovery codes), `second_factor` (each user's state
+//! file and who must pass it), `pending` (the sealed login between password
+//! and code).
 
 pub mod active;
 pub mod csrf;
 pub mod next_path;
 pub mod password;
+pub mod pending;
 pub mod prompt;
+pub mod second_factor;
 pub mod session;
+pub mod totp;
 pub mod user_agent;
 pub mod users;
 

@@ -79,6 +79,8 @@ pub(super) struct RawAuth {
     pub(super) idle_timeout: Option<String>,
     pub(super) max_lifetime: Option<String>,
     pub(super) max_concurrent_verifications: Option<usize>,
+    // totp (issue 22 §1)
+    pub(super) require_second_factor: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +90,9 @@ pub(super) struct RawUser {
     pub(super) password_hash: Option<String>,
     #[serde(default)]
     pub(super) tokens: Vec<String>,
+    // totp (issue 22 §1): an unknown value is a parse error naming the line.
+    pub(super) totp: Option<super::auth::TotpPolicy>,
+    pub(super) totp_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -97,6 +97,11 @@ pub enum ProxyError {
     /// of (and a token must not end the sessions of a person's browser).
     #[error("the sessions page needs a login session")]
     LoginSessionRequired,
+    /// totp: a user's second-factor state cannot be read or written (a
+    /// corrupt or unreadable file in the state directory): the login is
+    /// refused rather than let through on the password alone.
+    #[error("second-factor state unavailable")]
+    SecondFactorState,
 }
 
 impl ProxyError {
@@ -225,6 +230,11 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "login_session_required",
                 "The sessions page needs a browser login session; an API token cannot use it.",
+            ),
+            ProxyError::SecondFactorState => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "second_factor_unavailable",
+                "The second factor cannot be checked right now; nbgate's log says why.",
             ),
         }
     }

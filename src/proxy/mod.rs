@@ -449,6 +449,7 @@ impl Live {
             base_url: &self.config.auth.base_url,
             prefix: &self.prefix,
             upstream: &self.upstream,
+            config: &self.config,
         }
         .serve(req, rest, client)
         .await
