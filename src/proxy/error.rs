@@ -7,7 +7,8 @@
 //! a bad form. The one exception is the login form's own feedback (wrong
 //! password, locked out, busy, expired form on `POST /_nbgate/login`): that
 //! re-renders the form with a notice, in `own_pages`, because the user is
-//! mid-task on that page.
+//! mid-task on that page; so does a single sign-on provider that cannot be
+//! reached (the login page, with the password form when it is on).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -97,6 +98,24 @@ pub enum ProxyError {
     /// of (and a token must not end the sessions of a person's browser).
     #[error("the sessions page needs a login session")]
     LoginSessionRequired,
+    // oidc: refused single sign-on callbacks, and the password form when off.
+    /// The callback is not the end of a sign-in this browser started: no
+    /// flow cookie, a tampered or expired one, another `state`, a replay.
+    #[error("single sign-on state missing, expired, replayed or mismatched")]
+    OidcState,
+    /// The provider answered the sign-in with `error=` (cancelled, refused).
+    #[error("the single sign-on provider returned an error")]
+    OidcProviderError,
+    /// The code or the ID token failed a check (wrong audience, expired,
+    /// bad signature, nonce, issuer), or the provider was removed.
+    #[error("single sign-on failed verification")]
+    OidcFailed,
+    /// A verified person the provider's allow lists do not admit.
+    #[error("single sign-on user not allowed")]
+    OidcNotAllowed,
+    /// `auth.password = false`: the password form is off.
+    #[error("password login is off")]
+    PasswordLoginOff,
 }
 
 impl ProxyError {
@@ -225,6 +244,31 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "login_session_required",
                 "The sessions page needs a browser login session; an API token cannot use it.",
+            ),
+            ProxyError::OidcState => (
+                StatusCode::BAD_REQUEST,
+                "oidc_state",
+                "This sign-in was already used, expired, or started in another browser; sign in again.",
+            ),
+            ProxyError::OidcProviderError => (
+                StatusCode::FORBIDDEN,
+                "oidc_provider_error",
+                "The sign-in provider did not sign you in.",
+            ),
+            ProxyError::OidcFailed => (
+                StatusCode::FORBIDDEN,
+                "oidc_failed",
+                "The sign-in provider's answer could not be verified.",
+            ),
+            ProxyError::OidcNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "oidc_not_allowed",
+                "Your account is not allowed to use this server.",
+            ),
+            ProxyError::PasswordLoginOff => (
+                StatusCode::FORBIDDEN,
+                "password_login_off",
+                "Password login is off on this server; use single sign-on.",
             ),
         }
     }

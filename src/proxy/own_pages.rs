@@ -1,5 +1,6 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
-//! (a user's active sessions, ending one or all others), health.
+//! (a user's active sessions, ending one or all others), health, and single
+//! sign-on (`oidc`: a provider's start and callback).
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 //! Refusals (not found, a form too large or expired) are `ProxyError`s,
@@ -27,6 +28,9 @@ use crate::auth::session::{short_id as short, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check, Identity, Who};
 use crate::pages::{self, LoginView, Notice, SessionRow, SessionsNotice, SessionsView};
 use crate::policy::Refused;
+
+// oidc: single sign-on's start and callback.
+mod oidc;
 
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -120,6 +124,9 @@ pub struct Pages<'a> {
     pub prefix: &'a str,
     /// Asked by the health page.
     pub upstream: &'a Upstream,
+    // oidc: the providers, and the request's host (the redirect URI's).
+    pub sso: &'a crate::auth::oidc::Sso,
+    pub host: &'a str,
 }
 
 impl Pages<'_> {
@@ -140,11 +147,26 @@ impl Pages<'_> {
                 );
                 self.login_page(req.headers(), &next, "", None, StatusCode::OK)
             }
+            // oidc: `auth.password = false` refuses the form's POST.
+            (&Method::POST, "login") if !self.sso.password() => {
+                tracing::info!(target: "nbgate::audit", event = "login_password_off", %client, "password login refused: auth.password = false");
+                return Err(ProxyError::PasswordLoginOff);
+            }
             (&Method::POST, "login") => self.login_submit(req, client).await?,
             (&Method::GET, "logout") => self.logout_page(req.headers()),
             (&Method::POST, "logout") => self.logout_submit(req, client).await?,
             (&Method::GET | &Method::HEAD, "sessions") => self.sessions_page(&req, client)?,
             (&Method::POST, "sessions") => self.sessions_submit(req, client).await?,
+            // oidc: start and callback.
+            (&Method::GET, "oidc/callback") => {
+                self.oidc_callback(req.headers(), req.uri().query(), client)
+                    .await?
+            }
+            (&Method::GET, r) if r.starts_with("oidc/") => {
+                let name = &r["oidc/".len()..];
+                self.oidc_start(req.headers(), req.uri().query(), name, client)
+                    .await?
+            }
             _ => return Err(ProxyError::NotFound),
         })
     }
@@ -161,6 +183,19 @@ impl Pages<'_> {
         notice: Option<Notice>,
         status: StatusCode,
     ) -> Response<ProxyBody> {
+        self.login_page_with(headers, next, username, notice, None, status)
+    }
+
+    /// The login page, with an SSO notice (oidc).
+    fn login_page_with(
+        &self,
+        headers: &HeaderMap,
+        next: &str,
+        username: &str,
+        notice: Option<Notice>,
+        sso_notice: Option<pages::oidc::SsoNotice<'_>>,
+        status: StatusCode,
+    ) -> Response<ProxyBody> {
         // The CSRF binding lives in its own cookie; make one if missing.
         let (binding, fresh) = match cookie(headers, csrf::CSRF_COOKIE) {
             Some(b) if !b.is_empty() && b.len() <= 64 => (b.to_owned(), false),
@@ -168,6 +203,7 @@ impl Pages<'_> {
         };
         let token = csrf::token(self.auth.csrf_key(), &binding);
         let action = self.login_href();
+        let buttons = self.sso_buttons(next);
         let view = LoginView {
             lang: lang(headers),
             action: &action,
@@ -175,6 +211,11 @@ impl Pages<'_> {
             next,
             username,
             notice,
+            sso: (!buttons.is_empty()).then_some(pages::oidc::SsoLogin {
+                buttons: &buttons,
+                password: self.sso.password(),
+                notice: sso_notice,
+            }),
         };
         let mut r = html(status, pages::render_login(&view));
         if fresh {
