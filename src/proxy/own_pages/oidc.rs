@@ -135,7 +135,7 @@ impl Pages<'_> {
         };
         match &e {
             FinishError::NotAdmitted { who, .. } => {
-                let who = if who.len() <= 128 { who.as_str() } else { "" };
+                let who = log_safe_who(who);
                 tracing::info!(target: "nbgate::audit", event = "oidc_login_refused", provider, user = %who, %client, reason, "single sign-on refused: not on the allow lists");
             }
             FinishError::Unavailable { source, .. } => {
@@ -152,7 +152,8 @@ impl Pages<'_> {
             FinishError::ProviderError { .. } => ProxyError::OidcProviderError,
             FinishError::NotAdmitted { who, .. } => {
                 let mut r = ProxyError::OidcNotAllowed.into_response(headers);
-                r.extensions_mut().insert(Who::Tried(who));
+                r.extensions_mut()
+                    .insert(Who::Tried(log_safe_who(&who).to_owned()));
                 return r;
             }
             FinishError::Unavailable { provider, .. } => {
@@ -188,5 +189,32 @@ impl Pages<'_> {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(5u32));
         r
+    }
+}
+
+/// The refused person's address (or subject) as a log field: a provider's
+/// claim, verified but not checked for shape, so anything but visible ASCII
+/// without quotes (a newline would forge a log line), or over 128 bytes, is
+/// logged as empty.
+fn log_safe_who(who: &str) -> &str {
+    let printable = who.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+    if printable && who.len() <= 128 {
+        who
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_refused_persons_name_is_logged_only_when_it_cannot_forge_a_line() {
+        assert_eq!(
+            super::log_safe_who("mallory@evil.test"),
+            "mallory@evil.test"
+        );
+        assert_eq!(super::log_safe_who("a\nevent=\"login_success\""), "");
+        assert_eq!(super::log_safe_who("a b"), "");
+        assert_eq!(super::log_safe_who(&"a".repeat(129)), "");
     }
 }
