@@ -5,7 +5,8 @@
 //! an audit line; a replayed or foreign `state` is refused; tampered, expired and wrong-audience
 //! ID tokens are refused; a provider that is down gets a clear page while the password still
 //! works, and is used once it is up; `auth.password = false` hides the form and refuses its
-//! POST; a reload that narrows a list ends the sessions it admitted. Chromium signs in through
+//! POST; a reload that narrows a list ends the sessions it admitted; an HTTPS provider behind a
+//! private CA is used through `ca_bundle`, and refused without it. Chromium signs in through
 //! the provider to JupyterLab in `tests/browser/oidc_login.py`.
 
 mod common;
@@ -77,6 +78,20 @@ impl Browser {
             nb_jar: Jar::default(),
             idp_jar: Jar::default(),
         }
+    }
+
+    /// This browser, trusting the provider's certificate `pem` (an HTTPS provider).
+    fn trusting(mut self, pem: &str) -> Browser {
+        let root = reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem");
+        self.idp = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(T)
+            .build()
+            .expect("client");
+        self
     }
 
     /// GET on nbgate as a browser navigation, keeping cookies.
@@ -667,4 +682,41 @@ async fn config_errors_name_the_file_line_and_key() {
     assert!(!out.status.success(), "{}", out.stderr);
     assert!(out.stderr.contains("auth.oidc.issuer"), "{}", out.stderr);
     assert!(out.stderr.contains("config.toml:"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn an_https_provider_behind_a_private_ca_is_trusted_only_through_ca_bundle() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let pair = common::certs::localhost();
+    let (cert, key) = (certs.path().join("idp.pem"), certs.path().join("idp.key"));
+    std::fs::write(&cert, &pair.cert_pem).expect("write cert");
+    std::fs::write(&key, &pair.key_pem).expect("write key");
+    let port = free_port(false);
+    let provider = Provider::start_https(port, (&cert, &key)).await;
+    assert!(
+        provider.issuer.starts_with("https://"),
+        "{}",
+        provider.issuer
+    );
+    let builder = gate_builder(port, &[]);
+    let mut private = provider_entry(builder.dir(), "private", &provider.issuer);
+    private
+        .as_table_mut()
+        .expect("entry")
+        .insert("ca_bundle".into(), cert.display().to_string().into());
+    let public = provider_entry(builder.dir(), "public", &provider.issuer);
+    let gate = builder
+        .set("auth.oidc", toml::Value::Array(vec![private, public]))
+        .start()
+        .await;
+    // With the CA bundle: a whole sign-in over HTTPS.
+    let mut browser = Browser::new(&gate).trusting(&pair.cert_pem);
+    let r = sign_in(&mut browser, &gate, "private", "%2Flab", "alice").await;
+    assert_eq!(r.status(), 303, "{}", gate.log_text());
+    // Without it, the platform's roots do not know the private CA: the provider is unusable.
+    let mut browser = Browser::new(&gate);
+    let page = browser.nb_get(&gate.url("/_nbgate/login")).await;
+    let href = button_href(&page.text().await.expect("page"), "public");
+    assert_eq!(browser.nb_get(&gate.url(&href)).await.status(), 503);
+    audit_line(&gate, "oidc_login_refused", Some("provider_unavailable")).await;
 }

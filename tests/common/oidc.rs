@@ -28,6 +28,21 @@ impl Provider {
     /// Starts the provider (`mode`: see provider.mjs) for nbgate on `gate_port`, on any free
     /// port (`port` 0) or the given one; waits for its `ready` line.
     pub async fn start(gate_port: u16, mode: &str, port: u16) -> Provider {
+        Self::start_with(gate_port, mode, port, None).await
+    }
+
+    /// As `start`, over HTTPS with the certificate and key in `tls` (PEM files: cert, key);
+    /// the issuer is then `https://127.0.0.1:PORT`.
+    pub async fn start_https(gate_port: u16, tls: (&Path, &Path)) -> Provider {
+        Self::start_with(gate_port, "normal", 0, Some(tls)).await
+    }
+
+    async fn start_with(
+        gate_port: u16,
+        mode: &str,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+    ) -> Provider {
         let node_modules = node_dir().join("node_modules/oidc-provider");
         assert!(
             node_modules.exists(),
@@ -45,6 +60,9 @@ impl Provider {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((cert, key)) = tls {
+            cmd.env("OIDC_TLS_CERT", cert).env("OIDC_TLS_KEY", key);
+        }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().expect("start node");
         let log = Arc::new(Mutex::new(OutputLog::default()));

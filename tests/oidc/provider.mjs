@@ -8,6 +8,7 @@
 //   OIDC_CLIENT_SECRET    the secret of client `nbgate` (client `other-app` has its own)
 //   OIDC_MODE             normal (default) | tampered | expired | wrong_audience
 //   OIDC_PORT             the loopback port to listen on (default: any free one)
+//   OIDC_TLS_CERT, OIDC_TLS_KEY  PEM files: serve HTTPS with them (issuer https://127.0.0.1:PORT)
 //
 // Prints `ready <issuer>` on stdout once it listens.
 //
@@ -32,6 +33,7 @@
 
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -68,9 +70,12 @@ const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true }
 const kid = 'nbgate-test-key';
 const jwk = { ...(await jose.exportJWK(privateKey)), kid, alg: 'RS256', use: 'sig' };
 
-const server = http.createServer();
+const tls = process.env.OIDC_TLS_CERT
+  ? { cert: fs.readFileSync(process.env.OIDC_TLS_CERT), key: fs.readFileSync(process.env.OIDC_TLS_KEY) }
+  : null;
+const server = tls ? https.createServer(tls) : http.createServer();
 await new Promise((resolve) => server.listen(Number(process.env.OIDC_PORT || 0), '127.0.0.1', resolve));
-const issuer = `http://127.0.0.1:${server.address().port}`;
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {
   clients: [
