@@ -931,6 +931,17 @@ pub fn config(data: &[u8]) {
         {
             return;
         }
+        // oidc: `client_secret_file` and `ca_bundle` are read the same way.
+        let reads_a_file =
+            |p: &toml::Value| p.get("client_secret_file").is_some() || p.get("ca_bundle").is_some();
+        if table
+            .get("auth")
+            .and_then(|a| a.get("oidc"))
+            .and_then(toml::Value::as_array)
+            .is_some_and(|ps| ps.iter().any(reads_a_file))
+        {
+            return;
+        }
     }
     match Config::from_text(text, Path::new("fuzz.toml")) {
         Ok(config) => {
@@ -1187,5 +1198,61 @@ pub fn second_factor_input(data: &[u8]) {
         assert_eq!(totp::find_recovery(b"salt", &hashes, &text), Some(0));
     } else {
         assert_eq!(totp::find_recovery(b"salt", &[], &text), None);
+    }
+}
+
+/// The single sign-on callback (`auth::oidc::flow`): the query the provider
+/// (or anyone) sends to `oidc/callback`, and the flow cookie beside it. The
+/// first byte splits the input into a query and a cookie value. A parsed
+/// callback always has a non-empty `state`, every parameter under the cap,
+/// and an error code made only of log-safe characters; no cookie value
+/// the fuzzer makes opens (the key is not the fuzzer's), and a sealed flow
+/// opens to its exact contents, while truncated or altered copies do not.
+pub fn oidc_callback(data: &[u8]) {
+    use nbgate::auth::oidc::flow::{Callback, FlowKey, FlowState, Outcome, MAX_PARAM};
+
+    let split = usize::from(data.first().copied().unwrap_or(0)).min(data.len());
+    let rest = data.get(1..).unwrap_or_default();
+    let (query, cookie) = rest.split_at(split.min(rest.len()));
+    let query = String::from_utf8_lossy(query);
+    if let Ok(cb) = Callback::parse(&query) {
+        assert!(
+            !cb.state.is_empty() && cb.state.len() <= MAX_PARAM,
+            "{cb:?}"
+        );
+        assert!(cb.iss.as_ref().is_none_or(|i| i.len() <= MAX_PARAM));
+        match &cb.outcome {
+            Outcome::Code(code) => assert!(!code.is_empty() && code.len() <= MAX_PARAM),
+            Outcome::Error(e) => assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                    && (1..=64).contains(&e.len()),
+                "{e:?} is not log-safe"
+            ),
+        }
+    }
+    let key = FlowKey::derive(b"nbgate-fuzz-oidc-flow-key-32-byt");
+    let cookie = String::from_utf8_lossy(cookie);
+    assert_eq!(key.open(&cookie, 0), None, "a made-up cookie opened");
+    let flow = FlowState {
+        provider: "p".into(),
+        state: query.chars().take(64).collect(),
+        nonce: "n".into(),
+        verifier: "v".into(),
+        redirect_uri: "https://h/_nbgate/oidc/callback".into(),
+        next: "/".into(),
+        expires: 10,
+    };
+    let sealed = key.seal(&flow);
+    assert_eq!(key.open(&sealed, 0).as_ref(), Some(&flow));
+    assert_eq!(key.open(&sealed, 10), None, "expired");
+    if !cookie.is_empty() {
+        let cut = cookie.len() % sealed.len();
+        assert_eq!(key.open(&sealed[..cut], 0), None, "a truncated flow opened");
+        let mut altered = sealed.clone().into_bytes();
+        let i = usize::from(cookie.as_bytes()[0]) % altered.len();
+        altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).expect("base64url is ASCII");
+        assert_eq!(key.open(&altered, 0), None, "an altered flow opened");
     }
 }

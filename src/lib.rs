@@ -8,7 +8,8 @@
 //! - `state`: the state directory; private, atomic file writes.
 //! - `tls`: rustls server config, certificate resolver, self-signed and file certificates
 //!   (re-read when the files change), ACME certificates with their challenges and renewal;
-//!   `tls::Maintenance` keeps the certificate current.
+//!   `tls::Maintenance` keeps the certificate current; `tls::client` the HTTPS connector of
+//!   nbgate's own outgoing clients (ACME, single sign-on).
 //! - `reload`: SIGHUP re-reads the whole configuration (the same validation as a start),
 //!   prepares users and certificate, then swaps the request path's configuration
 //!   (`proxy::Gateway::reload`) with nothing dropped; owns `tls::Maintenance`.
@@ -19,6 +20,8 @@
 //!   (`auth::second_factor`), the sealed pending login between password and code
 //!   (`auth::pending`); its pages are `pages::totp` and `pages::account`, its routes
 //!   `proxy::own_pages::{totp, account}`.
+//!   `auth::oidc`: single sign-on with OpenID Connect (discovery, the sealed flow cookie,
+//!   ID token checks, allow lists), its HTTP client over `tls::client`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`
@@ -65,7 +68,8 @@
 //! `proxy -> audit -> config`,
 //! `server -> reload -> (proxy, tls, auth, telemetry, systemd)` (the reload
 //! tells systemd), `supervisor -> reload` (only its `Source` type),
-//! `server -> tls -> state`, `server -> systemd`, everything may call
+//! `server -> tls -> state`, `server -> systemd`, `auth -> tls` (the SSO
+//! client's HTTPS connector, `tls::client`), everything may call
 //! `metrics` and read `config`; inside `proxy`, `upstream -> h1 -> transport`.
 
 pub mod audit;

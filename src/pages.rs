@@ -11,6 +11,9 @@
 //! module only escapes it). Pages carry no JavaScript and load nothing from anywhere, so the
 //! CSP can start from `default-src 'none'`; keep it that way when editing the markup.
 
+// oidc: the single sign-on parts of the login page and its error pages.
+pub mod oidc;
+
 use std::sync::OnceLock;
 
 // totp (issue 22 §1): the second step, recovery codes, the account page.
@@ -154,6 +157,8 @@ a{color:var(--accent)}
 .sessions button{width:auto;min-height:40px;padding:6px 14px}
 .tag{display:inline-block;margin:0 0 0 8px;padding:0 8px;border-radius:999px;background:var(--info-bg);color:var(--info-fg);font-size:13px;font-weight:600}
 .links{margin:16px 0 0}
+.or{margin:16px 0;text-align:center;color:var(--muted)}
+.sso{margin:0 0 12px}
 "#;
 
 /// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
@@ -208,6 +213,8 @@ pub struct LoginView<'a> {
     /// Prefilled after a failed attempt so only the password has to be typed again.
     pub username: &'a str,
     pub notice: Option<Notice>,
+    /// oidc: the "Sign in with …" buttons, and whether the password form shows.
+    pub sso: Option<oidc::SsoLogin<'a>>,
 }
 
 /// Renders the login page: one document, inline CSS, no script, no external resources.
@@ -235,27 +242,38 @@ pub fn render_login(view: &LoginView<'_>) -> String {
     if let Some(notice) = view.notice {
         main.push_str(&notice_html(notice, view.lang));
     }
-    main.push_str(&format!(
-        "<form method=\"post\" action=\"{action}\" accept-charset=\"utf-8\">\n\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
-         <input type=\"hidden\" name=\"next\" value=\"{next}\">\n\
-         <label for=\"username\">{user_label}</label>\n\
-         <input id=\"username\" name=\"username\" type=\"text\" value=\"{username}\" \
-         autocomplete=\"username\" autocapitalize=\"none\" autocorrect=\"off\" \
-         spellcheck=\"false\" required{user_focus}>\n\
-         <label for=\"password\">{password_label}</label>\n\
-         <input id=\"password\" name=\"password\" type=\"password\" \
-         autocomplete=\"current-password\" required{password_focus}>\n\
-         <button type=\"submit\">{submit}</button>\n\
-         </form>\n</main>\n",
-        action = html_escape(view.action),
-        csrf = html_escape(view.csrf_token),
-        next = html_escape(view.next),
-        user_label = html_escape(user_label),
-        username = html_escape(view.username),
-        password_label = html_escape(password_label),
-        submit = html_escape(submit),
-    ));
+    // oidc: the provider notice, then the password form only when it is on.
+    let sso = view.sso.as_ref();
+    if let Some(sso) = sso {
+        main.push_str(&oidc::notice_html(sso, view.lang));
+    }
+    if sso.is_none_or(|s| s.password) {
+        main.push_str(&format!(
+            "<form method=\"post\" action=\"{action}\" accept-charset=\"utf-8\">\n\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+             <input type=\"hidden\" name=\"next\" value=\"{next}\">\n\
+             <label for=\"username\">{user_label}</label>\n\
+             <input id=\"username\" name=\"username\" type=\"text\" value=\"{username}\" \
+             autocomplete=\"username\" autocapitalize=\"none\" autocorrect=\"off\" \
+             spellcheck=\"false\" required{user_focus}>\n\
+             <label for=\"password\">{password_label}</label>\n\
+             <input id=\"password\" name=\"password\" type=\"password\" \
+             autocomplete=\"current-password\" required{password_focus}>\n\
+             <button type=\"submit\">{submit}</button>\n\
+             </form>\n",
+            action = html_escape(view.action),
+            csrf = html_escape(view.csrf_token),
+            next = html_escape(view.next),
+            user_label = html_escape(user_label),
+            username = html_escape(view.username),
+            password_label = html_escape(password_label),
+            submit = html_escape(submit),
+        ));
+    }
+    if let Some(sso) = sso {
+        main.push_str(&oidc::buttons_html(sso, view.lang));
+    }
+    main.push_str("</main>\n");
     document(view.lang, title, &main)
 }
 
@@ -403,7 +421,8 @@ fn code_text(code: &str, lang: Lang) -> Option<(String, String)> {
             "请用浏览器登录",
             "会话页面列出浏览器登录会话，需要登录会话才能打开：API 令牌无法打开它。",
         ),
-        _ => return None,
+        // oidc: the refused sign-in pages.
+        _ => oidc::code_text(code, lang)?,
     };
     Some((heading.to_owned(), sentence.to_owned()))
 }
@@ -858,6 +877,7 @@ mod tests {
             next: "/lab",
             username: "",
             notice,
+            sso: None,
         }
     }
 
@@ -888,6 +908,27 @@ mod tests {
                 lang,
                 None,
             ));
+        }
+        // oidc: the login page with "Sign in with" buttons, with and without the
+        // password form, and the refused sign-in pages.
+        let buttons = [oidc::SsoButton {
+            display_name: "Corp".into(),
+            href: "/_nbgate/oidc/corp?next=%2Flab".into(),
+        }];
+        for (lang, password) in [(Lang::En, true), (Lang::ZhHans, false)] {
+            pages.push(render_login(&LoginView {
+                sso: Some(oidc::SsoLogin {
+                    buttons: &buttons,
+                    password,
+                    notice: Some(oidc::SsoNotice::Unavailable {
+                        display_name: "Corp",
+                    }),
+                }),
+                ..view(lang, None)
+            }));
+            for code in ["oidc_state", "oidc_not_allowed", "oidc_failed"] {
+                pages.push(render_error_page(StatusCode::FORBIDDEN, code, lang, None));
+            }
         }
         pages
     }
@@ -951,6 +992,7 @@ mod tests {
             next: HOSTILE,
             username: HOSTILE,
             notice: Some(Notice::WrongCredentials),
+            sso: None,
         });
         assert!(!page.contains("<script"));
         assert!(!page.contains(HOSTILE));

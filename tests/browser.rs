@@ -301,3 +301,46 @@ async fn chromium_on_a_phone_turns_totp_on_and_logs_in_with_a_code() {
     )
     .await;
 }
+
+/// oidc: Chromium opens JupyterLab, is sent to the login page, signs in with a real OpenID
+/// provider (`tests/oidc/provider.mjs`) and lands in JupyterLab; the login page fits a phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signs_in_through_an_openid_provider_to_jupyterlab() {
+    let jupyter = Jupyter::start_lab().await;
+    let port = common::pebble::free_port(false);
+    let provider = common::oidc::Provider::start(port, "normal", 0).await;
+    let gate = common::oidc::with_providers(
+        common::NbgateBuilder::new(),
+        port,
+        &[("test", &provider.issuer)],
+    )
+    .jupyter(&jupyter)
+    .start()
+    .await;
+    let shots = browser_flow(
+        &gate,
+        "oidc_login.py",
+        "browser-oidc",
+        &["--provider", "Test IdP test", "--account", "alice"],
+        150,
+    )
+    .await;
+    for png in [
+        "sso-login.png",
+        "sso-provider.png",
+        "sso-lab.png",
+        "sso-login-phone.png",
+    ] {
+        assert!(shots.join(png).exists(), "screenshot {png} missing");
+    }
+    let line = gate
+        .wait_for_line(
+            &["event=\"login_success\"", "method=\"oidc\""],
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        log_field(&line, "user").as_deref(),
+        Some("alice@example.com")
+    );
+}

@@ -63,4 +63,5 @@ replay_tests!(
     audit_classify,
     user_agent,
     second_factor_input,
+    oidc_callback,
 );

@@ -29,8 +29,9 @@ APT_PACKAGES=(chromium pebble fail2ban testssl.sh openssl python3 systemd promet
 # tests/identity.rs (it enables itself for every Jupyter of the venv; `ensure_venv` switches
 # RTC off there by default).
 PY_REQUIREMENTS=(jupyter-server ipykernel jupyterlab notebook terminado websocket-client requests playwright jupyterhub jupyter-collaboration)
-# Node packages (npm; Node itself must be on the machine): JupyterHub's proxy.
-NODE_REQUIREMENTS=(configurable-http-proxy@5)
+# Node packages (npm; Node itself must be on the machine): JupyterHub's proxy, and the
+# certified OpenID provider library the single sign-on tests start (tests/oidc/provider.mjs).
+NODE_REQUIREMENTS=(configurable-http-proxy@5 oidc-provider@9)
 
 export NBGATE_TEST_VENV="${NBGATE_TEST_VENV:-$repo/.venv}"
 export NBGATE_TEST_NODE="${NBGATE_TEST_NODE:-$repo/.node}"
@@ -99,7 +100,7 @@ ensure_node_packages() {
     local stamp="$NBGATE_TEST_NODE/.nbgate-requirements"
     local want
     if ! command -v npm >/dev/null; then
-        log "node: npm is missing: install Node.js (20 or later) for tests/jupyterhub.rs"
+        log "node: npm is missing: install Node.js (20 or later) for tests/jupyterhub.rs and tests/oidc.rs"
         return 1
     fi
     want="node $(node --version) ${NODE_REQUIREMENTS[*]}"
@@ -112,6 +113,7 @@ ensure_node_packages() {
     npm install --prefix "$NBGATE_TEST_NODE" --no-audit --no-fund --loglevel=error \
         "${NODE_REQUIREMENTS[@]}"
     "$NBGATE_TEST_NODE/node_modules/.bin/configurable-http-proxy" --version >/dev/null
+    test -f "$NBGATE_TEST_NODE/node_modules/oidc-provider/package.json"
     printf '%s' "$want" >"$stamp"
     log "node: ready"
 }

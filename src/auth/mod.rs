@@ -9,14 +9,15 @@
 //! from a terminal), `users` (where users come from), `session` (cookies,
 //! lifetime, revocation), `active` (the in-memory list of each user's
 //! active sessions, for the sessions page), `user_agent` (a browser
-//! summary for that list), `csrf`, `next_path`. The TOTP second factor:
-//! `totp` (codes and recovery codes), `second_factor` (each user's state
-//! file and who must pass it), `pending` (the sealed login between password
-//! and code).
+//! summary for that list), `csrf`, `next_path`, `oidc` (single sign-on
+//! with OpenID Connect providers). The TOTP second factor: `totp` (codes
+//! and recovery codes), `second_factor` (each user's state file and who must
+//! pass it), `pending` (the sealed login between password and code).
 
 pub mod active;
 pub mod csrf;
 pub mod next_path;
+pub mod oidc;
 pub mod password;
 pub mod pending;
 pub mod prompt;
@@ -201,6 +202,10 @@ pub struct Authenticator {
     verify_slots_max: usize,
     /// std Mutex: short critical sections, never held across `.await`.
     token_cache: Mutex<HashMap<[u8; 32], (TokenUser, Instant)>>,
+    // oidc: the session tags (`oidc::session_tag`) of the configured
+    // providers: a session of a user nbgate has no password for is valid
+    // while its tag is one of these.
+    sso_tags: Vec<String>,
 }
 
 /// The last session cookie value one client connection carried and what
@@ -250,6 +255,7 @@ impl Authenticator {
             verify_slots: Arc::new(Semaphore::new(config.auth.max_concurrent_verifications)),
             verify_slots_max: config.auth.max_concurrent_verifications,
             token_cache: Mutex::new(HashMap::new()),
+            sso_tags: oidc::session_tags(&config.auth),
         };
         Ok((auth, initial))
     }
@@ -265,6 +271,7 @@ impl Authenticator {
             verify_slots: Arc::new(Semaphore::new(2)),
             verify_slots_max: 2,
             token_cache: Mutex::new(HashMap::new()),
+            sso_tags: Vec::new(),
         }
     }
 
@@ -318,6 +325,7 @@ impl Authenticator {
             verify_slots,
             verify_slots_max: slots,
             token_cache: Mutex::new(token_cache),
+            sso_tags: oidc::session_tags(&config.auth),
         };
         Ok((auth, changes))
     }
@@ -429,6 +437,28 @@ impl Authenticator {
     /// cookie planted before login is never promoted (session fixation).
     /// The session is listed as active, seen from `seen`.
     pub fn start_session(&self, user: &str, seen: Sighting<'_>) -> (Claims, String) {
+        let pw = self
+            .users
+            .get(user)
+            .map(|u| u.fingerprint().to_owned())
+            .unwrap_or_default();
+        self.start_session_with(user, pw, seen)
+    }
+
+    // oidc: sessions of single sign-on.
+    /// Starts a session for `user`, admitted by the provider whose session
+    /// tag is `tag` (`oidc::session_tag`). A user nbgate knows (a password
+    /// or token user of the same name) gets that user's ordinary session;
+    /// any other carries the tag where a password fingerprint would be, and
+    /// stays valid while the provider is configured the same way.
+    pub fn start_sso_session(&self, user: &str, tag: &str, seen: Sighting<'_>) -> (Claims, String) {
+        if self.users.get(user).is_some() {
+            return self.start_session(user, seen);
+        }
+        self.start_session_with(user, tag.to_owned(), seen)
+    }
+
+    fn start_session_with(&self, user: &str, pw: String, seen: Sighting<'_>) -> (Claims, String) {
         let now = session::unix_now();
         let claims = Claims {
             u: user.to_owned(),
@@ -436,11 +466,7 @@ impl Authenticator {
             iat: now,
             lst: now,
             gen: self.revocations.generation(user),
-            pw: self
-                .users
-                .get(user)
-                .map(|u| u.fingerprint().to_owned())
-                .unwrap_or_default(),
+            pw,
         };
         let cookie = self.keys.seal(&claims, self.life.max);
         self.active.observe(&claims, seen, now, self.life);
@@ -498,7 +524,15 @@ impl Authenticator {
     }
 
     fn check_claims_at(&self, claims: Arc<Claims>, now: u64) -> Verdict {
-        let fp = self.users.get(&claims.u).map(|u| u.fingerprint());
+        let fp = match self.users.get(&claims.u) {
+            Some(u) => Some(u.fingerprint()),
+            // oidc: an SSO session of a user without a password.
+            None => self
+                .sso_tags
+                .iter()
+                .find(|t| **t == claims.pw)
+                .map(String::as_str),
+        };
         session::check(claims, now, self.life, &self.revocations, fp)
     }
 
@@ -862,6 +896,26 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].client, std::net::IpAddr::from([127, 0, 0, 2]));
         assert_eq!(list[0].agent.browser_label().as_deref(), Some("curl 8"));
+    }
+
+    // oidc: single sign-on sessions.
+    #[test]
+    fn an_sso_session_lives_while_its_provider_is_configured_the_same_way() {
+        let mut auth = alice();
+        auth.sso_tags = vec!["oidc:corp:aaaa".into()];
+        let (claims, set) = auth.start_sso_session("bob@example.com", "oidc:corp:aaaa", here());
+        assert_eq!(claims.pw, "oidc:corp:aaaa");
+        assert!(is_valid(auth.check_session(&value_of(&set))));
+        // The provider's lists changed at a reload: its tag did too.
+        auth.sso_tags = vec!["oidc:corp:bbbb".into()];
+        assert_eq!(auth.check_session(&value_of(&set)), Some(Verdict::Revoked));
+        // A name nbgate knows gets that user's ordinary session.
+        let (claims, set) = auth.start_sso_session("alice", "oidc:corp:bbbb", here());
+        assert_ne!(claims.pw, "oidc:corp:bbbb");
+        assert!(is_valid(auth.check_session(&value_of(&set))));
+        // An SSO session without a tag would be a password user's without a password.
+        let (_, set) = auth.start_session("nobody", here());
+        assert_eq!(auth.check_session(&value_of(&set)), Some(Verdict::Revoked));
     }
 
     #[tokio::test]

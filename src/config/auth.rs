@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::oidc::OidcProvider;
 use super::raw::{RawAuth, RawUser};
 use super::values::{ser_duration, valid_user_name};
 use super::{ConfigError, Ctx, Secret};
@@ -32,6 +33,12 @@ pub struct AuthConfig {
     #[serde(serialize_with = "ser_duration")]
     pub max_lifetime: Duration,
     pub max_concurrent_verifications: usize,
+    // oidc: single sign-on (config/oidc.rs).
+    /// The password form: `false` when only single sign-on logs in.
+    pub password: bool,
+    /// `[[auth.oidc]]` providers, in file order (the order of the buttons).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<OidcProvider>,
     /// totp: every user must pass a second factor after the password
     /// (`auth::second_factor`); the single-password sources have no
     /// `[[users]]` entry to say so per user.
@@ -107,8 +114,11 @@ pub(super) fn validate(a: RawAuth, ctx: &Ctx) -> Result<AuthConfig, ConfigError>
             "set either password_env or password_file, not both".into(),
         ));
     }
+    let (oidc, password) = super::oidc::validate(a.oidc, a.password, ctx)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(AuthConfig {
+        password,
+        oidc,
         base_url,
         default_user,
         users_file: a.users_file,

@@ -14,14 +14,15 @@
 //!
 //! Layout: `raw` (serde structs), `load` (file and environment reads),
 //! `values` (value parsers), and one file per section with its validated
-//! type and its validation: `server`, `tls`, `upstream`, `logging`, `auth`,
-//! `policy`, `admin`.
+//! type and its validation: `server`, `tls`, `upstream`, `logging`, `auth`
+//! (with `oidc`, the single sign-on providers), `policy`, `admin`.
 
 mod admin;
 mod audit;
 mod auth;
 mod load;
 mod logging;
+mod oidc;
 mod policy;
 mod raw;
 mod server;
@@ -40,6 +41,7 @@ pub use audit::AuditConfig;
 pub use auth::{AuthConfig, TotpPolicy, UserEntry};
 pub use load::default_state_dir;
 pub use logging::{LogConfig, LogFormat};
+pub use oidc::{is_loopback_host, OidcProvider};
 pub use policy::{LockoutConfig, PolicyConfig, RateLimitConfig};
 pub use raw::RawConfig;
 pub use server::{ServerConfig, DEFAULT_HTTPS_PORT};

@@ -81,6 +81,36 @@ pub(super) struct RawAuth {
     pub(super) max_concurrent_verifications: Option<usize>,
     // totp (issue 22 §1)
     pub(super) require_second_factor: Option<bool>,
+    // oidc: single sign-on (config/oidc.rs).
+    /// `false`: no password form, SSO only.
+    pub(super) password: Option<bool>,
+    #[serde(default)]
+    pub(super) oidc: Vec<RawOidc>,
+}
+
+/// `[[auth.oidc]]`: one OpenID Connect provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) name: String,
+    pub(super) display_name: Option<String>,
+    pub(super) issuer: String,
+    pub(super) client_id: String,
+    /// Only read to refuse it with a message that says where secrets go.
+    pub(super) client_secret: Option<toml::Value>,
+    pub(super) client_secret_file: Option<PathBuf>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) scopes: Option<Vec<String>>,
+    pub(super) user_claim: Option<String>,
+    pub(super) groups_claim: Option<String>,
+    #[serde(default)]
+    pub(super) allowed_emails: Vec<String>,
+    #[serde(default)]
+    pub(super) allowed_domains: Vec<String>,
+    #[serde(default)]
+    pub(super) allowed_groups: Vec<String>,
+    pub(super) require_email_verified: Option<bool>,
+    pub(super) ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,8 @@
 //! a bad form. The one exception is the login form's own feedback (wrong
 //! password, locked out, busy, expired form on `POST /_nbgate/login`): that
 //! re-renders the form with a notice, in `own_pages`, because the user is
-//! mid-task on that page.
+//! mid-task on that page; so does a single sign-on provider that cannot be
+//! reached (the login page, with the password form when it is on).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -102,6 +103,24 @@ pub enum ProxyError {
     /// refused rather than let through on the password alone.
     #[error("second-factor state unavailable")]
     SecondFactorState,
+    // oidc: refused single sign-on callbacks, and the password form when off.
+    /// The callback is not the end of a sign-in this browser started: no
+    /// flow cookie, a tampered or expired one, another `state`, a replay.
+    #[error("single sign-on state missing, expired, replayed or mismatched")]
+    OidcState,
+    /// The provider answered the sign-in with `error=` (cancelled, refused).
+    #[error("the single sign-on provider returned an error")]
+    OidcProviderError,
+    /// The code or the ID token failed a check (wrong audience, expired,
+    /// bad signature, nonce, issuer), or the provider was removed.
+    #[error("single sign-on failed verification")]
+    OidcFailed,
+    /// A verified person the provider's allow lists do not admit.
+    #[error("single sign-on user not allowed")]
+    OidcNotAllowed,
+    /// `auth.password = false`: the password form is off.
+    #[error("password login is off")]
+    PasswordLoginOff,
 }
 
 impl ProxyError {
@@ -235,6 +254,31 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "second_factor_unavailable",
                 "The second factor cannot be checked right now; nbgate's log says why.",
+            ),
+            ProxyError::OidcState => (
+                StatusCode::BAD_REQUEST,
+                "oidc_state",
+                "This sign-in was already used, expired, or started in another browser; sign in again.",
+            ),
+            ProxyError::OidcProviderError => (
+                StatusCode::FORBIDDEN,
+                "oidc_provider_error",
+                "The sign-in provider did not sign you in.",
+            ),
+            ProxyError::OidcFailed => (
+                StatusCode::FORBIDDEN,
+                "oidc_failed",
+                "The sign-in provider's answer could not be verified.",
+            ),
+            ProxyError::OidcNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "oidc_not_allowed",
+                "Your account is not allowed to use this server.",
+            ),
+            ProxyError::PasswordLoginOff => (
+                StatusCode::FORBIDDEN,
+                "password_login_off",
+                "Password login is off on this server; use single sign-on.",
             ),
         }
     }

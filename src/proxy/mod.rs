@@ -51,6 +51,7 @@ use self::upstream_token::{Refresh, UpstreamToken};
 use self::websocket::{ClientTunnel, TunnelAccepted, Tunnels};
 use crate::audit;
 use crate::auth::active::Sighting;
+use crate::auth::oidc::Sso;
 use crate::auth::session::{Claims, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, Authenticator, Check, Identity, SessionCache, UserChanges, Via, Who};
 use crate::config::{Config, Secret, UpstreamConfig};
@@ -102,6 +103,8 @@ pub struct Live {
     prefix: String,
     /// Allowlist, rate limits, lockout, per-client connection caps.
     pub guard: Arc<guard::Guard>,
+    /// oidc: single sign-on providers (discovery kept across reloads).
+    sso: Arc<Sso>,
 }
 
 /// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
@@ -119,7 +122,16 @@ impl Gateway {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let token = Arc::new(UpstreamToken::new(&config.upstream));
         let guard = Arc::new(guard::Guard::new(&config.policy));
-        let live = Live::new(config, auth, upstream, token, guard, Arc::clone(&tunnels));
+        let sso = Arc::new(Sso::new(&config.auth, auth.csrf_key()));
+        let live = Live::new(
+            config,
+            auth,
+            upstream,
+            token,
+            guard,
+            sso,
+            Arc::clone(&tunnels),
+        );
         Gateway {
             live: ArcSwap::from_pointee(live),
             tunnels,
@@ -169,12 +181,14 @@ impl Gateway {
             )
         };
         let guard = Arc::new(old.guard.reloaded(&config.policy));
+        let sso = Arc::new(old.sso.reloaded(&config.auth, auth.csrf_key()));
         let live = Live::new(
             config,
             auth,
             upstream,
             token,
             guard,
+            sso,
             Arc::clone(&self.tunnels),
         );
         self.live.store(Arc::new(live));
@@ -216,6 +230,7 @@ impl Live {
         upstream: Arc<Upstream>,
         token: Arc<UpstreamToken>,
         guard: Arc<guard::Guard>,
+        sso: Arc<Sso>,
         tunnels: Arc<Tunnels>,
     ) -> Self {
         let hsts = config.tls.hsts.then(|| {
@@ -226,6 +241,7 @@ impl Live {
         let identity = upstream_identity::UpstreamIdentity::new(&config.upstream);
         Live {
             identity,
+            sso,
             guard,
             auth,
             prefix,
@@ -340,7 +356,7 @@ impl Live {
             let rest = rest.to_owned();
             // Boxed: the login handler's state must not enlarge every
             // forwarded request's future (it is moved on each poll setup).
-            return Box::pin(self.serve_own_pages(req, &rest, client)).await;
+            return Box::pin(self.serve_own_pages(req, &rest, client, &host)).await;
         }
         let identity = match self.require_session(&req, client, sessions).await {
             Ok(id) => id,
@@ -441,6 +457,7 @@ impl Live {
         req: Request<RequestBody>,
         rest: &str,
         client: IpAddr,
+        host: &str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         own_pages::Pages {
             auth: &self.auth,
@@ -450,6 +467,8 @@ impl Live {
             prefix: &self.prefix,
             upstream: &self.upstream,
             config: &self.config,
+            sso: &self.sso,
+            host,
         }
         .serve(req, rest, client)
         .await

@@ -1,6 +1,7 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
 //! (a user's active sessions, ending one or all others), health; the TOTP
-//! second step (`totp`) and the account page (`account`).
+//! second step (`totp`), the account page (`account`) and single sign-on
+//! (`oidc`: a provider's start and callback).
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 //! Refusals (not found, a form too large or expired) are `ProxyError`s,
@@ -32,6 +33,8 @@ use crate::policy::Refused;
 // totp (issue 22 §1): the login's second step and the account page.
 mod account;
 mod totp;
+// oidc: single sign-on's start and callback.
+mod oidc;
 
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -127,6 +130,9 @@ pub struct Pages<'a> {
     pub upstream: &'a Upstream,
     /// totp: who must pass a second factor, and where its state lives.
     pub config: &'a Arc<crate::config::Config>,
+    // oidc: the providers, and the request's host (the redirect URI's).
+    pub sso: &'a crate::auth::oidc::Sso,
+    pub host: &'a str,
 }
 
 impl Pages<'_> {
@@ -147,6 +153,11 @@ impl Pages<'_> {
                 );
                 self.login_page(req.headers(), &next, "", None, StatusCode::OK)
             }
+            // oidc: `auth.password = false` refuses the form's POST.
+            (&Method::POST, "login") if !self.sso.password() => {
+                tracing::info!(target: "nbgate::audit", event = "login_password_off", %client, "password login refused: auth.password = false");
+                return Err(ProxyError::PasswordLoginOff);
+            }
             (&Method::POST, "login") => self.login_submit(req, client).await?,
             (&Method::GET, "logout") => self.logout_page(req.headers()),
             (&Method::POST, "logout") => self.logout_submit(req, client).await?,
@@ -157,6 +168,16 @@ impl Pages<'_> {
             (&Method::POST, "login/totp") => self.totp_submit(req, client).await?,
             (&Method::GET | &Method::HEAD, "account") => self.account_page(&req, client).await?,
             (&Method::POST, "account") => self.account_submit(req, client).await?,
+            // oidc: start and callback.
+            (&Method::GET, "oidc/callback") => {
+                self.oidc_callback(req.headers(), req.uri().query(), client)
+                    .await?
+            }
+            (&Method::GET, r) if r.starts_with("oidc/") => {
+                let name = &r["oidc/".len()..];
+                self.oidc_start(req.headers(), req.uri().query(), name, client)
+                    .await?
+            }
             _ => return Err(ProxyError::NotFound),
         })
     }
@@ -173,6 +194,19 @@ impl Pages<'_> {
         notice: Option<Notice>,
         status: StatusCode,
     ) -> Response<ProxyBody> {
+        self.login_page_with(headers, next, username, notice, None, status)
+    }
+
+    /// The login page, with an SSO notice (oidc).
+    fn login_page_with(
+        &self,
+        headers: &HeaderMap,
+        next: &str,
+        username: &str,
+        notice: Option<Notice>,
+        sso_notice: Option<pages::oidc::SsoNotice<'_>>,
+        status: StatusCode,
+    ) -> Response<ProxyBody> {
         // The CSRF binding lives in its own cookie; make one if missing.
         let (binding, fresh) = match cookie(headers, csrf::CSRF_COOKIE) {
             Some(b) if !b.is_empty() && b.len() <= 64 => (b.to_owned(), false),
@@ -180,6 +214,7 @@ impl Pages<'_> {
         };
         let token = csrf::token(self.auth.csrf_key(), &binding);
         let action = self.login_href();
+        let buttons = self.sso_buttons(next);
         let view = LoginView {
             lang: lang(headers),
             action: &action,
@@ -187,6 +222,11 @@ impl Pages<'_> {
             next,
             username,
             notice,
+            sso: (!buttons.is_empty()).then_some(pages::oidc::SsoLogin {
+                buttons: &buttons,
+                password: self.sso.password(),
+                notice: sso_notice,
+            }),
         };
         let mut r = html(status, pages::render_login(&view));
         if fresh {

@@ -77,14 +77,8 @@ const TEMPORARY_VALIDITY_DAYS: i64 = 7;
 pub enum AcmeError {
     #[error("ACME request failed")]
     Protocol(#[from] instant_acme::Error),
-    #[error("{path}: cannot read the CA bundle")]
-    CaBundle {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: no usable PEM certificate in the CA bundle")]
-    CaBundleEmpty { path: PathBuf },
+    #[error(transparent)]
+    ClientTls(#[from] super::client::ClientTlsError),
     #[error("{path}: cannot read the EAB HMAC key")]
     EabKey {
         path: PathBuf,
@@ -732,35 +726,11 @@ impl Client {
     }
 
     /// The account builder, over an HTTPS client on nbgate's own crypto
-    /// provider (`tls::client_provider`): instant-acme's default client asks
+    /// provider (`tls::client`): instant-acme's default client asks
     /// rustls for a process-wide provider, which it cannot choose while two
     /// are compiled in (see Cargo.toml), and would panic.
     fn builder(&self) -> Result<AccountBuilder, AcmeError> {
-        let https = match &self.acme.ca_bundle {
-            // The system's trusted roots, as instant-acme's default client uses.
-            None => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_platform_verifier(super::client_provider())
-                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?,
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|source| AcmeError::CaBundle {
-                    path: path.clone(),
-                    source,
-                })?;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls_pemfile::certs(&mut &pem[..]).flatten() {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    return Err(AcmeError::CaBundleEmpty { path: path.clone() });
-                }
-                let tls = rustls::ClientConfig::builder_with_provider(super::client_provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("aws-lc-rs supports the default protocol versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
-            }
-        };
+        let https = super::client::connector_builder(self.acme.ca_bundle.as_deref())?;
         let https = https.https_only().enable_http1().enable_http2().build();
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

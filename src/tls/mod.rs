@@ -6,11 +6,13 @@
 //! classical groups, ALPN `h2` and `http/1.1`, plus `acme-tls/1` for
 //! validation handshakes in ACME mode), the one crypto provider every TLS
 //! config of nbgate is built with, and where certificates come from
-//! (`self_signed`, `files` with `reload`, `acme` with `challenge`). It does
+//! (`self_signed`, `files` with `reload`, `acme` with `challenge`), and the
+//! HTTPS connector of nbgate's own outgoing clients (`client`). It does
 //! not accept connections: `server` does.
 
 pub mod acme;
 pub mod challenge;
+pub mod client;
 pub mod files;
 pub mod reload;
 pub mod self_signed;

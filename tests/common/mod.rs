@@ -9,6 +9,7 @@
 //! - `jupyterhub` JupyterHub with its configurable-http-proxy (the venv, `.node`), trusting
 //!   nbgate's identity header (`tests/fixtures/jupyterhub`).
 //! - `kernel`   the Jupyter kernel and terminal WebSocket protocols.
+//! - `oidc`     a real OpenID Connect provider (`tests/oidc/provider.mjs`, npm `oidc-provider`).
 //! - `h2ws`     WebSockets over HTTP/2 (RFC 8441): extended CONNECT on one h2 connection.
 //! - `upstream` an in-process hyper upstream (echo, redirect, slow stream, sink, WebSocket echo).
 //! - `pebble`   the Pebble ACME test server with its mock DNS, on its own loopback ports.
@@ -29,6 +30,7 @@ pub mod jupyterhub;
 pub mod kernel;
 pub mod login;
 pub mod nbgate;
+pub mod oidc;
 pub mod pebble;
 pub mod process;
 pub mod upstream;
