@@ -867,3 +867,29 @@ async fn a_printed_secret_in_a_totp_secret_file_is_asked_for_and_a_bad_policy_na
     assert_eq!(r.status(), 303);
     assert!(session_of(&r).is_some());
 }
+
+/// The pending cookie is nbgate's: like the session cookie it never reaches Jupyter (a
+/// browser keeps sending it for a while after a login completed elsewhere in the tab).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_cookie_is_not_forwarded_to_jupyter() {
+    let upstream = common::TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let client = bare_client(&gate);
+    let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let session = session_of(&r).expect("a session: no second factor");
+    let r = client
+        .get(gate.url("/echo"))
+        .header(
+            "cookie",
+            format!("{session}; {PENDING}sealed-value; other=kept"),
+        )
+        .send()
+        .await
+        .expect("GET through nbgate");
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.expect("echo JSON");
+    let cookies = common::upstream::echoed_headers(&seen, "cookie").join("; ");
+    assert!(!cookies.contains("nbgate-pending"), "{cookies}");
+    assert!(!cookies.contains("nbgate-session"), "{cookies}");
+    assert!(cookies.contains("other=kept"), "{cookies}");
+}
