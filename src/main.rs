@@ -220,7 +220,12 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             }
             let secret = totp::Secret::generate();
             let stored = (!print_secret).then_some(&secret);
-            let codes = second_factor::enrol(&state_dir, user, stored, None, now)?;
+            let replace = if force {
+                second_factor::Replace::Yes
+            } else {
+                second_factor::Replace::No
+            };
+            let codes = second_factor::enrol(&config, user, stored, None, now, replace)?;
             let uri = secret.otpauth_uri(user);
             let qr = totp::terminal_qr(&uri).unwrap_or_default();
             let mut shown = format!(
@@ -240,7 +245,7 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             }
         }
         TotpCommand::Disable { .. } => {
-            if second_factor::remove(&state_dir, user)? {
+            if second_factor::remove(&config, user)? {
                 eprintln!("TOTP removed for {user:?}");
             } else {
                 eprintln!(

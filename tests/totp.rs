@@ -166,14 +166,33 @@ async fn post_code(
         .expect("POST login/totp")
 }
 
-/// Password then `code` in a fresh pending login: the answer to the code.
-async fn log_in_with(gate: &Nbgate, client: &reqwest::Client, code: &str) -> reqwest::Response {
+/// A correct password then the step page: the pending cookie and the step's CSRF token.
+async fn pending_step(gate: &Nbgate, client: &reqwest::Client) -> (String, String) {
     let (r, pending) = password_step(gate, client, TEST_PASSWORD).await;
     assert_eq!(r.status(), 303);
     let pending = pending.expect("a pending cookie");
     let (status, html) = step_page(gate, client, &pending).await;
     assert_eq!(status, 200, "{html}");
-    post_code(gate, client, &pending, &hidden(&html, "csrf"), code).await
+    let csrf = hidden(&html, "csrf");
+    (pending, csrf)
+}
+
+/// Posts the code of the current step (computed here from `key`).
+async fn post_current_code(
+    gate: &Nbgate,
+    client: &reqwest::Client,
+    pending: &str,
+    csrf: &str,
+    key: &[u8],
+) -> reqwest::Response {
+    let now = settled_now().await;
+    post_code(gate, client, pending, csrf, &code_at(key, now)).await
+}
+
+/// Password then `code` in a fresh pending login: the answer to the code.
+async fn log_in_with(gate: &Nbgate, client: &reqwest::Client, code: &str) -> reqwest::Response {
+    let (pending, csrf) = pending_step(gate, client).await;
+    post_code(gate, client, &pending, &csrf, code).await
 }
 
 fn session_of(r: &reqwest::Response) -> Option<String> {
@@ -389,11 +408,7 @@ async fn wrong_codes_count_toward_the_lockout_with_wrong_passwords() {
         assert_eq!(r.status(), 401);
     }
     // The right password does not clear the two failures: the second step is pending.
-    let (r, pending) = password_step(&gate, &client, TEST_PASSWORD).await;
-    assert_eq!(r.status(), 303);
-    let pending = pending.expect("pending");
-    let (_, html) = step_page(&gate, &client, &pending).await;
-    let csrf = hidden(&html, "csrf");
+    let (pending, csrf) = pending_step(&gate, &client).await;
     let now = settled_now().await;
     let wrong = if code_at(&enrolled.key, now) == "123456" {
         "654321"
@@ -408,15 +423,7 @@ async fn wrong_codes_count_toward_the_lockout_with_wrong_passwords() {
     gate.wait_for_line(&["\"lockout\"", "step=\"totp\""], T)
         .await;
     // Locked: even the right code is not checked now.
-    let now = settled_now().await;
-    let r = post_code(
-        &gate,
-        &client,
-        &pending,
-        &csrf,
-        &code_at(&enrolled.key, now),
-    )
-    .await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &enrolled.key).await;
     assert_eq!(r.status(), 429);
     assert_eq!(session_of(&r), None);
     // And the right password is refused too.
@@ -431,10 +438,7 @@ async fn a_tampered_expired_or_foreign_pending_login_is_refused() {
     let enrolled = cli_enrol(&builder).await;
     let gate = builder.start().await;
     let client = bare_client(&gate);
-    let (_, pending) = password_step(&gate, &client, TEST_PASSWORD).await;
-    let pending = pending.expect("pending");
-    let (_, html) = step_page(&gate, &client, &pending).await;
-    let csrf = hidden(&html, "csrf");
+    let (pending, csrf) = pending_step(&gate, &client).await;
     let now = settled_now().await;
     let code = code_at(&enrolled.key, now);
 
@@ -892,4 +896,81 @@ async fn the_pending_cookie_is_not_forwarded_to_jupyter() {
     assert!(!cookies.contains("nbgate-pending"), "{cookies}");
     assert!(!cookies.contains("nbgate-session"), "{cookies}");
     assert!(cookies.contains("other=kept"), "{cookies}");
+}
+
+/// A code that is none of the three the server accepts around `now`.
+fn wrong_code(key: &[u8], now: u64) -> &'static str {
+    let near = [now - 30, now, now + 30].map(|t| code_at(key, t));
+    ["123456", "654321", "111111"]
+        .into_iter()
+        .find(|w| !near.iter().any(|c| c == w))
+        .expect("three codes cannot cover three others")
+}
+
+/// With the password, guessing codes is slow: a pending login takes three wrong codes, then
+/// the password must be typed again; five wrong codes in a row lock the user's code step
+/// (whatever the address or pending login), even for the right code, with a warning audit
+/// line, and the lock is in the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_use_up_the_pending_login_and_then_lock_the_users_code_step() {
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("policy.lockout.refusal_delay", "0s");
+    let enrolled = cli_enrol(&builder).await;
+    let file = builder
+        .dir()
+        .join("state/totp")
+        .join(format!("{TEST_USER}.json"));
+    let gate = builder.start().await;
+    let client = bare_client(&gate);
+
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    for _ in 0..2 {
+        let wrong = wrong_code(&enrolled.key, settled_now().await);
+        let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+        assert_eq!(r.status(), 401);
+    }
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 403, "the third wrong code uses the login up");
+    assert!(set_cookies(&r)
+        .iter()
+        .any(|c| c.starts_with(PENDING) && c.contains("Max-Age=0")));
+    gate.wait_for_line(&["reason=\"pending_login_tries_used\""], T)
+        .await;
+    let now = settled_now().await;
+    let r = post_code(
+        &gate,
+        &client,
+        &pending,
+        &csrf,
+        &code_at(&enrolled.key, now),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "even the right code: log in again");
+    assert_eq!(session_of(&r), None);
+
+    // A new password step; the fourth wrong code is fine, the fifth locks the code step.
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 401);
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    gate.wait_for_line(&["\"totp_locked\"", "WARN"], T).await;
+    let stored = std::fs::read_to_string(&file).expect("state file");
+    assert!(stored.contains("locked_until"), "{stored}");
+
+    // Locked: a fresh pending login with the right code is refused, unchecked.
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &enrolled.key).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(session_of(&r), None);
+    // The owner's recovery code still works during the lock.
+    let r = post_code(&gate, &client, &pending, &csrf, &enrolled.recovery[0]).await;
+    assert_eq!(r.status(), 200);
+    assert!(session_of(&r).is_some());
 }

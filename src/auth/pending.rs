@@ -199,6 +199,34 @@ pub fn use_up(pending: &PendingLogin, now: u64) -> bool {
     used.insert(pending.id.clone(), pending.exp).is_none()
 }
 
+/// Wrong codes one pending login may take; then it is used up and the
+/// password must be typed again, so one correct password buys a few
+/// guesses, not all the guesses the lockout allows in five minutes.
+pub const TRIES_PER_LOGIN: u32 = 3;
+
+/// Wrong codes per pending-login id, with its expiry: as [`USED`], small
+/// (entries leave at their expiry) and forgotten by a restart, when the
+/// per-user count in the state file (`second_factor`) still holds.
+static FAILED: Mutex<Option<HashMap<String, (u32, u64)>>> = Mutex::new(None);
+
+/// Counts a wrong code of `pending`; `true` when that was its last try
+/// (it is then used up).
+pub fn failed_try(pending: &PendingLogin, now: u64) -> bool {
+    let tries = {
+        let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = failed.get_or_insert_with(HashMap::new);
+        failed.retain(|_, (_, exp)| *exp > now);
+        let entry = failed.entry(pending.id.clone()).or_insert((0, pending.exp));
+        entry.0 += 1;
+        entry.0
+    };
+    if tries >= TRIES_PER_LOGIN {
+        use_up(pending, now);
+        return true;
+    }
+    false
+}
+
 /// Whether `pending` was used up already.
 pub fn is_used(pending: &PendingLogin) -> bool {
     USED.lock()
@@ -270,5 +298,20 @@ mod tests {
         assert!(is_used(&p));
         assert!(!use_up(&p, NOW));
         assert!(!is_used(&pending()), "another login's id is unaffected");
+    }
+
+    #[test]
+    fn a_pending_login_is_used_up_after_its_tries() {
+        let p = pending();
+        for _ in 1..TRIES_PER_LOGIN {
+            assert!(!failed_try(&p, NOW));
+            assert!(!is_used(&p));
+        }
+        assert!(failed_try(&p, NOW), "the last try");
+        assert!(is_used(&p));
+        assert!(
+            !failed_try(&pending(), NOW),
+            "another login has its own tries"
+        );
     }
 }

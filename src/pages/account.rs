@@ -34,6 +34,12 @@ pub enum AccountNotice {
     LockedOut { retry_after_secs: u64 },
     /// The enrolment offer expired (the page was open too long).
     OfferExpired,
+    /// TOTP was turned on meanwhile (another tab, the administrator): the
+    /// older offer did not replace it.
+    AlreadyOn,
+    /// The secret is the configuration's `totp_secret_file`: only the
+    /// administrator can turn TOTP off.
+    ManagedByConfig,
 }
 
 /// Everything the account page shows.
@@ -75,6 +81,8 @@ struct AccountText {
     removed: &'static str,
     wrong: &'static str,
     expired: &'static str,
+    already_on: &'static str,
+    managed: &'static str,
 }
 
 impl AccountText {
@@ -104,6 +112,8 @@ impl AccountText {
                 removed: "Two-step verification is off.",
                 wrong: "That code is not valid: nothing was changed.",
                 expired: "This form has expired. Please try again.",
+                already_on: "Two-step verification is already on: nothing was changed.",
+                managed: "Your two-step verification is set by the administrator's configuration: ask them to turn it off.",
             },
             Lang::ZhHans => AccountText {
                 title: "nbgate — 帐户",
@@ -129,6 +139,8 @@ impl AccountText {
                 removed: "两步验证已关闭。",
                 wrong: "验证码无效：未做任何更改。",
                 expired: "表单已过期，请重试。",
+                already_on: "两步验证已开启：未做任何更改。",
+                managed: "您的两步验证由管理员的配置设置：请联系管理员关闭。",
             },
         }
     }
@@ -177,6 +189,8 @@ pub fn render_account(view: &AccountView<'_>) -> String {
             AccountNotice::Removed => ("notice-info", t.removed.to_owned()),
             AccountNotice::WrongCode => ("notice-error", t.wrong.to_owned()),
             AccountNotice::OfferExpired => ("notice-error", t.expired.to_owned()),
+            AccountNotice::AlreadyOn => ("notice-info", t.already_on.to_owned()),
+            AccountNotice::ManagedByConfig => ("notice-error", t.managed.to_owned()),
             AccountNotice::LockedOut { retry_after_secs } => (
                 "notice-error",
                 too_many_attempts(retry_after_secs, view.lang),
