@@ -137,8 +137,24 @@ pub fn seal<T: Serialize>(signing_key: &[u8], purpose: Purpose, value: &T) -> St
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
 }
 
-/// Largest sealed value opened: a pending cookie is a few hundred bytes.
-const MAX_SEALED: usize = 2048;
+/// Largest sealed value opened or set: browsers keep a cookie's name and
+/// value up to 4096 bytes, and the name is 22 of them. A pending login
+/// with the longest `next` (`next_path::MAX_NEXT_LEN`) and an offered
+/// secret seals to about 3000.
+pub const MAX_SEALED: usize = 4000;
+
+/// Seals `p` for the second step's cookie. A `next` that would make the
+/// cookie too long for a browser (one full of characters JSON escapes) is
+/// replaced by `fallback_next` (the base URL) first: the login then lands
+/// on the start page instead of ending in "session expired" every time.
+pub fn seal_login(signing_key: &[u8], mut p: PendingLogin, fallback_next: &str) -> String {
+    let sealed = seal(signing_key, Purpose::SecondStep, &p);
+    if sealed.len() <= MAX_SEALED {
+        return sealed;
+    }
+    p.next = fallback_next.to_owned();
+    seal(signing_key, Purpose::SecondStep, &p)
+}
 
 /// Opens a value sealed for `purpose`; `None` when it was tampered with,
 /// made with another key or for another purpose, or expired at `now`.
@@ -282,7 +298,7 @@ mod tests {
             open::<PendingLogin>(&KEY, Purpose::AccountEnrol, &sealed, NOW),
             None
         );
-        for junk in ["", "!!!", "AAAA", &"A".repeat(4000)] {
+        for junk in ["", "!!!", "AAAA", &"A".repeat(MAX_SEALED + 1)] {
             assert_eq!(
                 open::<PendingLogin>(&KEY, Purpose::SecondStep, junk, NOW),
                 None
@@ -313,5 +329,25 @@ mod tests {
             !failed_try(&pending(), NOW),
             "another login has its own tries"
         );
+    }
+
+    #[test]
+    fn the_longest_next_fits_in_a_cookie_and_a_longer_one_falls_back() {
+        let longest = format!("/{}", "a".repeat(crate::auth::next_path::MAX_NEXT_LEN - 1));
+        let secret = "A".repeat(52);
+        let p = PendingLogin::new(&"u".repeat(64), &longest, Some(secret), NOW);
+        let sealed = seal_login(&KEY, p.clone(), "/");
+        assert!(sealed.len() <= MAX_SEALED, "{}", sealed.len());
+        assert!(PENDING_COOKIE.len() + 1 + sealed.len() <= 4096);
+        assert_eq!(
+            open::<PendingLogin>(&KEY, Purpose::SecondStep, &sealed, NOW),
+            Some(p),
+            "the next target survives"
+        );
+        let escaped = format!("/{}", "\"".repeat(2047));
+        let p = PendingLogin::new("alice", &escaped, None, NOW);
+        let sealed = seal_login(&KEY, p, "/base/");
+        let opened: PendingLogin = open(&KEY, Purpose::SecondStep, &sealed, NOW).expect("opens");
+        assert_eq!(opened.next, "/base/");
     }
 }

@@ -119,7 +119,7 @@ impl Pages<'_> {
         };
         let forced = enrol.is_some();
         let p = PendingLogin::new(user, next, enrol, unix_now());
-        let sealed = pending::seal(self.auth.csrf_key(), Purpose::SecondStep, &p);
+        let sealed = pending::seal_login(self.auth.csrf_key(), p, self.base_url);
         let agent = user_agent(headers).unwrap_or("");
         tracing::info!(target: "nbgate::audit", event = "login_second_step", user = %user, %client, user_agent = agent, factor = "totp", enrol = forced, "password accepted: second step");
         let mut r = see_other(&self.totp_href());
