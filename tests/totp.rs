@@ -468,6 +468,15 @@ async fn a_tampered_expired_or_foreign_pending_login_is_refused() {
     let mut expired =
         nbgate::auth::pending::PendingLogin::new(TEST_USER, "/lab", None, unix_now() - 301);
     expired.exp = unix_now() - 1;
+    // The user's revocation stamp, as the server's own pending login has it.
+    let genuine: nbgate::auth::pending::PendingLogin = nbgate::auth::pending::open(
+        key.signing(),
+        nbgate::auth::pending::Purpose::SecondStep,
+        pending.trim_start_matches(PENDING),
+        unix_now(),
+    )
+    .expect("the server's pending login opens with its key");
+    expired.stamp = genuine.stamp;
     let sealed = nbgate::auth::pending::seal(
         key.signing(),
         nbgate::auth::pending::Purpose::SecondStep,
@@ -622,6 +631,8 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
     assert_eq!(r.status(), 403);
 
     let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let other_device = session_of(&r).expect("another device's session");
+    let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
     let session = session_of(&r).expect("session");
     let (status, headers, html) = account_get(&gate, &client, &session).await;
     assert_eq!(status, 200);
@@ -690,6 +701,11 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    // Every other session ends (one opened with the password alone must not outlive the
+    // new factor); this one carries on with a renewed cookie.
+    let session = session_of(&r).expect("a renewed session cookie");
+    assert_eq!(api_status(&gate, &client, Some(&other_device)).await, 401);
+    assert_eq!(api_status(&gate, &client, Some(&session)).await, 200);
     let html = r.text().await.expect("html");
     assert_eq!(html.matches("<li><code>").count(), 10, "{html}");
     gate.wait_for_line(&["totp_enrolled", "via=\"account\""], T)
@@ -973,4 +989,26 @@ async fn wrong_codes_use_up_the_pending_login_and_then_lock_the_users_code_step(
     let r = post_code(&gate, &client, &pending, &csrf, &enrolled.recovery[0]).await;
     assert_eq!(r.status(), 200);
     assert!(session_of(&r).is_some());
+}
+
+/// A login waiting for its code is ended by "log out everywhere" as a session is: an attacker
+/// who had the password cannot finish it with a code later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_out_everywhere_ends_a_pending_login_too() {
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder().jupyter(&jupyter);
+    let enrolled = cli_enrol(&builder).await;
+    let gate = builder.start().await;
+    let owner = bare_client(&gate);
+    let r = log_in_with(&gate, &owner, &enrolled.recovery[0]).await;
+    let session = session_of(&r).expect("the owner's session");
+    let attacker = bare_client(&gate);
+    let (pending, csrf) = pending_step(&gate, &attacker).await;
+    let out = common::login::logout(&gate, &owner, &session, true).await;
+    assert!(out.status().is_redirection() || out.status().is_success());
+    let r = post_current_code(&gate, &attacker, &pending, &csrf, &enrolled.key).await;
+    assert_eq!(r.status(), 403, "log in again");
+    assert_eq!(session_of(&r), None);
+    gate.wait_for_line(&["reason=\"no_pending_login\""], T)
+        .await;
 }

@@ -430,21 +430,31 @@ impl Authenticator {
     /// The session is listed as active, seen from `seen`.
     pub fn start_session(&self, user: &str, seen: Sighting<'_>) -> (Claims, String) {
         let now = session::unix_now();
+        let (gen, pw) = self.login_stamp(user);
         let claims = Claims {
             u: user.to_owned(),
             sid: session::new_session_id(),
             iat: now,
             lst: now,
-            gen: self.revocations.generation(user),
-            pw: self
-                .users
-                .get(user)
-                .map(|u| u.fingerprint().to_owned())
-                .unwrap_or_default(),
+            gen,
+            pw,
         };
         let cookie = self.keys.seal(&claims, self.life.max);
         self.active.observe(&claims, seen, now, self.life);
         (claims, cookie)
+    }
+
+    /// What a session of `user` started now is stamped with: the user's
+    /// revocation generation and password fingerprint. A pending second
+    /// step keeps them too, so "log out everywhere" or a password change
+    /// also ends logins waiting for their second factor.
+    pub fn login_stamp(&self, user: &str) -> (u64, String) {
+        let pw = self
+            .users
+            .get(user)
+            .map(|u| u.fingerprint().to_owned())
+            .unwrap_or_default();
+        (self.revocations.generation(user), pw)
     }
 
     /// Checks a session cookie value.

@@ -62,6 +62,11 @@ pub struct PendingLogin {
     /// A forced enrolment: the base32 secret offered to the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrol: Option<String>,
+    /// The user's revocation generation and password fingerprint when the
+    /// password was right (`Authenticator::login_stamp`): a "log out
+    /// everywhere" or password change since then ends this login too.
+    #[serde(default)]
+    pub stamp: (u64, String),
 }
 
 impl PendingLogin {
@@ -73,6 +78,7 @@ impl PendingLogin {
             exp: now + PENDING_TTL.as_secs(),
             next: next.to_owned(),
             enrol,
+            stamp: (0, String::new()),
         }
     }
 }

@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use super::totp::{form_field, Confirmed};
-use super::{html, lang, query_param, said_by, see_other, Pages};
+use super::{html, lang, query_param, said_by, see_other, set_cookie, Pages};
 use crate::auth::csrf;
 use crate::auth::pending::{self, EnrolOffer, Purpose};
 use crate::auth::second_factor::{self, SecondFactorError, Status, Verified};
@@ -243,9 +243,19 @@ impl Pages<'_> {
                 };
                 attempt.succeeded(&claims.u, Instant::now());
                 tracing::info!(target: "nbgate::audit", event = "totp_enrolled", user = %claims.u, %client, via = "account", session = %short(&claims.sid), "TOTP enrolled on the account page");
+                // Turning TOTP on ends every other session, as the sessions
+                // page's "end all others" does: one an attacker opened with
+                // the password alone must not outlive the new factor.
+                let (ended, cookie) = self.auth.end_other_sessions(&claims);
+                let closed = self
+                    .tunnels
+                    .close_user_sessions_except(&claims.u, &claims.sid);
+                tracing::info!(target: "nbgate::audit", event = "other_sessions_revoked", user = %claims.u, %client, session = %short(&claims.sid), listed_ended = ended.len(), tunnels_closed = closed, "all other sessions ended: TOTP turned on");
                 let body =
                     render_recovery_codes(l, &codes, CodesReason::Enrolled, &self.account_href());
-                Ok(said_by(html(StatusCode::OK, body), claims))
+                let mut r = html(StatusCode::OK, body);
+                set_cookie(&mut r, &cookie);
+                Ok(said_by(r, claims))
             }
             None => {
                 let verified = self

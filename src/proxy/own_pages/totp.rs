@@ -118,7 +118,8 @@ impl Pages<'_> {
             Status::Enrolled { .. } => None,
         };
         let forced = enrol.is_some();
-        let p = PendingLogin::new(user, next, enrol, unix_now());
+        let mut p = PendingLogin::new(user, next, enrol, unix_now());
+        p.stamp = self.auth.login_stamp(user);
         let sealed = pending::seal_login(self.auth.csrf_key(), p, self.base_url);
         let agent = user_agent(headers).unwrap_or("");
         tracing::info!(target: "nbgate::audit", event = "login_second_step", user = %user, %client, user_agent = agent, factor = "totp", enrol = forced, "password accepted: second step");
@@ -129,12 +130,13 @@ impl Pages<'_> {
     }
 
     /// The pending login the request's cookie holds: sealed by this server,
-    /// not expired, not used up.
+    /// not expired, not used up, and made since the user's last "log out
+    /// everywhere" or password change (as a session cookie must be).
     fn pending_of(&self, headers: &HeaderMap) -> Option<PendingLogin> {
         let value = cookie(headers, PENDING_COOKIE)?;
         let p: PendingLogin =
             pending::open(self.auth.csrf_key(), Purpose::SecondStep, value, unix_now())?;
-        (!pending::is_used(&p)).then_some(p)
+        (!pending::is_used(&p) && p.stamp == self.auth.login_stamp(&p.u)).then_some(p)
     }
 
     /// The second-step page for `p`, with a CSRF token bound to its id.
