@@ -663,6 +663,7 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", &code_at(&key, now)),
         ],
     )
@@ -682,12 +683,14 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", wrong),
         ],
     )
     .await;
     assert_eq!(r.status(), 401);
     assert_eq!(key_in(&r.text().await.expect("html")), key);
+    // The right code without the user's password (a stolen session alone): refused.
     let r = account_post(
         &gate,
         &client,
@@ -696,6 +699,26 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", "not the password"),
+            ("code", &code_at(&key, now)),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let html = r.text().await.expect("html");
+    assert!(html.contains("That password is not right"), "{html}");
+    assert_eq!(key_in(&html), key, "not enrolled: the same key offered");
+    gate.wait_for_line(&["account_totp_failure", "reason=\"wrong_password\""], T)
+        .await;
+    let r = account_post(
+        &gate,
+        &client,
+        &session,
+        &[
+            ("csrf", &csrf),
+            ("action", "enrol"),
+            ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", &code_at(&key, now)),
         ],
     )

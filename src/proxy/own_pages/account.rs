@@ -13,11 +13,11 @@ use http::{Request, Response, StatusCode};
 
 use super::totp::{form_field, Confirmed};
 use super::{html, lang, query_param, said_by, see_other, set_cookie, Pages};
-use crate::auth::csrf;
 use crate::auth::pending::{self, EnrolOffer, Purpose};
 use crate::auth::second_factor::{self, SecondFactorError, Status, Verified};
 use crate::auth::session::{short_id as short, unix_now, Claims};
 use crate::auth::totp::Secret;
+use crate::auth::{csrf, Check};
 use crate::pages::account::{render_account, AccountNotice, AccountView, TotpSection};
 use crate::pages::totp::{render_recovery_codes, CodesReason, Offer};
 use crate::policy::{Attempt, Refused};
@@ -128,8 +128,8 @@ impl Pages<'_> {
         Ok(said_by(r, claims))
     }
 
-    /// `POST account`: `action` = `enrol` (with the sealed `offer` and the
-    /// first `code`), `regenerate` or `remove` (with a current `code`).
+    /// `POST account`: `action` = `enrol` (with the sealed `offer`, the
+    /// user's `password` and the first `code`), `regenerate` or `remove` (with a current `code`).
     pub(super) async fn account_submit(
         &self,
         req: Request<RequestBody>,
@@ -211,6 +211,40 @@ impl Pages<'_> {
             Some(offer) => {
                 let secret =
                     Secret::from_base32(&offer.secret).map_err(|_| ProxyError::FormExpired)?;
+                // The password too: a stolen session cookie alone must not
+                // turn TOTP on with the thief's phone and lock the owner out.
+                // Counted with the lockout as a wrong code is.
+                match self.auth.check_password(&user, field("password")).await {
+                    Check::Valid(_) => {}
+                    Check::Invalid { .. } => {
+                        return self
+                            .wrong_code(
+                                &headers,
+                                claims,
+                                Some(offer),
+                                attempt,
+                                client,
+                                "wrong_password",
+                            )
+                            .await
+                    }
+                    Check::Busy => {
+                        drop(attempt);
+                        self.guard.hold_refusal().await;
+                        let n = AccountNotice::LockedOut {
+                            retry_after_secs: 1,
+                        };
+                        return self
+                            .account_view(
+                                &headers,
+                                claims,
+                                Some(offer),
+                                Some(n),
+                                StatusCode::TOO_MANY_REQUESTS,
+                            )
+                            .await;
+                    }
+                }
                 let codes = match self.confirm_enrolment(&user, secret, &code).await? {
                     Confirmed::Enrolled(codes) => codes,
                     Confirmed::WrongCode => {
@@ -344,7 +378,7 @@ impl Pages<'_> {
         }
     }
 
-    /// A wrong code on the account page: counted with the lockout, audited,
+    /// A wrong code or password on the account page: counted with the lockout, audited,
     /// the page again with a notice (and the same enrolment offer).
     async fn wrong_code(
         &self,
@@ -367,6 +401,9 @@ impl Pages<'_> {
                     },
                     StatusCode::TOO_MANY_REQUESTS,
                 )
+            }
+            None if reason == "wrong_password" => {
+                (AccountNotice::WrongPassword, StatusCode::UNAUTHORIZED)
             }
             None => (AccountNotice::WrongCode, StatusCode::UNAUTHORIZED),
         };
