@@ -310,6 +310,16 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     // would refuse that user's logins).
     for user in config.users.iter().filter(|u| u.totp_secret_file.is_some()) {
         nbgate::auth::second_factor::status(&config, &user.name)?;
+        let file = user.totp_secret_file.as_deref().expect("filtered on it");
+        if std::fs::metadata(file)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0)
+        {
+            eprintln!(
+                "warning: {}: readable by others than its owner (the TOTP secret of {:?}): chmod 600 it",
+                file.display(),
+                user.name
+            );
+        }
     }
     println!("# effective configuration from {}", config.source.display());
     let guard = nbgate::proxy::guard::Guard::new(&config.policy);

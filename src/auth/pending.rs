@@ -48,8 +48,9 @@ impl Purpose {
     }
 }
 
-/// A login waiting for its second factor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A login waiting for its second factor. `Debug` shows no offered
+/// secret and no password fingerprint.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The user whose password was right.
     pub u: String,
@@ -83,12 +84,35 @@ impl PendingLogin {
     }
 }
 
-/// The account page's enrolment offer: the secret shown, for whom, until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The account page's enrolment offer: the secret shown, for whom, until
+/// when. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolOffer {
     pub u: String,
     pub secret: String,
     pub exp: u64,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("u", &self.u)
+            .field("id", &self.id)
+            .field("exp", &self.exp)
+            .field("next", &self.next)
+            .field("enrol", &self.enrol.as_ref().map(|_| "<redacted>"))
+            .field("gen", &self.stamp.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EnrolOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolOffer")
+            .field("u", &self.u)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something sealed with an expiry.
@@ -355,5 +379,19 @@ mod tests {
         let sealed = seal_login(&KEY, p, "/base/");
         let opened: PendingLogin = open(&KEY, Purpose::SecondStep, &sealed, NOW).expect("opens");
         assert_eq!(opened.next, "/base/");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut p = PendingLogin::new("alice", "/lab", Some("SECRETSECRET".into()), NOW);
+        p.stamp = (3, "FINGERPRINT".into());
+        let offer = EnrolOffer {
+            u: "alice".into(),
+            secret: "SECRETSECRET".into(),
+            exp: NOW,
+        };
+        let shown = format!("{p:?} {offer:?}");
+        assert!(!shown.contains("SECRETSECRET"), "{shown}");
+        assert!(!shown.contains("FINGERPRINT"), "{shown}");
     }
 }

@@ -45,11 +45,13 @@ pub enum SecondFactorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not a TOTP state file", path.display())]
+    /// Where the file stopped parsing, not why: serde's message may quote
+    /// the file's content (a secret) into the log.
+    #[error("{}: not a TOTP state file (line {line}, column {column})", path.display())]
     Corrupt {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        line: usize,
+        column: usize,
     },
     #[error("{}: not a base32 TOTP secret of at least 128 bits", path.display())]
     BadSecret { path: PathBuf },
@@ -63,8 +65,8 @@ pub enum SecondFactorError {
     ManagedByConfig { user: String },
 }
 
-/// The file's content.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The file's content. `Debug` shows no secret and no hash.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Record {
     /// The secret in base32; absent when it lives in the user's
@@ -87,6 +89,19 @@ struct Record {
     /// Unix seconds until which no TOTP code of the user is checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     locked_until: Option<u64>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("enrolled_at", &self.enrolled_at)
+            .field("last_step", &self.last_step)
+            .field("recovery_left", &self.recovery.len())
+            .field("failures", &self.failures)
+            .field("locked_until", &self.locked_until)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a user's second factor looks like now.
@@ -234,9 +249,10 @@ fn read(path: &Path) -> Result<Option<Record>, SecondFactorError> {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|source| SecondFactorError::Corrupt {
+                .map_err(|e| SecondFactorError::Corrupt {
                     path: path.to_owned(),
-                    source,
+                    line: e.line(),
+                    column: e.column(),
                 })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -780,5 +796,22 @@ mod tests {
         assert_eq!(try_lock(), -1, "held by the first handle");
         drop(held);
         assert_eq!(try_lock(), 0, "free once released");
+    }
+
+    #[test]
+    fn debug_and_errors_show_no_secret() {
+        let secret = Secret::generate();
+        let (record, _) = new_record(Some(&secret), NOW, totp::new_recovery_codes());
+        let shown = format!("{record:?}");
+        assert!(!shown.contains(&secret.to_base32()), "{shown}");
+        assert!(!shown.contains(&record.salt), "{shown}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), "");
+        std::fs::create_dir_all(dir.path().join("totp")).expect("dir");
+        let leaked = "{\"secret\": 12, \"JBSWY3DPEHPK3PXP\": 1}";
+        std::fs::write(dir.path().join("totp/alice.json"), leaked).expect("write");
+        let e = status(&c, "alice").expect_err("corrupt");
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("JBSWY3DPEHPK3PXP"), "{text}");
     }
 }
