@@ -262,6 +262,39 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             }
         }
     }
+    hand_over_totp_files(&state_dir, user)
+}
+
+/// Gives what `nbgate totp` made in `state_dir/totp` to the state
+/// directory's owner (the service user), when that is someone else: run
+/// as root, the command would otherwise leave files the service cannot
+/// read, and every login of the user would fail closed.
+fn hand_over_totp_files(state_dir: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(state_dir) else {
+        return Ok(());
+    };
+    let dir = nbgate::auth::second_factor::dir(state_dir);
+    for path in [
+        dir.clone(),
+        dir.join(".lock"),
+        dir.join(format!("{user}.json")),
+    ] {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != owner.uid() || meta.gid() != owner.gid() {
+            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).with_context(
+                || {
+                    format!(
+                        "{}: cannot give it to the state directory's owner (uid {}): run nbgate totp as the service user",
+                        path.display(),
+                        owner.uid()
+                    )
+                },
+            )?;
+        }
+    }
     Ok(())
 }
 

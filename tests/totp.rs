@@ -1035,3 +1035,39 @@ async fn log_out_everywhere_ends_a_pending_login_too() {
     gate.wait_for_line(&["reason=\"no_pending_login\""], T)
         .await;
 }
+
+/// `nbgate totp` run as root on a state directory owned by the service user gives the files
+/// it makes to that user (else the service could not read them and the user's logins would
+/// fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_run_as_root_gives_its_files_to_the_state_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return;
+    }
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder().jupyter(&jupyter);
+    let state = builder.dir().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    cli_enrol(&builder).await;
+    for path in [
+        state.join("totp"),
+        state.join("totp/.lock"),
+        state.join("totp").join(format!("{TEST_USER}.json")),
+    ] {
+        let meta = std::fs::metadata(&path).expect("made");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::tempdir().expect("tempdir");
+    std::fs::metadata(probe.path()).map(|m| m.uid()).ok() == Some(0)
+}

@@ -218,8 +218,8 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 
 fn path(state_dir: &Path, user: &str) -> Result<PathBuf, SecondFactorError> {
     // Checked although every configured name already is: the name becomes
-    // a file name, and a '/' or ".." must never reach the path.
-    if !valid_user_name(user) || user.starts_with('.') {
+    // a file name, and a '/', ".." or leading '.' must never reach the path.
+    if !valid_user_name(user) {
         return Err(SecondFactorError::InvalidUser {
             user: user.to_owned(),
         });
