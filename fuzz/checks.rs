@@ -1163,6 +1163,7 @@ pub fn second_factor_input(data: &[u8]) {
         exp: NOW + 1 + u64::from(data.first().copied().unwrap_or(0)),
         next: text.chars().skip(8).take(64).collect(),
         enrol: (data.len() % 2 == 1).then(|| text.chars().take(40).collect()),
+        stamp: (NOW + data.len() as u64, text.chars().take(16).collect()),
     };
     let sealed = pending::seal(&KEY, Purpose::SecondStep, &p);
     assert_eq!(

@@ -220,7 +220,12 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             }
             let secret = totp::Secret::generate();
             let stored = (!print_secret).then_some(&secret);
-            let codes = second_factor::enrol(&state_dir, user, stored, None, now)?;
+            let replace = if force {
+                second_factor::Replace::Yes
+            } else {
+                second_factor::Replace::No
+            };
+            let codes = second_factor::enrol(&config, user, stored, None, now, replace)?;
             let uri = secret.otpauth_uri(user);
             let qr = totp::terminal_qr(&uri).unwrap_or_default();
             let mut shown = format!(
@@ -240,7 +245,7 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             }
         }
         TotpCommand::Disable { .. } => {
-            if second_factor::remove(&state_dir, user)? {
+            if second_factor::remove(&config, user)? {
                 eprintln!("TOTP removed for {user:?}");
             } else {
                 eprintln!(
@@ -255,6 +260,39 @@ fn totp(command: TotpCommand) -> anyhow::Result<()> {
             for code in &codes {
                 println!("    {code}");
             }
+        }
+    }
+    hand_over_totp_files(&state_dir, user)
+}
+
+/// Gives what `nbgate totp` made in `state_dir/totp` to the state
+/// directory's owner (the service user), when that is someone else: run
+/// as root, the command would otherwise leave files the service cannot
+/// read, and every login of the user would fail closed.
+fn hand_over_totp_files(state_dir: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(state_dir) else {
+        return Ok(());
+    };
+    let dir = nbgate::auth::second_factor::dir(state_dir);
+    for path in [
+        dir.clone(),
+        dir.join(".lock"),
+        dir.join(format!("{user}.json")),
+    ] {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != owner.uid() || meta.gid() != owner.gid() {
+            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).with_context(
+                || {
+                    format!(
+                        "{}: cannot give it to the state directory's owner (uid {}): run nbgate totp as the service user",
+                        path.display(),
+                        owner.uid()
+                    )
+                },
+            )?;
         }
     }
     Ok(())
@@ -305,6 +343,16 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     // would refuse that user's logins).
     for user in config.users.iter().filter(|u| u.totp_secret_file.is_some()) {
         nbgate::auth::second_factor::status(&config, &user.name)?;
+        let file = user.totp_secret_file.as_deref().expect("filtered on it");
+        if std::fs::metadata(file)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0)
+        {
+            eprintln!(
+                "warning: {}: readable by others than its owner (the TOTP secret of {:?}): chmod 600 it",
+                file.display(),
+                user.name
+            );
+        }
     }
     println!("# effective configuration from {}", config.source.display());
     let guard = nbgate::proxy::guard::Guard::new(&config.policy);

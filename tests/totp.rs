@@ -166,14 +166,33 @@ async fn post_code(
         .expect("POST login/totp")
 }
 
-/// Password then `code` in a fresh pending login: the answer to the code.
-async fn log_in_with(gate: &Nbgate, client: &reqwest::Client, code: &str) -> reqwest::Response {
+/// A correct password then the step page: the pending cookie and the step's CSRF token.
+async fn pending_step(gate: &Nbgate, client: &reqwest::Client) -> (String, String) {
     let (r, pending) = password_step(gate, client, TEST_PASSWORD).await;
     assert_eq!(r.status(), 303);
     let pending = pending.expect("a pending cookie");
     let (status, html) = step_page(gate, client, &pending).await;
     assert_eq!(status, 200, "{html}");
-    post_code(gate, client, &pending, &hidden(&html, "csrf"), code).await
+    let csrf = hidden(&html, "csrf");
+    (pending, csrf)
+}
+
+/// Posts the code of the current step (computed here from `key`).
+async fn post_current_code(
+    gate: &Nbgate,
+    client: &reqwest::Client,
+    pending: &str,
+    csrf: &str,
+    key: &[u8],
+) -> reqwest::Response {
+    let now = settled_now().await;
+    post_code(gate, client, pending, csrf, &code_at(key, now)).await
+}
+
+/// Password then `code` in a fresh pending login: the answer to the code.
+async fn log_in_with(gate: &Nbgate, client: &reqwest::Client, code: &str) -> reqwest::Response {
+    let (pending, csrf) = pending_step(gate, client).await;
+    post_code(gate, client, &pending, &csrf, code).await
 }
 
 fn session_of(r: &reqwest::Response) -> Option<String> {
@@ -389,11 +408,7 @@ async fn wrong_codes_count_toward_the_lockout_with_wrong_passwords() {
         assert_eq!(r.status(), 401);
     }
     // The right password does not clear the two failures: the second step is pending.
-    let (r, pending) = password_step(&gate, &client, TEST_PASSWORD).await;
-    assert_eq!(r.status(), 303);
-    let pending = pending.expect("pending");
-    let (_, html) = step_page(&gate, &client, &pending).await;
-    let csrf = hidden(&html, "csrf");
+    let (pending, csrf) = pending_step(&gate, &client).await;
     let now = settled_now().await;
     let wrong = if code_at(&enrolled.key, now) == "123456" {
         "654321"
@@ -408,15 +423,7 @@ async fn wrong_codes_count_toward_the_lockout_with_wrong_passwords() {
     gate.wait_for_line(&["\"lockout\"", "step=\"totp\""], T)
         .await;
     // Locked: even the right code is not checked now.
-    let now = settled_now().await;
-    let r = post_code(
-        &gate,
-        &client,
-        &pending,
-        &csrf,
-        &code_at(&enrolled.key, now),
-    )
-    .await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &enrolled.key).await;
     assert_eq!(r.status(), 429);
     assert_eq!(session_of(&r), None);
     // And the right password is refused too.
@@ -431,10 +438,7 @@ async fn a_tampered_expired_or_foreign_pending_login_is_refused() {
     let enrolled = cli_enrol(&builder).await;
     let gate = builder.start().await;
     let client = bare_client(&gate);
-    let (_, pending) = password_step(&gate, &client, TEST_PASSWORD).await;
-    let pending = pending.expect("pending");
-    let (_, html) = step_page(&gate, &client, &pending).await;
-    let csrf = hidden(&html, "csrf");
+    let (pending, csrf) = pending_step(&gate, &client).await;
     let now = settled_now().await;
     let code = code_at(&enrolled.key, now);
 
@@ -464,6 +468,15 @@ async fn a_tampered_expired_or_foreign_pending_login_is_refused() {
     let mut expired =
         nbgate::auth::pending::PendingLogin::new(TEST_USER, "/lab", None, unix_now() - 301);
     expired.exp = unix_now() - 1;
+    // The user's revocation stamp, as the server's own pending login has it.
+    let genuine: nbgate::auth::pending::PendingLogin = nbgate::auth::pending::open(
+        key.signing(),
+        nbgate::auth::pending::Purpose::SecondStep,
+        pending.trim_start_matches(PENDING),
+        unix_now(),
+    )
+    .expect("the server's pending login opens with its key");
+    expired.stamp = genuine.stamp;
     let sealed = nbgate::auth::pending::seal(
         key.signing(),
         nbgate::auth::pending::Purpose::SecondStep,
@@ -618,6 +631,8 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
     assert_eq!(r.status(), 403);
 
     let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let other_device = session_of(&r).expect("another device's session");
+    let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
     let session = session_of(&r).expect("session");
     let (status, headers, html) = account_get(&gate, &client, &session).await;
     assert_eq!(status, 200);
@@ -648,6 +663,7 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", &code_at(&key, now)),
         ],
     )
@@ -667,12 +683,14 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", wrong),
         ],
     )
     .await;
     assert_eq!(r.status(), 401);
     assert_eq!(key_in(&r.text().await.expect("html")), key);
+    // The right code without the user's password (a stolen session alone): refused.
     let r = account_post(
         &gate,
         &client,
@@ -681,11 +699,36 @@ async fn the_account_page_enrols_makes_new_recovery_codes_and_removes_totp() {
             ("csrf", &csrf),
             ("action", "enrol"),
             ("offer", &offer),
+            ("password", "not the password"),
+            ("code", &code_at(&key, now)),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let html = r.text().await.expect("html");
+    assert!(html.contains("That password is not right"), "{html}");
+    assert_eq!(key_in(&html), key, "not enrolled: the same key offered");
+    gate.wait_for_line(&["account_totp_failure", "reason=\"wrong_password\""], T)
+        .await;
+    let r = account_post(
+        &gate,
+        &client,
+        &session,
+        &[
+            ("csrf", &csrf),
+            ("action", "enrol"),
+            ("offer", &offer),
+            ("password", TEST_PASSWORD),
             ("code", &code_at(&key, now)),
         ],
     )
     .await;
     assert_eq!(r.status(), 200);
+    // Every other session ends (one opened with the password alone must not outlive the
+    // new factor); this one carries on with a renewed cookie.
+    let session = session_of(&r).expect("a renewed session cookie");
+    assert_eq!(api_status(&gate, &client, Some(&other_device)).await, 401);
+    assert_eq!(api_status(&gate, &client, Some(&session)).await, 200);
     let html = r.text().await.expect("html");
     assert_eq!(html.matches("<li><code>").count(), 10, "{html}");
     gate.wait_for_line(&["totp_enrolled", "via=\"account\""], T)
@@ -866,4 +909,165 @@ async fn a_printed_secret_in_a_totp_secret_file_is_asked_for_and_a_bad_policy_na
     let r = log_in_with(&gate, &client, &code_at(&base32_decode(&secret), now)).await;
     assert_eq!(r.status(), 303);
     assert!(session_of(&r).is_some());
+}
+
+/// The pending cookie is nbgate's: like the session cookie it never reaches Jupyter (a
+/// browser keeps sending it for a while after a login completed elsewhere in the tab).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_cookie_is_not_forwarded_to_jupyter() {
+    let upstream = common::TestUpstream::start().await;
+    let gate = Nbgate::builder().upstream(&upstream.url()).start().await;
+    let client = bare_client(&gate);
+    let r = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let session = session_of(&r).expect("a session: no second factor");
+    let r = client
+        .get(gate.url("/echo"))
+        .header(
+            "cookie",
+            format!("{session}; {PENDING}sealed-value; other=kept"),
+        )
+        .send()
+        .await
+        .expect("GET through nbgate");
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.expect("echo JSON");
+    let cookies = common::upstream::echoed_headers(&seen, "cookie").join("; ");
+    assert!(!cookies.contains("nbgate-pending"), "{cookies}");
+    assert!(!cookies.contains("nbgate-session"), "{cookies}");
+    assert!(cookies.contains("other=kept"), "{cookies}");
+}
+
+/// A code that is none of the three the server accepts around `now`.
+fn wrong_code(key: &[u8], now: u64) -> &'static str {
+    let near = [now - 30, now, now + 30].map(|t| code_at(key, t));
+    ["123456", "654321", "111111"]
+        .into_iter()
+        .find(|w| !near.iter().any(|c| c == w))
+        .expect("three codes cannot cover three others")
+}
+
+/// With the password, guessing codes is slow: a pending login takes three wrong codes, then
+/// the password must be typed again; five wrong codes in a row lock the user's code step
+/// (whatever the address or pending login), even for the right code, with a warning audit
+/// line, and the lock is in the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_use_up_the_pending_login_and_then_lock_the_users_code_step() {
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder()
+        .jupyter(&jupyter)
+        .set("policy.lockout.refusal_delay", "0s");
+    let enrolled = cli_enrol(&builder).await;
+    let file = builder
+        .dir()
+        .join("state/totp")
+        .join(format!("{TEST_USER}.json"));
+    let gate = builder.start().await;
+    let client = bare_client(&gate);
+
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    for _ in 0..2 {
+        let wrong = wrong_code(&enrolled.key, settled_now().await);
+        let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+        assert_eq!(r.status(), 401);
+    }
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 403, "the third wrong code uses the login up");
+    assert!(set_cookies(&r)
+        .iter()
+        .any(|c| c.starts_with(PENDING) && c.contains("Max-Age=0")));
+    gate.wait_for_line(&["reason=\"pending_login_tries_used\""], T)
+        .await;
+    let now = settled_now().await;
+    let r = post_code(
+        &gate,
+        &client,
+        &pending,
+        &csrf,
+        &code_at(&enrolled.key, now),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "even the right code: log in again");
+    assert_eq!(session_of(&r), None);
+
+    // A new password step; the fourth wrong code is fine, the fifth locks the code step.
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 401);
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
+    let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    gate.wait_for_line(&["\"totp_locked\"", "WARN"], T).await;
+    let stored = std::fs::read_to_string(&file).expect("state file");
+    assert!(stored.contains("locked_until"), "{stored}");
+
+    // Locked: a fresh pending login with the right code is refused, unchecked.
+    let (pending, csrf) = pending_step(&gate, &client).await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &enrolled.key).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(session_of(&r), None);
+    // The owner's recovery code still works during the lock.
+    let r = post_code(&gate, &client, &pending, &csrf, &enrolled.recovery[0]).await;
+    assert_eq!(r.status(), 200);
+    assert!(session_of(&r).is_some());
+}
+
+/// A login waiting for its code is ended by "log out everywhere" as a session is: an attacker
+/// who had the password cannot finish it with a code later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_out_everywhere_ends_a_pending_login_too() {
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder().jupyter(&jupyter);
+    let enrolled = cli_enrol(&builder).await;
+    let gate = builder.start().await;
+    let owner = bare_client(&gate);
+    let r = log_in_with(&gate, &owner, &enrolled.recovery[0]).await;
+    let session = session_of(&r).expect("the owner's session");
+    let attacker = bare_client(&gate);
+    let (pending, csrf) = pending_step(&gate, &attacker).await;
+    let out = common::login::logout(&gate, &owner, &session, true).await;
+    assert!(out.status().is_redirection() || out.status().is_success());
+    let r = post_current_code(&gate, &attacker, &pending, &csrf, &enrolled.key).await;
+    assert_eq!(r.status(), 403, "log in again");
+    assert_eq!(session_of(&r), None);
+    gate.wait_for_line(&["reason=\"no_pending_login\""], T)
+        .await;
+}
+
+/// `nbgate totp` run as root on a state directory owned by the service user gives the files
+/// it makes to that user (else the service could not read them and the user's logins would
+/// fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_run_as_root_gives_its_files_to_the_state_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return;
+    }
+    let jupyter = Jupyter::start().await;
+    let builder = Nbgate::builder().jupyter(&jupyter);
+    let state = builder.dir().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    cli_enrol(&builder).await;
+    for path in [
+        state.join("totp"),
+        state.join("totp/.lock"),
+        state.join("totp").join(format!("{TEST_USER}.json")),
+    ] {
+        let meta = std::fs::metadata(&path).expect("made");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::tempdir().expect("tempdir");
+    std::fs::metadata(probe.path()).map(|m| m.uid()).ok() == Some(0)
 }

@@ -437,11 +437,7 @@ impl Authenticator {
     /// cookie planted before login is never promoted (session fixation).
     /// The session is listed as active, seen from `seen`.
     pub fn start_session(&self, user: &str, seen: Sighting<'_>) -> (Claims, String) {
-        let pw = self
-            .users
-            .get(user)
-            .map(|u| u.fingerprint().to_owned())
-            .unwrap_or_default();
+        let (_, pw) = self.login_stamp(user);
         self.start_session_with(user, pw, seen)
     }
 
@@ -471,6 +467,19 @@ impl Authenticator {
         let cookie = self.keys.seal(&claims, self.life.max);
         self.active.observe(&claims, seen, now, self.life);
         (claims, cookie)
+    }
+
+    /// What a session of `user` started now is stamped with: the user's
+    /// revocation generation and password fingerprint. A pending second
+    /// step keeps them too, so "log out everywhere" or a password change
+    /// also ends logins waiting for their second factor.
+    pub fn login_stamp(&self, user: &str) -> (u64, String) {
+        let pw = self
+            .users
+            .get(user)
+            .map(|u| u.fingerprint().to_owned())
+            .unwrap_or_default();
+        (self.revocations.generation(user), pw)
     }
 
     /// Checks a session cookie value.

@@ -48,8 +48,9 @@ impl Purpose {
     }
 }
 
-/// A login waiting for its second factor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A login waiting for its second factor. `Debug` shows no offered
+/// secret and no password fingerprint.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The user whose password was right.
     pub u: String,
@@ -62,6 +63,11 @@ pub struct PendingLogin {
     /// A forced enrolment: the base32 secret offered to the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrol: Option<String>,
+    /// The user's revocation generation and password fingerprint when the
+    /// password was right (`Authenticator::login_stamp`): a "log out
+    /// everywhere" or password change since then ends this login too.
+    #[serde(default)]
+    pub stamp: (u64, String),
 }
 
 impl PendingLogin {
@@ -73,16 +79,40 @@ impl PendingLogin {
             exp: now + PENDING_TTL.as_secs(),
             next: next.to_owned(),
             enrol,
+            stamp: (0, String::new()),
         }
     }
 }
 
-/// The account page's enrolment offer: the secret shown, for whom, until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The account page's enrolment offer: the secret shown, for whom, until
+/// when. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolOffer {
     pub u: String,
     pub secret: String,
     pub exp: u64,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("u", &self.u)
+            .field("id", &self.id)
+            .field("exp", &self.exp)
+            .field("next", &self.next)
+            .field("enrol", &self.enrol.as_ref().map(|_| "<redacted>"))
+            .field("gen", &self.stamp.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EnrolOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolOffer")
+            .field("u", &self.u)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something sealed with an expiry.
@@ -137,8 +167,24 @@ pub fn seal<T: Serialize>(signing_key: &[u8], purpose: Purpose, value: &T) -> St
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
 }
 
-/// Largest sealed value opened: a pending cookie is a few hundred bytes.
-const MAX_SEALED: usize = 2048;
+/// Largest sealed value opened or set: browsers keep a cookie's name and
+/// value up to 4096 bytes, and the name is 22 of them. A pending login
+/// with the longest `next` (`next_path::MAX_NEXT_LEN`) and an offered
+/// secret seals to about 3000.
+pub const MAX_SEALED: usize = 4000;
+
+/// Seals `p` for the second step's cookie. A `next` that would make the
+/// cookie too long for a browser (one full of characters JSON escapes) is
+/// replaced by `fallback_next` (the base URL) first: the login then lands
+/// on the start page instead of ending in "session expired" every time.
+pub fn seal_login(signing_key: &[u8], mut p: PendingLogin, fallback_next: &str) -> String {
+    let sealed = seal(signing_key, Purpose::SecondStep, &p);
+    if sealed.len() <= MAX_SEALED {
+        return sealed;
+    }
+    p.next = fallback_next.to_owned();
+    seal(signing_key, Purpose::SecondStep, &p)
+}
 
 /// Opens a value sealed for `purpose`; `None` when it was tampered with,
 /// made with another key or for another purpose, or expired at `now`.
@@ -199,6 +245,34 @@ pub fn use_up(pending: &PendingLogin, now: u64) -> bool {
     used.insert(pending.id.clone(), pending.exp).is_none()
 }
 
+/// Wrong codes one pending login may take; then it is used up and the
+/// password must be typed again, so one correct password buys a few
+/// guesses, not all the guesses the lockout allows in five minutes.
+pub const TRIES_PER_LOGIN: u32 = 3;
+
+/// Wrong codes per pending-login id, with its expiry: as [`USED`], small
+/// (entries leave at their expiry) and forgotten by a restart, when the
+/// per-user count in the state file (`second_factor`) still holds.
+static FAILED: Mutex<Option<HashMap<String, (u32, u64)>>> = Mutex::new(None);
+
+/// Counts a wrong code of `pending`; `true` when that was its last try
+/// (it is then used up).
+pub fn failed_try(pending: &PendingLogin, now: u64) -> bool {
+    let tries = {
+        let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = failed.get_or_insert_with(HashMap::new);
+        failed.retain(|_, (_, exp)| *exp > now);
+        let entry = failed.entry(pending.id.clone()).or_insert((0, pending.exp));
+        entry.0 += 1;
+        entry.0
+    };
+    if tries >= TRIES_PER_LOGIN {
+        use_up(pending, now);
+        return true;
+    }
+    false
+}
+
 /// Whether `pending` was used up already.
 pub fn is_used(pending: &PendingLogin) -> bool {
     USED.lock()
@@ -254,7 +328,7 @@ mod tests {
             open::<PendingLogin>(&KEY, Purpose::AccountEnrol, &sealed, NOW),
             None
         );
-        for junk in ["", "!!!", "AAAA", &"A".repeat(4000)] {
+        for junk in ["", "!!!", "AAAA", &"A".repeat(MAX_SEALED + 1)] {
             assert_eq!(
                 open::<PendingLogin>(&KEY, Purpose::SecondStep, junk, NOW),
                 None
@@ -270,5 +344,54 @@ mod tests {
         assert!(is_used(&p));
         assert!(!use_up(&p, NOW));
         assert!(!is_used(&pending()), "another login's id is unaffected");
+    }
+
+    #[test]
+    fn a_pending_login_is_used_up_after_its_tries() {
+        let p = pending();
+        for _ in 1..TRIES_PER_LOGIN {
+            assert!(!failed_try(&p, NOW));
+            assert!(!is_used(&p));
+        }
+        assert!(failed_try(&p, NOW), "the last try");
+        assert!(is_used(&p));
+        assert!(
+            !failed_try(&pending(), NOW),
+            "another login has its own tries"
+        );
+    }
+
+    #[test]
+    fn the_longest_next_fits_in_a_cookie_and_a_longer_one_falls_back() {
+        let longest = format!("/{}", "a".repeat(crate::auth::next_path::MAX_NEXT_LEN - 1));
+        let secret = "A".repeat(52);
+        let p = PendingLogin::new(&"u".repeat(64), &longest, Some(secret), NOW);
+        let sealed = seal_login(&KEY, p.clone(), "/");
+        assert!(sealed.len() <= MAX_SEALED, "{}", sealed.len());
+        assert!(PENDING_COOKIE.len() + 1 + sealed.len() <= 4096);
+        assert_eq!(
+            open::<PendingLogin>(&KEY, Purpose::SecondStep, &sealed, NOW),
+            Some(p),
+            "the next target survives"
+        );
+        let escaped = format!("/{}", "\"".repeat(2047));
+        let p = PendingLogin::new("alice", &escaped, None, NOW);
+        let sealed = seal_login(&KEY, p, "/base/");
+        let opened: PendingLogin = open(&KEY, Purpose::SecondStep, &sealed, NOW).expect("opens");
+        assert_eq!(opened.next, "/base/");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut p = PendingLogin::new("alice", "/lab", Some("SECRETSECRET".into()), NOW);
+        p.stamp = (3, "FINGERPRINT".into());
+        let offer = EnrolOffer {
+            u: "alice".into(),
+            secret: "SECRETSECRET".into(),
+            exp: NOW,
+        };
+        let shown = format!("{p:?} {offer:?}");
+        assert!(!shown.contains("SECRETSECRET"), "{shown}");
+        assert!(!shown.contains("FINGERPRINT"), "{shown}");
     }
 }

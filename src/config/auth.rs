@@ -139,7 +139,10 @@ pub(super) fn users(raw: Vec<RawUser>, ctx: &Ctx) -> Result<Vec<UserEntry>, Conf
         if !valid_user_name(&u.name) {
             return Err(ctx.invalid(
                 "users.name",
-                format!("{:?} is not a valid user name", u.name),
+                format!(
+                    "{:?} is not a valid user name (1-64 letters, digits, '.', '_', '-', '@', not starting with '.')",
+                    u.name
+                ),
             ));
         }
         if users.iter().any(|e: &UserEntry| e.name == u.name) {

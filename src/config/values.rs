@@ -142,10 +142,13 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
-/// User names: 1-64 characters of letters, digits, `.`, `_`, `-`, `@`.
-/// Kept narrow so a name is safe in logs and cookies.
+/// User names: 1-64 characters of letters, digits, `.`, `_`, `-`, `@`,
+/// not starting with `.`. Kept narrow so a name is safe in logs and
+/// cookies, and as a file name in the state directory (`totp/<name>.json`:
+/// no hidden file, no `..`, no clash with `totp/.lock`).
 pub fn valid_user_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
+        && !name.starts_with('.')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
@@ -154,6 +157,16 @@ pub fn valid_user_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_are_safe_file_names() {
+        for good in ["alice", "a.b", "bob@example.org", "x-y_z", "a.."] {
+            assert!(valid_user_name(good), "{good}");
+        }
+        for bad in ["", ".hidden", "..", ".lock", "a/b", "a b", &"a".repeat(65)] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_and_durations_parse_in_human_form() {

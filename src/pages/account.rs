@@ -30,10 +30,18 @@ pub enum AccountNotice {
     Removed,
     /// The code typed was not valid (the action was not done).
     WrongCode,
+    /// The password typed to turn TOTP on was not the user's.
+    WrongPassword,
     /// Too many failed codes: wait.
     LockedOut { retry_after_secs: u64 },
     /// The enrolment offer expired (the page was open too long).
     OfferExpired,
+    /// TOTP was turned on meanwhile (another tab, the administrator): the
+    /// older offer did not replace it.
+    AlreadyOn,
+    /// The secret is the configuration's `totp_secret_file`: only the
+    /// administrator can turn TOTP off.
+    ManagedByConfig,
 }
 
 /// Everything the account page shows.
@@ -66,6 +74,8 @@ struct AccountText {
     required: &'static str,
     enrol_intro: &'static str,
     enrol_label: &'static str,
+    password_label: &'static str,
+    wrong_password: &'static str,
     enrol: &'static str,
     regenerate_intro: &'static str,
     regenerate: &'static str,
@@ -75,6 +85,8 @@ struct AccountText {
     removed: &'static str,
     wrong: &'static str,
     expired: &'static str,
+    already_on: &'static str,
+    managed: &'static str,
 }
 
 impl AccountText {
@@ -95,6 +107,8 @@ impl AccountText {
                 required: "Your administrator requires it: your next login will ask you to set it up if you do not now.",
                 enrol_intro: "Scan the QR code with an authenticator app (or type the key into it), then enter the 6-digit code it shows.",
                 enrol_label: "6-digit code from the app",
+                password_label: "Your password",
+                wrong_password: "That password is not right: nothing was changed.",
                 enrol: "Turn on",
                 regenerate_intro: "Make ten new recovery codes (the old ones stop working). Enter a current code to confirm.",
                 regenerate: "Make new recovery codes",
@@ -104,6 +118,8 @@ impl AccountText {
                 removed: "Two-step verification is off.",
                 wrong: "That code is not valid: nothing was changed.",
                 expired: "This form has expired. Please try again.",
+                already_on: "Two-step verification is already on: nothing was changed.",
+                managed: "Your two-step verification is set by the administrator's configuration: ask them to turn it off.",
             },
             Lang::ZhHans => AccountText {
                 title: "nbgate — 帐户",
@@ -120,6 +136,8 @@ impl AccountText {
                 required: "管理员要求开启：如果您现在不设置，下次登录时将要求您设置。",
                 enrol_intro: "请用身份验证器应用扫描二维码（或输入密钥），然后输入应用显示的 6 位验证码。",
                 enrol_label: "应用中的 6 位验证码",
+                password_label: "您的密码",
+                wrong_password: "密码不正确：未做任何更改。",
                 enrol: "开启",
                 regenerate_intro: "生成十个新的恢复码（旧的将失效）。请输入当前验证码以确认。",
                 regenerate: "生成新的恢复码",
@@ -129,20 +147,31 @@ impl AccountText {
                 removed: "两步验证已关闭。",
                 wrong: "验证码无效：未做任何更改。",
                 expired: "表单已过期，请重试。",
+                already_on: "两步验证已开启：未做任何更改。",
+                managed: "您的两步验证由管理员的配置设置：请联系管理员关闭。",
             },
         }
     }
 }
 
 /// One POST form of the page: hidden `csrf` and `action`, extra hidden
-/// fields, a code field, a button.
+/// fields, a password field (`password_label`), a code field, a button.
 fn form(
     view: &AccountView<'_>,
     action: &str,
     hidden: &[(&str, &str)],
+    password_label: Option<&str>,
     label: &str,
     button: &str,
 ) -> String {
+    let password = password_label.map_or(String::new(), |l| {
+        format!(
+            "<label for=\"password-{action}\">{}</label>\n\
+             <input id=\"password-{action}\" name=\"password\" type=\"password\" \
+             autocomplete=\"current-password\" required>\n",
+            html_escape(l)
+        )
+    });
     let extra: String = hidden
         .iter()
         .map(|(k, v)| {
@@ -156,7 +185,7 @@ fn form(
     format!(
         "<form method=\"post\" action=\"{}\" accept-charset=\"utf-8\">\n\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
-         <input type=\"hidden\" name=\"action\" value=\"{}\">\n{extra}{}\
+         <input type=\"hidden\" name=\"action\" value=\"{}\">\n{extra}{password}{}\
          <button type=\"submit\">{}</button>\n</form>\n",
         html_escape(view.action),
         html_escape(view.csrf_token),
@@ -176,7 +205,10 @@ pub fn render_account(view: &AccountView<'_>) -> String {
         let (class, text) = match n {
             AccountNotice::Removed => ("notice-info", t.removed.to_owned()),
             AccountNotice::WrongCode => ("notice-error", t.wrong.to_owned()),
+            AccountNotice::WrongPassword => ("notice-error", t.wrong_password.to_owned()),
             AccountNotice::OfferExpired => ("notice-error", t.expired.to_owned()),
+            AccountNotice::AlreadyOn => ("notice-info", t.already_on.to_owned()),
+            AccountNotice::ManagedByConfig => ("notice-error", t.managed.to_owned()),
             AccountNotice::LockedOut { retry_after_secs } => (
                 "notice-error",
                 too_many_attempts(retry_after_secs, view.lang),
@@ -219,9 +251,9 @@ pub fn render_account(view: &AccountView<'_>) -> String {
             main.push_str(&format!(
                 "<ul class=\"sessions\">\n<li>\n<p>{}</p>\n{}</li>\n<li>\n<p>{}</p>\n{}</li>\n</ul>\n",
                 html_escape(t.regenerate_intro),
-                form(view, "regenerate", &[], t.code_label, t.regenerate),
+                form(view, "regenerate", &[], None, t.code_label, t.regenerate),
                 html_escape(t.remove_intro),
-                form(view, "remove", &[], t.code_label, t.remove),
+                form(view, "remove", &[], None, t.code_label, t.remove),
             ));
         }
         TotpSection::Off {
@@ -242,6 +274,7 @@ pub fn render_account(view: &AccountView<'_>) -> String {
                 view,
                 "enrol",
                 &[("offer", sealed)],
+                Some(t.password_label),
                 t.enrol_label,
                 t.enrol,
             ));

@@ -1113,7 +1113,9 @@ fn strip_own_cookies(h: &mut HeaderMap) {
     let is_own = |kv: &str| {
         // Trimmed as Jupyter (Tornado) trims names: `name =v` is `name`.
         let name = kv.split_once('=').map_or(kv, |(k, _)| k).trim_end();
-        name == SESSION_COOKIE || name == csrf::CSRF_COOKIE
+        name == SESSION_COOKIE
+            || name == csrf::CSRF_COOKIE
+            || name == crate::auth::pending::PENDING_COOKIE
     };
     let mut cookies = h.get_all(header::COOKIE).iter();
     let (Some(only), None) = (cookies.next(), cookies.next()) else {

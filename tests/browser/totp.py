@@ -116,6 +116,7 @@ def run(args):
             key = page.locator("#totp code").inner_text()
             now = settled_time()
             enrol_step = int(now) // 30
+            page.fill("#password-enrol", args.password)
             page.fill("#code-enrol", totp(key, now))
             with page.expect_navigation(wait_until="load"):
                 page.locator('form:has(input[name="action"][value="enrol"]) button').click()

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
-use super::totp::form_field;
-use super::{html, lang, query_param, said_by, see_other, Pages};
-use crate::auth::csrf;
+use super::totp::{form_field, Confirmed};
+use super::{html, lang, query_param, said_by, see_other, set_cookie, Pages};
 use crate::auth::pending::{self, EnrolOffer, Purpose};
-use crate::auth::second_factor::{self, Status, Verified};
+use crate::auth::second_factor::{self, SecondFactorError, Status, Verified};
 use crate::auth::session::{short_id as short, unix_now, Claims};
 use crate::auth::totp::Secret;
+use crate::auth::{csrf, Check};
 use crate::pages::account::{render_account, AccountNotice, AccountView, TotpSection};
 use crate::pages::totp::{render_recovery_codes, CodesReason, Offer};
 use crate::policy::{Attempt, Refused};
@@ -128,8 +128,8 @@ impl Pages<'_> {
         Ok(said_by(r, claims))
     }
 
-    /// `POST account`: `action` = `enrol` (with the sealed `offer` and the
-    /// first `code`), `regenerate` or `remove` (with a current `code`).
+    /// `POST account`: `action` = `enrol` (with the sealed `offer`, the
+    /// user's `password` and the first `code`), `regenerate` or `remove` (with a current `code`).
     pub(super) async fn account_submit(
         &self,
         req: Request<RequestBody>,
@@ -211,16 +211,85 @@ impl Pages<'_> {
             Some(offer) => {
                 let secret =
                     Secret::from_base32(&offer.secret).map_err(|_| ProxyError::FormExpired)?;
-                let Some(codes) = self.confirm_enrolment(&user, secret, &code).await? else {
-                    return self
-                        .wrong_code(&headers, claims, Some(offer), attempt, client, "wrong_code")
-                        .await;
+                // The password too: a stolen session cookie alone must not
+                // turn TOTP on with the thief's phone and lock the owner out.
+                // Counted with the lockout as a wrong code is.
+                match self.auth.check_password(&user, field("password")).await {
+                    Check::Valid(_) => {}
+                    Check::Invalid { .. } => {
+                        return self
+                            .wrong_code(
+                                &headers,
+                                claims,
+                                Some(offer),
+                                attempt,
+                                client,
+                                "wrong_password",
+                            )
+                            .await
+                    }
+                    Check::Busy => {
+                        drop(attempt);
+                        self.guard.hold_refusal().await;
+                        let n = AccountNotice::LockedOut {
+                            retry_after_secs: 1,
+                        };
+                        return self
+                            .account_view(
+                                &headers,
+                                claims,
+                                Some(offer),
+                                Some(n),
+                                StatusCode::TOO_MANY_REQUESTS,
+                            )
+                            .await;
+                    }
+                }
+                let codes = match self.confirm_enrolment(&user, secret, &code).await? {
+                    Confirmed::Enrolled(codes) => codes,
+                    Confirmed::WrongCode => {
+                        return self
+                            .wrong_code(
+                                &headers,
+                                claims,
+                                Some(offer),
+                                attempt,
+                                client,
+                                "wrong_code",
+                            )
+                            .await
+                    }
+                    Confirmed::AlreadyEnrolled => {
+                        // Turned on since this offer was shown: never
+                        // replaced without a current code of the old one.
+                        drop(attempt);
+                        tracing::info!(target: "nbgate::audit", event = "account_totp_failure", user = %claims.u, %client, reason = "already_enrolled", session = %short(&claims.sid), "account form refused: TOTP is on already");
+                        return self
+                            .account_view(
+                                &headers,
+                                claims,
+                                None,
+                                Some(AccountNotice::AlreadyOn),
+                                StatusCode::CONFLICT,
+                            )
+                            .await;
+                    }
                 };
                 attempt.succeeded(&claims.u, Instant::now());
                 tracing::info!(target: "nbgate::audit", event = "totp_enrolled", user = %claims.u, %client, via = "account", session = %short(&claims.sid), "TOTP enrolled on the account page");
+                // Turning TOTP on ends every other session, as the sessions
+                // page's "end all others" does: one an attacker opened with
+                // the password alone must not outlive the new factor.
+                let (ended, cookie) = self.auth.end_other_sessions(&claims);
+                let closed = self
+                    .tunnels
+                    .close_user_sessions_except(&claims.u, &claims.sid);
+                tracing::info!(target: "nbgate::audit", event = "other_sessions_revoked", user = %claims.u, %client, session = %short(&claims.sid), listed_ended = ended.len(), tunnels_closed = closed, "all other sessions ended: TOTP turned on");
                 let body =
                     render_recovery_codes(l, &codes, CodesReason::Enrolled, &self.account_href());
-                Ok(said_by(html(StatusCode::OK, body), claims))
+                let mut r = html(StatusCode::OK, body);
+                set_cookie(&mut r, &cookie);
+                Ok(said_by(r, claims))
             }
             None => {
                 let verified = self
@@ -240,6 +309,29 @@ impl Pages<'_> {
                             .wrong_code(&headers, claims, None, attempt, client, "wrong_code")
                             .await
                     }
+                    Verified::Locked {
+                        retry_after,
+                        started,
+                    } => {
+                        if started {
+                            tracing::warn!(target: "nbgate::audit", event = "totp_locked", user = %claims.u, %client, retry_after, session = %short(&claims.sid), "too many wrong codes in a row: the user's code step is locked");
+                            attempt.failed(Some(&claims.u), Instant::now());
+                        } else {
+                            drop(attempt);
+                        }
+                        let n = AccountNotice::LockedOut {
+                            retry_after_secs: retry_after,
+                        };
+                        return self
+                            .account_view(
+                                &headers,
+                                claims,
+                                None,
+                                Some(n),
+                                StatusCode::TOO_MANY_REQUESTS,
+                            )
+                            .await;
+                    }
                     Verified::Recovery { left } => {
                         tracing::info!(target: "nbgate::audit", event = "recovery_code_used", user = %claims.u, %client, left, session = %short(&claims.sid), "recovery code used on the account page");
                     }
@@ -247,10 +339,24 @@ impl Pages<'_> {
                 }
                 attempt.succeeded(&claims.u, Instant::now());
                 if action == "remove" {
-                    self.second_factor_io(move |c| {
-                        second_factor::remove(&c.server.state_dir, &user)
-                    })
-                    .await?;
+                    let removed = self
+                        .second_factor_io(move |c| match second_factor::remove(c, &user) {
+                            Err(SecondFactorError::ManagedByConfig { .. }) => Ok(false),
+                            other => other.map(|_| true),
+                        })
+                        .await?;
+                    if !removed {
+                        tracing::info!(target: "nbgate::audit", event = "account_totp_failure", user = %claims.u, %client, reason = "managed_by_config", session = %short(&claims.sid), "account form refused: the secret is the configuration's");
+                        return self
+                            .account_view(
+                                &headers,
+                                claims,
+                                None,
+                                Some(AccountNotice::ManagedByConfig),
+                                StatusCode::CONFLICT,
+                            )
+                            .await;
+                    }
                     tracing::info!(target: "nbgate::audit", event = "totp_removed", user = %claims.u, %client, via = "account", session = %short(&claims.sid), "TOTP removed on the account page");
                     let r = see_other(&format!("{}?done=removed", self.account_href()));
                     return Ok(said_by(r, claims));
@@ -272,7 +378,7 @@ impl Pages<'_> {
         }
     }
 
-    /// A wrong code on the account page: counted with the lockout, audited,
+    /// A wrong code or password on the account page: counted with the lockout, audited,
     /// the page again with a notice (and the same enrolment offer).
     async fn wrong_code(
         &self,
@@ -295,6 +401,9 @@ impl Pages<'_> {
                     },
                     StatusCode::TOO_MANY_REQUESTS,
                 )
+            }
+            None if reason == "wrong_password" => {
+                (AccountNotice::WrongPassword, StatusCode::UNAUTHORIZED)
             }
             None => (AccountNotice::WrongCode, StatusCode::UNAUTHORIZED),
         };

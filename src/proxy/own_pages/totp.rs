@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 
 use super::{cookie, html, lang, said_by, see_other, set_cookie, user_agent, Pages};
 use crate::auth::pending::{self, PendingLogin, Purpose, PENDING_COOKIE};
-use crate::auth::second_factor::{self, SecondFactorError, Status, Verified};
+use crate::auth::second_factor::{self, Replace, SecondFactorError, Status, Verified};
 use crate::auth::session::unix_now;
 use crate::auth::totp::{self, CodeCheck, Secret};
 use crate::auth::{csrf, next_path, Who};
@@ -42,6 +42,22 @@ enum Outcome {
     Enrolled(Vec<String>),
     /// Refused: the audit line's reason.
     Refused(&'static str),
+    /// The user's code step is locked (`second_factor::FREE_TRIES`);
+    /// `started` when this wrong code began it.
+    Locked { retry_after: u64, started: bool },
+    /// The pending login can no longer complete (the user enrolled since
+    /// it began): the password must be typed again.
+    Stale(&'static str),
+}
+
+/// What a first code for an offered secret did.
+pub(super) enum Confirmed {
+    /// Enrolled: the recovery codes, to be shown once.
+    Enrolled(Vec<String>),
+    /// Not the secret's current code.
+    WrongCode,
+    /// The user has an enrolment already: nothing was changed.
+    AlreadyEnrolled,
 }
 
 /// A form field's value, `""` when absent.
@@ -102,8 +118,9 @@ impl Pages<'_> {
             Status::Enrolled { .. } => None,
         };
         let forced = enrol.is_some();
-        let p = PendingLogin::new(user, next, enrol, unix_now());
-        let sealed = pending::seal(self.auth.csrf_key(), Purpose::SecondStep, &p);
+        let mut p = PendingLogin::new(user, next, enrol, unix_now());
+        p.stamp = self.auth.login_stamp(user);
+        let sealed = pending::seal_login(self.auth.csrf_key(), p, self.base_url);
         let agent = user_agent(headers).unwrap_or("");
         tracing::info!(target: "nbgate::audit", event = "login_second_step", user = %user, %client, user_agent = agent, factor = "totp", enrol = forced, "password accepted: second step");
         let mut r = see_other(&self.totp_href());
@@ -113,12 +130,13 @@ impl Pages<'_> {
     }
 
     /// The pending login the request's cookie holds: sealed by this server,
-    /// not expired, not used up.
+    /// not expired, not used up, and made since the user's last "log out
+    /// everywhere" or password change (as a session cookie must be).
     fn pending_of(&self, headers: &HeaderMap) -> Option<PendingLogin> {
         let value = cookie(headers, PENDING_COOKIE)?;
         let p: PendingLogin =
             pending::open(self.auth.csrf_key(), Purpose::SecondStep, value, unix_now())?;
-        (!pending::is_used(&p)).then_some(p)
+        (!pending::is_used(&p) && p.stamp == self.auth.login_stamp(&p.u)).then_some(p)
     }
 
     /// The second-step page for `p`, with a CSRF token bound to its id.
@@ -172,16 +190,7 @@ impl Pages<'_> {
         let Some(p) = self.pending_of(&headers) else {
             // Expired, used up, tampered with or absent: log in again.
             tracing::info!(target: "nbgate::audit", event = "login_totp_failure", %client, user_agent = agent, reason = "no_pending_login", "second step refused: no valid pending login");
-            let next = next_path::sanitize_next(None, self.base_url);
-            let mut r = self.login_page(
-                &headers,
-                &next,
-                "",
-                Some(Notice::SessionExpired),
-                StatusCode::FORBIDDEN,
-            );
-            set_cookie(&mut r, &pending::clear_cookie());
-            return Ok(r);
+            return Ok(self.log_in_again(&headers));
         };
         if !csrf::verify(self.auth.csrf_key(), &p.id, field("csrf")) {
             tracing::info!(target: "nbgate::audit", event = "login_csrf_failed", user = %p.u, %client, user_agent = agent, step = "totp", "second step refused: bad CSRF token");
@@ -226,7 +235,7 @@ impl Pages<'_> {
         // One pending login opens one session: a second completion (a copied
         // cookie with another valid code) is refused.
         let outcome = match outcome {
-            Outcome::Refused(reason) => Outcome::Refused(reason),
+            refused @ (Outcome::Refused(_) | Outcome::Locked { .. } | Outcome::Stale(_)) => refused,
             accepted if !pending::use_up(&p, now) => {
                 drop(accepted);
                 Outcome::Refused("pending_login_used")
@@ -234,14 +243,47 @@ impl Pages<'_> {
             accepted => accepted,
         };
         let method = match &outcome {
-            Outcome::Refused(reason) => {
+            Outcome::Locked {
+                retry_after,
+                started: false,
+            } => {
+                // Not checked at all: neither a try nor a failure.
+                drop(attempt);
+                tracing::info!(target: "nbgate::audit", event = "login_totp_failure", user = %p.u, %client, user_agent = agent, reason = "totp_locked", retry_after, "second step refused: code step locked");
+                crate::metrics::login(crate::metrics::Login::Locked);
+                self.guard.hold_refusal().await;
+                return Ok(self.locked_step(&headers, &p, *retry_after));
+            }
+            Outcome::Stale(reason) => {
+                drop(attempt);
+                pending::use_up(&p, now);
+                tracing::info!(target: "nbgate::audit", event = "login_totp_failure", user = %p.u, %client, user_agent = agent, reason, "second step refused: log in again");
+                return Ok(self.log_in_again(&headers));
+            }
+            Outcome::Refused(_) | Outcome::Locked { .. } => {
+                let reason = match &outcome {
+                    Outcome::Refused(reason) => reason,
+                    _ => "wrong_code",
+                };
                 tracing::info!(target: "nbgate::audit", event = "login_totp_failure", user = %p.u, %client, user_agent = agent, reason, "second step failed");
                 crate::metrics::login(crate::metrics::Login::Failure);
-                if let Some(locked) = attempt.failed(Some(&p.u), Instant::now()) {
+                let locked = attempt.failed(Some(&p.u), Instant::now());
+                // Each pending login has a few tries; then the password
+                // must be typed again (and counted again).
+                let last_try = pending::failed_try(&p, now);
+                if let Outcome::Locked { retry_after, .. } = outcome {
+                    tracing::warn!(target: "nbgate::audit", event = "totp_locked", user = %p.u, %client, retry_after, failures_at_least = second_factor::FREE_TRIES, "too many wrong codes in a row: the user's code step is locked");
+                    return Ok(self.locked_step(&headers, &p, retry_after));
+                }
+                if let Some(locked) = locked {
                     let secs = locked_secs(&locked);
                     tracing::warn!(target: "nbgate::audit", event = "lockout", user = %p.u, %client, scope = ?locked.scope, retry_after = secs, step = "totp", "too many failed logins: locked out");
                     crate::metrics::lockout();
                     return Ok(self.locked_step(&headers, &p, secs));
+                }
+                if last_try {
+                    tracing::info!(target: "nbgate::audit", event = "login_totp_failure", user = %p.u, %client, user_agent = agent, reason = "pending_login_tries_used", "second step: tries of this login used up");
+                    return Ok(self.log_in_again(&headers));
                 }
                 return Ok(self.step_page(
                     &headers,
@@ -292,8 +334,11 @@ impl Pages<'_> {
                     return Ok(Outcome::Refused("bad_offer"));
                 };
                 Ok(match self.confirm_enrolment(&p.u, secret, &code).await? {
-                    Some(codes) => Outcome::Enrolled(codes),
-                    None => Outcome::Refused("wrong_code"),
+                    Confirmed::Enrolled(codes) => Outcome::Enrolled(codes),
+                    Confirmed::WrongCode => Outcome::Refused("wrong_code"),
+                    // Enrolled since this login began (another tab, the
+                    // command line): this older offer must not replace it.
+                    Confirmed::AlreadyEnrolled => Outcome::Stale("enrolled_meanwhile"),
                 })
             }
             None => {
@@ -305,30 +350,55 @@ impl Pages<'_> {
                     Verified::Recovery { left } => Outcome::Recovery { left },
                     Verified::Replayed => Outcome::Refused("replayed_code"),
                     Verified::Wrong => Outcome::Refused("wrong_code"),
+                    Verified::Locked {
+                        retry_after,
+                        started,
+                    } => Outcome::Locked {
+                        retry_after,
+                        started,
+                    },
                 })
             }
         }
     }
 
     /// Enrols `user` with `secret` if `code` is its current code (the first
-    /// code an app shows proves it was set up): the recovery codes, or
-    /// `None` for a wrong code. The code's step is recorded as used.
+    /// code an app shows proves it was set up) and the user has no
+    /// enrolment yet (checked under the files' lock: an offer made before
+    /// an enrolment never replaces it). The code's step is recorded as used.
     pub(super) async fn confirm_enrolment(
         &self,
         user: &str,
         secret: Secret,
         code: &str,
-    ) -> Result<Option<Vec<String>>, ProxyError> {
+    ) -> Result<Confirmed, ProxyError> {
         let now = unix_now();
         let CodeCheck::Accepted { step } = totp::check_code(&secret, code, now, None) else {
-            return Ok(None);
+            return Ok(Confirmed::WrongCode);
         };
         let user = user.to_owned();
         self.second_factor_io(move |c| {
-            second_factor::enrol(&c.server.state_dir, &user, Some(&secret), Some(step), now)
+            match second_factor::enrol(c, &user, Some(&secret), Some(step), now, Replace::No) {
+                Ok(codes) => Ok(Confirmed::Enrolled(codes)),
+                Err(SecondFactorError::AlreadyEnrolled { .. }) => Ok(Confirmed::AlreadyEnrolled),
+                Err(e) => Err(e),
+            }
         })
         .await
-        .map(Some)
+    }
+
+    /// The login page saying "log in again", the pending cookie deleted.
+    fn log_in_again(&self, headers: &HeaderMap) -> Response<ProxyBody> {
+        let next = next_path::sanitize_next(None, self.base_url);
+        let mut r = self.login_page(
+            headers,
+            &next,
+            "",
+            Some(Notice::SessionExpired),
+            StatusCode::FORBIDDEN,
+        );
+        set_cookie(&mut r, &pending::clear_cookie());
+        r
     }
 
     /// 429 with the step page saying when to retry.
