@@ -15,6 +15,8 @@
 //! - `auth`: passwords and API tokens (verified off the executor), session cookies, their
 //!   revocation, the in-memory list of each user's active sessions for the sessions page
 //!   (`auth::active`), CSRF tokens, the `next=` sanitizer; decisions only, no responses.
+//!   Passkeys (issue 22 §2): `auth::passkey` the WebAuthn ceremonies and per-user credential
+//!   files, `pages::passkey` the button, page and script, `proxy::own_pages::passkey` the routes.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`

@@ -7,13 +7,18 @@
 //!
 //! Must not: do I/O, choose status codes, read request state beyond the strings it is
 //! handed, or judge whether a `next` target is safe (that is `crate::auth::next_path`; this
-//! module only escapes it). Pages carry no JavaScript and load nothing from anywhere, so the
-//! CSP can start from `default-src 'none'`; keep it that way when editing the markup.
+//! module only escapes it). Pages load nothing from anywhere, so the CSP can start from
+//! `default-src 'none'`; keep it that way when editing the markup. The one script is the
+//! passkey ceremony's (`passkey`: a constant allowed by its hash, issue 22 §2); every page
+//! works without it.
 
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use http::StatusCode;
+
+// passkeys (issue 22 §2): the login page's button, the passkeys page, their script.
+pub mod passkey;
 
 /// The languages nbgate's own pages are written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +158,12 @@ a{color:var(--accent)}
 
 /// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
 fn style_hash_source() -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, STYLESHEET.as_bytes());
+    hash_source(STYLESHEET)
+}
+
+/// The `sha256-...` CSP hash source of an inline element's text.
+fn hash_source(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
@@ -167,14 +177,17 @@ fn style_hash_source() -> String {
 /// loads; `img-src data:` only admits the empty `data:` favicon; `form-action 'self'` stops
 /// an injected `<form>` or `formaction` from posting the password elsewhere;
 /// `frame-ancestors 'none'` stops clickjacking of the login form; `base-uri 'none'` stops a
-/// `<base>` tag from re-pointing the relative form action.
+/// `<base>` tag from re-pointing the relative form action. The passkey script is allowed by
+/// its hash alone (`script-src`, never `'unsafe-inline'`: injected markup still runs nothing),
+/// and may `fetch` only nbgate itself (`connect-src 'self'`).
 pub fn page_csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
         format!(
-            "default-src 'none'; style-src '{}'; img-src data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-            style_hash_source()
+            "default-src 'none'; style-src '{}'; script-src '{}'; connect-src 'self'; \
+             img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            style_hash_source(),
+            passkey::script_hash_source()
         )
     })
     .as_str()
@@ -203,6 +216,8 @@ pub struct LoginView<'a> {
     /// Prefilled after a failed attempt so only the password has to be typed again.
     pub username: &'a str,
     pub notice: Option<Notice>,
+    /// passkeys (issue 22 §2): the "Sign in with a passkey" button; `None` when off.
+    pub passkey: Option<passkey::PasskeyLogin<'a>>,
 }
 
 /// Renders the login page: one document, inline CSS, no script, no external resources.
@@ -242,7 +257,7 @@ pub fn render_login(view: &LoginView<'_>) -> String {
          <input id=\"password\" name=\"password\" type=\"password\" \
          autocomplete=\"current-password\" required{password_focus}>\n\
          <button type=\"submit\">{submit}</button>\n\
-         </form>\n</main>\n",
+         </form>\n",
         action = html_escape(view.action),
         csrf = html_escape(view.csrf_token),
         next = html_escape(view.next),
@@ -251,6 +266,15 @@ pub fn render_login(view: &LoginView<'_>) -> String {
         password_label = html_escape(password_label),
         submit = html_escape(submit),
     ));
+    if let Some(pk) = &view.passkey {
+        main.push_str(&passkey::login_piece(
+            view.lang,
+            pk,
+            view.csrf_token,
+            view.next,
+        ));
+    }
+    main.push_str("</main>\n");
     document(view.lang, title, &main)
 }
 
@@ -853,6 +877,7 @@ mod tests {
             next: "/lab",
             username: "",
             notice,
+            passkey: None,
         }
     }
 
@@ -946,6 +971,7 @@ mod tests {
             next: HOSTILE,
             username: HOSTILE,
             notice: Some(Notice::WrongCredentials),
+            passkey: None,
         });
         assert!(!page.contains("<script"));
         assert!(!page.contains(HOSTILE));

@@ -62,4 +62,5 @@ replay_tests!(
     kernel_frames,
     audit_classify,
     user_agent,
+    passkey_json,
 );

@@ -9,11 +9,14 @@
 //! from a terminal), `users` (where users come from), `session` (cookies,
 //! lifetime, revocation), `active` (the in-memory list of each user's
 //! active sessions, for the sessions page), `user_agent` (a browser
-//! summary for that list), `csrf`, `next_path`.
+//! summary for that list), `csrf`, `next_path`, `passkey` (WebAuthn
+//! ceremonies and the per-user passkey files, issue 22 §2).
 
 pub mod active;
 pub mod csrf;
 pub mod next_path;
+// passkeys (issue 22 §2)
+pub mod passkey;
 pub mod password;
 pub mod prompt;
 pub mod session;

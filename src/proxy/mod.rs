@@ -102,6 +102,9 @@ pub struct Live {
     prefix: String,
     /// Allowlist, rate limits, lockout, per-client connection caps.
     pub guard: Arc<guard::Guard>,
+    /// passkeys (issue 22 §2): relying party, pending ceremonies (kept
+    /// across a reload), credential files.
+    pub passkeys: Arc<crate::auth::passkey::Passkeys>,
 }
 
 /// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
@@ -119,7 +122,16 @@ impl Gateway {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let token = Arc::new(UpstreamToken::new(&config.upstream));
         let guard = Arc::new(guard::Guard::new(&config.policy));
-        let live = Live::new(config, auth, upstream, token, guard, Arc::clone(&tunnels));
+        let passkeys = Arc::new(crate::auth::passkey::Passkeys::new(&config));
+        let live = Live::new(
+            config,
+            auth,
+            upstream,
+            token,
+            guard,
+            passkeys,
+            Arc::clone(&tunnels),
+        );
         Gateway {
             live: ArcSwap::from_pointee(live),
             tunnels,
@@ -169,12 +181,14 @@ impl Gateway {
             )
         };
         let guard = Arc::new(old.guard.reloaded(&config.policy));
+        let passkeys = Arc::new(old.passkeys.reloaded(&config));
         let live = Live::new(
             config,
             auth,
             upstream,
             token,
             guard,
+            passkeys,
             Arc::clone(&self.tunnels),
         );
         self.live.store(Arc::new(live));
@@ -216,6 +230,7 @@ impl Live {
         upstream: Arc<Upstream>,
         token: Arc<UpstreamToken>,
         guard: Arc<guard::Guard>,
+        passkeys: Arc<crate::auth::passkey::Passkeys>,
         tunnels: Arc<Tunnels>,
     ) -> Self {
         let hsts = config.tls.hsts.then(|| {
@@ -234,6 +249,7 @@ impl Live {
             tunnels,
             hsts,
             token,
+            passkeys,
         }
     }
 
@@ -340,7 +356,7 @@ impl Live {
             let rest = rest.to_owned();
             // Boxed: the login handler's state must not enlarge every
             // forwarded request's future (it is moved on each poll setup).
-            return Box::pin(self.serve_own_pages(req, &rest, client)).await;
+            return Box::pin(self.serve_own_pages(req, &rest, client, &host)).await;
         }
         let identity = match self.require_session(&req, client, sessions).await {
             Ok(id) => id,
@@ -441,6 +457,7 @@ impl Live {
         req: Request<RequestBody>,
         rest: &str,
         client: IpAddr,
+        host: &str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         own_pages::Pages {
             auth: &self.auth,
@@ -449,6 +466,8 @@ impl Live {
             base_url: &self.config.auth.base_url,
             prefix: &self.prefix,
             upstream: &self.upstream,
+            passkeys: &self.passkeys,
+            host,
         }
         .serve(req, rest, client)
         .await

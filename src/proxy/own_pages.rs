@@ -1,5 +1,6 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
-//! (a user's active sessions, ending one or all others), health.
+//! (a user's active sessions, ending one or all others), health; passkeys
+//! and their JSON ceremony endpoints in `passkey` (issue 22 §2).
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 //! Refusals (not found, a form too large or expired) are `ProxyError`s,
@@ -27,6 +28,9 @@ use crate::auth::session::{short_id as short, Verdict, SESSION_COOKIE};
 use crate::auth::{csrf, next_path, session, Authenticator, Check, Identity, Who};
 use crate::pages::{self, LoginView, Notice, SessionRow, SessionsNotice, SessionsView};
 use crate::policy::Refused;
+
+// passkeys (issue 22 §2): the passkeys page and the ceremony endpoints.
+mod passkey;
 
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -120,6 +124,10 @@ pub struct Pages<'a> {
     pub prefix: &'a str,
     /// Asked by the health page.
     pub upstream: &'a Upstream,
+    // passkeys (issue 22 §2): the relying party, ceremonies and credential
+    // files; the host the request came for (passkeys work on one name).
+    pub passkeys: &'a crate::auth::passkey::Passkeys,
+    pub host: &'a str,
 }
 
 impl Pages<'_> {
@@ -145,6 +153,12 @@ impl Pages<'_> {
             (&Method::POST, "logout") => self.logout_submit(req, client).await?,
             (&Method::GET | &Method::HEAD, "sessions") => self.sessions_page(&req, client)?,
             (&Method::POST, "sessions") => self.sessions_submit(req, client).await?,
+            // passkeys (issue 22 §2)
+            (&Method::GET | &Method::HEAD, "passkeys") => self.passkeys_page(&req, client)?,
+            (&Method::POST, "passkeys") => self.passkeys_submit(req, client).await?,
+            (&Method::POST, r) if r.starts_with("passkey/") => {
+                self.passkey_api(req, r, client).await?
+            }
             _ => return Err(ProxyError::NotFound),
         })
     }
@@ -175,6 +189,13 @@ impl Pages<'_> {
             next,
             username,
             notice,
+            passkey: self
+                .passkeys
+                .rp_id()
+                .map(|rp_id| pages::passkey::PasskeyLogin {
+                    prefix: self.prefix,
+                    rp_id,
+                }),
         };
         let mut r = html(status, pages::render_login(&view));
         if fresh {
@@ -414,6 +435,18 @@ impl Pages<'_> {
         query: Option<&str>,
         client: IpAddr,
     ) -> Result<session::Claims, ProxyError> {
+        self.login_session(headers, query, client, &self.sessions_href())
+    }
+
+    /// What `sessions_login` says, for any page of a logged-in user: a
+    /// browser without a session is sent to log in and come back to `page`.
+    fn login_session(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        client: IpAddr,
+        page: &str,
+    ) -> Result<session::Claims, ProxyError> {
         if let Some(claims) = self.session_of(headers) {
             let seen = Sighting {
                 client,
@@ -426,8 +459,7 @@ impl Pages<'_> {
             return Err(ProxyError::LoginSessionRequired);
         }
         let login = error::wants_html(headers).then(|| {
-            let next: String =
-                form_urlencoded::byte_serialize(self.sessions_href().as_bytes()).collect();
+            let next: String = form_urlencoded::byte_serialize(page.as_bytes()).collect();
             format!("{}?next={next}", self.login_href())
         });
         Err(ProxyError::LoginRequired { login })
