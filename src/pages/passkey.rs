@@ -260,7 +260,7 @@ pub fn render_passkeys(view: &PasskeysView<'_>) -> String {
         None => main.push_str(&format!("<p class=\"muted\">{}</p>\n", html_escape(t.off))),
         Some(rp_id) => {
             main.push_str(&format!(
-                "<p class=\"muted\">{}</p>\n\
+                "<p>{}</p>\n\
                  <p id=\"nbgate-passkey-nojs\" class=\"notice notice-info\">{}</p>\n\
                  <div id=\"nbgate-passkey\" data-mode=\"register\" data-prefix=\"{}\" \
                  data-csrf=\"{}\" data-text=\"{}\" hidden>\n\

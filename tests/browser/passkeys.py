@@ -160,8 +160,12 @@ def run(args):
                 raise Fail("no notice that the passkey was removed")
             shot(page, args, "passkeys-removed.png")
 
-            step("log out; the removed passkey is refused")
+            step("log out; the removed passkey is refused (on a phone-sized screen)")
+            page.set_viewport_size({"width": 390, "height": 844})
             log_out(page, args)
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            if wide > 390:
+                raise Fail(f"the login page is {wide} px wide on a 390 px screen")
             page.click(PASSKEY_BUTTON)
             note = page.locator(NOTE)
             note.wait_for(state="visible", timeout=30000)
