@@ -1171,3 +1171,70 @@ pub fn passkey_json(data: &[u8]) {
         }
     }
 }
+
+// totp: the second step's pending cookie and typed codes (src/auth/pending.rs, src/auth/totp.rs)
+
+/// What a client can send the TOTP pages: any input, as a pending-login
+/// cookie or an account enrolment offer, is refused; a sealed pending login
+/// opens to itself, not for the other purpose, and a copy with one character
+/// changed does not open; a typed code is accepted only as six ASCII digits
+/// that are the code of a step within the skew; a recovery code only in its
+/// exact normalized form. Nothing panics.
+pub fn second_factor_input(data: &[u8]) {
+    use nbgate::auth::pending::{self, EnrolOffer, PendingLogin, Purpose};
+    use nbgate::auth::totp::{self, CodeCheck, Secret};
+    const KEY: [u8; 64] = [7u8; 64];
+    const NOW: u64 = 1_700_000_000;
+    let text = String::from_utf8_lossy(data);
+    assert!(
+        pending::open::<PendingLogin>(&KEY, Purpose::SecondStep, &text, NOW).is_none(),
+        "forged pending login accepted"
+    );
+    assert!(
+        pending::open::<EnrolOffer>(&KEY, Purpose::AccountEnrol, &text, NOW).is_none(),
+        "forged enrolment offer accepted"
+    );
+
+    let p = PendingLogin {
+        u: text.chars().take(32).collect(),
+        id: text.chars().rev().take(22).collect(),
+        exp: NOW + 1 + u64::from(data.first().copied().unwrap_or(0)),
+        next: text.chars().skip(8).take(64).collect(),
+        enrol: (data.len() % 2 == 1).then(|| text.chars().take(40).collect()),
+    };
+    let sealed = pending::seal(&KEY, Purpose::SecondStep, &p);
+    assert_eq!(
+        pending::open::<PendingLogin>(&KEY, Purpose::SecondStep, &sealed, NOW).as_ref(),
+        Some(&p)
+    );
+    assert!(pending::open::<PendingLogin>(&KEY, Purpose::AccountEnrol, &sealed, NOW).is_none());
+    assert!(pending::open::<PendingLogin>(&KEY, Purpose::SecondStep, &sealed, p.exp).is_none());
+    let mut bytes = sealed.into_bytes();
+    let i = usize::from(data.get(1).copied().unwrap_or(0)) % bytes.len();
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("base64 is ASCII");
+    assert!(
+        pending::open::<PendingLogin>(&KEY, Purpose::SecondStep, &tampered, NOW).is_none(),
+        "tampered pending login accepted"
+    );
+
+    let secret = Secret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").expect("valid secret");
+    let normalized = totp::normalize_code(&text);
+    if let Some(code) = &normalized {
+        assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+    }
+    if let CodeCheck::Accepted { step } = totp::check_code(&secret, &text, NOW, None) {
+        assert!(step.abs_diff(totp::step_of(NOW)) <= totp::SKEW_STEPS);
+        assert_eq!(normalized, Some(secret.code_at(step * totp::STEP_SECS)));
+    }
+    if let Some(code) = totp::normalize_recovery(&text) {
+        assert_eq!(code.len(), 10);
+        assert!(code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        let hashes = vec![totp::recovery_hash(b"salt", &code)];
+        assert_eq!(totp::find_recovery(b"salt", &hashes, &text), Some(0));
+    } else {
+        assert_eq!(totp::find_recovery(b"salt", &[], &text), None);
+    }
+}

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// totp (issue 22 §1)
+mod totp;
+pub use totp::{TotpCommand, TotpTarget};
+
 #[derive(Debug, Parser)]
 #[command(name = "nbgate", version, about = "A hardened HTTPS gate in front of Jupyter", long_about = None)]
 pub struct Cli {
@@ -94,6 +98,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// A user's TOTP second factor: enroll, disable, new recovery codes.
+    Totp {
+        #[command(subcommand)]
+        command: TotpCommand,
     },
 }
 

@@ -17,6 +17,10 @@
 //!   (`auth::active`), CSRF tokens, the `next=` sanitizer; decisions only, no responses.
 //!   Passkeys (issue 22 §2): `auth::passkey` the WebAuthn ceremonies and per-user credential
 //!   files, `pages::passkey` the button, page and script, `proxy::own_pages::passkey` the routes.
+//!   The TOTP second factor: codes and recovery codes (`auth::totp`), each user's state file
+//!   (`auth::second_factor`), the sealed pending login between password and code
+//!   (`auth::pending`); its pages are `pages::totp` and `pages::account`, its routes
+//!   `proxy::own_pages::{totp, account}`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.
 //! - `proxy`: the request path (`Gateway::handle`), header rules (with the user's name for a
 //!   JupyterHub, `upstream.identity_header`), upstream client (`proxy::upstream`

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use nbgate::cli::{AuditCommand, Cli, Command};
+use nbgate::cli::{AuditCommand, Cli, Command, TotpCommand, TotpTarget};
 use nbgate::config::{Config, LogFormat, Overrides};
 use nbgate::telemetry::Chain;
 
@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Audit { command } => audit(command),
+        Command::Totp { command } => totp(command),
         Command::HashPassword => hash_password(),
         Command::RotateSessionKey { state_dir } => {
             let dir = state_dir.unwrap_or_else(nbgate::config::default_state_dir);
@@ -181,6 +182,110 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nbgate totp enroll|disable|recovery-codes`: the state directory's
+/// TOTP files (`auth::second_factor`), which the running server reads at
+/// each login (no reload needed).
+fn totp(command: TotpCommand) -> anyhow::Result<()> {
+    use nbgate::auth::{second_factor, totp};
+    let (TotpCommand::Enroll { target, .. }
+    | TotpCommand::Disable { target }
+    | TotpCommand::RecoveryCodes { target }) = &command;
+    let (config, state_dir) = totp_target(target)?;
+    let user = target.user.as_str();
+    let now = nbgate::auth::session::unix_now();
+    match &command {
+        TotpCommand::Enroll {
+            print_secret,
+            force,
+            ..
+        } => {
+            let (print_secret, force) = (*print_secret, *force);
+            let has_file = config
+                .users
+                .iter()
+                .any(|u| u.name == user && u.totp_secret_file.is_some());
+            if has_file && !print_secret {
+                anyhow::bail!(
+                    "{}: user {user:?} has a totp_secret_file: make its secret with --print-secret",
+                    config.source.display()
+                );
+            }
+            if !force
+                && matches!(
+                    second_factor::status(&config, user)?,
+                    second_factor::Status::Enrolled { .. }
+                )
+            {
+                anyhow::bail!("user {user:?} is enrolled already: --force replaces the enrolment");
+            }
+            let secret = totp::Secret::generate();
+            let stored = (!print_secret).then_some(&secret);
+            let codes = second_factor::enrol(&state_dir, user, stored, None, now)?;
+            let uri = secret.otpauth_uri(user);
+            let qr = totp::terminal_qr(&uri).unwrap_or_default();
+            let mut shown = format!(
+                "\nScan with an authenticator app, or open the URI on the phone:\n\n{qr}\n{uri}\n\nkey: {}\n\nRecovery codes (each works once; shown only now, only their hashes are kept in {}):\n",
+                secret.to_grouped_base32(),
+                second_factor::dir(&state_dir).display()
+            );
+            for code in &codes {
+                shown.push_str(&format!("    {code}\n"));
+            }
+            if print_secret {
+                // stdout carries the secret alone, for `> secret-file`.
+                eprint!("{shown}");
+                println!("{}", secret.to_base32());
+            } else {
+                print!("{shown}");
+            }
+        }
+        TotpCommand::Disable { .. } => {
+            if second_factor::remove(&state_dir, user)? {
+                eprintln!("TOTP removed for {user:?}");
+            } else {
+                eprintln!(
+                    "user {user:?} had no TOTP enrolment in {}",
+                    state_dir.display()
+                );
+            }
+        }
+        TotpCommand::RecoveryCodes { .. } => {
+            let codes = second_factor::regenerate_recovery(&state_dir, user)?;
+            println!("New recovery codes for {user:?} (the old ones no longer work):");
+            for code in &codes {
+                println!("    {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configuration and state directory `nbgate totp` works on; refuses
+/// a user the configuration does not know.
+fn totp_target(target: &TotpTarget) -> anyhow::Result<(Config, PathBuf)> {
+    let overrides = Overrides {
+        state_dir: target.state_dir.clone(),
+        ..Overrides::default()
+    };
+    let config = Config::load(target.config.as_deref(), &overrides)?;
+    let user = target.user.as_str();
+    let known = if config.auth.users_file.is_some() {
+        true
+    } else if config.users.is_empty() {
+        user == config.auth.default_user
+    } else {
+        config.users.iter().any(|u| u.name == user)
+    };
+    if !known || !nbgate::config::valid_user_name(user) {
+        anyhow::bail!(
+            "{}: no user {user:?} in the configuration",
+            config.source.display()
+        );
+    }
+    let dir = config.server.state_dir.clone();
+    Ok((config, dir))
+}
+
 fn hash_password() -> anyhow::Result<()> {
     let pw = nbgate::auth::prompt::read_new_password()?;
     println!("{}", nbgate::auth::password::hash_password(&pw)?);
@@ -195,6 +300,11 @@ fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<()> {
         let mut probe = config.clone();
         probe.auth.password_env = None;
         nbgate::auth::users::load(&probe)?;
+    }
+    // totp: a user's secret file must hold a usable secret (the server
+    // would refuse that user's logins).
+    for user in config.users.iter().filter(|u| u.totp_secret_file.is_some()) {
+        nbgate::auth::second_factor::status(&config, &user.name)?;
     }
     println!("# effective configuration from {}", config.source.display());
     let guard = nbgate::proxy::guard::Guard::new(&config.policy);

@@ -1,7 +1,8 @@
 //! Every HTML page nbgate shows a person, and the JSON error bodies it sends API clients.
 //!
 //! Owns: the login page, the logged-out page, the logout form fragment, the sessions page
-//! (a user's active sessions with forms to end them), the browser error pages, their one shared inline stylesheet, the Content-Security-Policy that goes with
+//! (a user's active sessions with forms to end them), the TOTP second step and the account
+//! page (`totp`, `account`), the browser error pages, their one shared inline stylesheet, the Content-Security-Policy that goes with
 //! them, Accept-Language negotiation between the two supported languages, and the shape of
 //! the JSON error body.
 //!
@@ -13,6 +14,10 @@
 //! works without it.
 
 use std::sync::OnceLock;
+
+// totp (issue 22 §1): the second step, recovery codes, the account page.
+pub mod account;
+pub mod totp;
 
 use base64::Engine as _;
 use http::StatusCode;

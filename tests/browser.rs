@@ -5,9 +5,11 @@
 //! again with HTTP/2 disabled (an upgraded HTTP/1.1 connection); a Python API
 //! client uses an nbgate API token over HTTPS and a
 //! kernel WebSocket, and a wrong token gets 401; two Chromium contexts log in
-//! as one user and the first ends the second's session on the sessions page.
-//! Screenshots are kept in `target/test-artifacts/browser/`, `browser-http1/`
-//! and `browser-sessions/`.
+//! as one user and the first ends the second's session on the sessions page;
+//! on a phone-sized screen Chromium turns TOTP on from the account page and
+//! logs in again with the password and a code.
+//! Screenshots are kept in `target/test-artifacts/browser/`, `browser-http1/`,
+//! `browser-sessions/` and `browser-totp/`.
 
 mod common;
 
@@ -136,6 +138,31 @@ async fn chromium_ends_another_session_by_clicking_its_button() {
     }
     gate.wait_for_line(
         &["nbgate::audit", "session_revoked", TEST_USER],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_on_a_phone_turns_totp_on_and_logs_in_with_a_code() {
+    let jupyter = Jupyter::start().await;
+    let gate = Nbgate::start_for(&jupyter).await;
+    let shots = browser_flow(&gate, "totp.py", "browser-totp", &[], 120).await;
+    for png in [
+        "account.png",
+        "recovery-codes.png",
+        "second-step.png",
+        "logged-in.png",
+    ] {
+        assert!(shots.join(png).exists(), "screenshot {png} missing");
+    }
+    gate.wait_for_line(
+        &[
+            "nbgate::audit",
+            "login_success",
+            "method=\"totp\"",
+            TEST_USER,
+        ],
         Duration::from_secs(10),
     )
     .await;

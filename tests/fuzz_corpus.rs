@@ -63,4 +63,5 @@ replay_tests!(
     audit_classify,
     user_agent,
     passkey_json,
+    second_factor_input,
 );

@@ -11,6 +11,10 @@
 //! active sessions, for the sessions page), `user_agent` (a browser
 //! summary for that list), `csrf`, `next_path`, `passkey` (WebAuthn
 //! ceremonies and the per-user passkey files, issue 22 §2).
+//! summary for that list), `csrf`, `next_path`. The TOTP second factor:
+//! `totp` (codes and recovery codes), `second_factor` (each user's state
+//! file and who must pass it), `pending` (the sealed login between password
+//! and code).
 
 pub mod active;
 pub mod csrf;
@@ -18,8 +22,11 @@ pub mod next_path;
 // passkeys (issue 22 §2)
 pub mod passkey;
 pub mod password;
+pub mod pending;
 pub mod prompt;
+pub mod second_factor;
 pub mod session;
+pub mod totp;
 pub mod user_agent;
 pub mod users;
 

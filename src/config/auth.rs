@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::{RawAuth, RawPasskeys, RawUser};
 use super::server::ServerConfig;
@@ -37,6 +37,22 @@ pub struct AuthConfig {
     /// `[auth.passkeys]`; `None`: passkeys are off (passkeys, issue 22 §2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passkeys: Option<PasskeysConfig>,
+    /// totp: every user must pass a second factor after the password
+    /// (`auth::second_factor`); the single-password sources have no
+    /// `[[users]]` entry to say so per user.
+    pub require_second_factor: bool,
+}
+
+/// totp: whether a user must pass a TOTP step after the password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TotpPolicy {
+    /// Asked for once the user enrolled (`nbgate totp enroll` or the
+    /// account page); a user who did not logs in with the password alone.
+    #[default]
+    Optional,
+    /// Always asked for: a user not enrolled yet enrols during the login.
+    Required,
 }
 
 /// A `[[users]]` entry. Hashes are not secrets in the cryptographic sense,
@@ -47,6 +63,12 @@ pub struct UserEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<Secret>,
     pub tokens: Vec<Secret>,
+    /// totp: `required` or `optional` (the default).
+    pub totp: TotpPolicy,
+    /// totp: the user's base32 secret in a file of its own (made with
+    /// `nbgate totp enroll --print-secret`) instead of the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totp_secret_file: Option<PathBuf>,
 }
 
 /// Validates `[auth]`.
@@ -103,6 +125,7 @@ pub(super) fn validate(a: RawAuth, ctx: &Ctx) -> Result<AuthConfig, ConfigError>
         max_concurrent_verifications: a.max_concurrent_verifications.unwrap_or(cores).max(1),
         // Set by `passkeys` once `[server]` and `[tls]` are known.
         passkeys: None,
+        require_second_factor: a.require_second_factor.unwrap_or(false),
     })
 }
 
@@ -119,6 +142,16 @@ pub(super) fn users(raw: Vec<RawUser>, ctx: &Ctx) -> Result<Vec<UserEntry>, Conf
         if users.iter().any(|e: &UserEntry| e.name == u.name) {
             return Err(ctx.invalid("users.name", format!("user {:?} is defined twice", u.name)));
         }
+        if u.totp.is_some() && u.password_hash.is_none() {
+            return Err(ctx.invalid(
+                "users.totp",
+                format!(
+                    "user {:?} has a totp setting but no password_hash: the TOTP step follows \
+                     a password login (API tokens are not asked for a code)",
+                    u.name
+                ),
+            ));
+        }
         if u.password_hash.is_none() && u.tokens.is_empty() {
             return Err(ctx.invalid(
                 "users.password_hash",
@@ -129,6 +162,8 @@ pub(super) fn users(raw: Vec<RawUser>, ctx: &Ctx) -> Result<Vec<UserEntry>, Conf
             name: u.name,
             password_hash: u.password_hash.map(Secret::new),
             tokens: u.tokens.into_iter().map(Secret::new).collect(),
+            totp: u.totp.unwrap_or_default(),
+            totp_secret_file: u.totp_secret_file,
         });
     }
     Ok(users)

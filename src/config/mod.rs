@@ -37,7 +37,7 @@ use serde::Serialize;
 
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_LEN};
 pub use audit::AuditConfig;
-pub use auth::{valid_rp_id, AuthConfig, PasskeysConfig, UserEntry};
+pub use auth::{valid_rp_id, AuthConfig, PasskeysConfig, TotpPolicy, UserEntry};
 pub use load::default_state_dir;
 pub use logging::{LogConfig, LogFormat};
 pub use policy::{LockoutConfig, PolicyConfig, RateLimitConfig};

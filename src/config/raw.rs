@@ -81,6 +81,8 @@ pub(super) struct RawAuth {
     pub(super) max_concurrent_verifications: Option<usize>,
     // passkeys (issue 22 §2)
     pub(super) passkeys: Option<RawPasskeys>,
+    // totp (issue 22 §1)
+    pub(super) require_second_factor: Option<bool>,
 }
 
 /// `[auth.passkeys]`: WebAuthn's relying party (passkeys, issue 22 §2).
@@ -100,6 +102,9 @@ pub(super) struct RawUser {
     pub(super) password_hash: Option<String>,
     #[serde(default)]
     pub(super) tokens: Vec<String>,
+    // totp (issue 22 §1): an unknown value is a parse error naming the line.
+    pub(super) totp: Option<super::auth::TotpPolicy>,
+    pub(super) totp_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -282,7 +282,10 @@ pub fn render_passkeys(view: &PasskeysView<'_>) -> String {
         }
     }
     main.push_str(&format!(
-        "<p class=\"links\"><a href=\"{}sessions\">{}</a> · <a href=\"{}logout\">{}</a></p>\n</main>\n",
+        "<p class=\"links\"><a href=\"{}account\">{}</a> · <a href=\"{}sessions\">{}</a> · \
+         <a href=\"{}logout\">{}</a></p>\n</main>\n",
+        html_escape(view.prefix),
+        html_escape(t.account),
         html_escape(view.prefix),
         html_escape(t.sessions),
         html_escape(view.prefix),
@@ -375,6 +378,7 @@ struct Text {
     add: &'static str,
     added: &'static str,
     removed: &'static str,
+    account: &'static str,
     sessions: &'static str,
     logout: &'static str,
     or: &'static str,
@@ -402,6 +406,7 @@ impl Text {
                 add: "Add a passkey",
                 added: "The passkey was added. You can now sign in with it.",
                 removed: "The passkey was removed.",
+                account: "Your account",
                 sessions: "Sessions",
                 logout: "Log out",
                 or: "or",
@@ -425,6 +430,7 @@ impl Text {
                 add: "添加通行密钥",
                 added: "通行密钥已添加。现在可以用它登录。",
                 removed: "通行密钥已删除。",
+                account: "我的账户",
                 sessions: "会话",
                 logout: "退出登录",
                 or: "或",

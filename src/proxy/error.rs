@@ -101,6 +101,11 @@ pub enum ProxyError {
     /// the page shows the code's sentence in the page's language.
     #[error(transparent)]
     Passkey(#[from] crate::auth::passkey::PasskeyError),
+    /// totp: a user's second-factor state cannot be read or written (a
+    /// corrupt or unreadable file in the state directory): the login is
+    /// refused rather than let through on the password alone.
+    #[error("second-factor state unavailable")]
+    SecondFactorState,
 }
 
 impl ProxyError {
@@ -231,6 +236,11 @@ impl ProxyError {
                 "The sessions page needs a browser login session; an API token cannot use it.",
             ),
             ProxyError::Passkey(e) => passkey_parts(e),
+            ProxyError::SecondFactorState => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "second_factor_unavailable",
+                "The second factor cannot be checked right now; nbgate's log says why.",
+            ),
         }
     }
 

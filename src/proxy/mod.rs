@@ -468,6 +468,7 @@ impl Live {
             upstream: &self.upstream,
             passkeys: &self.passkeys,
             host,
+            config: &self.config,
         }
         .serve(req, rest, client)
         .await

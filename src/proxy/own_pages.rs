@@ -1,6 +1,8 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
 //! (a user's active sessions, ending one or all others), health; passkeys
 //! and their JSON ceremony endpoints in `passkey` (issue 22 §2).
+//! (a user's active sessions, ending one or all others), health; the TOTP
+//! second step (`totp`) and the account page (`account`).
 //! The prefix cannot clash with Jupyter, whose routes never start with
 //! `_nbgate`. Turns `auth` decisions into responses; holds no state.
 //! Refusals (not found, a form too large or expired) are `ProxyError`s,
@@ -31,6 +33,9 @@ use crate::policy::Refused;
 
 // passkeys (issue 22 §2): the passkeys page and the ceremony endpoints.
 mod passkey;
+// totp (issue 22 §1): the login's second step and the account page.
+mod account;
+mod totp;
 
 /// Largest login/logout form body accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -128,6 +133,8 @@ pub struct Pages<'a> {
     // files; the host the request came for (passkeys work on one name).
     pub passkeys: &'a crate::auth::passkey::Passkeys,
     pub host: &'a str,
+    /// totp: who must pass a second factor, and where its state lives.
+    pub config: &'a Arc<crate::config::Config>,
 }
 
 impl Pages<'_> {
@@ -159,6 +166,11 @@ impl Pages<'_> {
             (&Method::POST, r) if r.starts_with("passkey/") => {
                 self.passkey_api(req, r, client).await?
             }
+            // totp (issue 22 §1)
+            (&Method::GET | &Method::HEAD, "login/totp") => self.totp_page(&req),
+            (&Method::POST, "login/totp") => self.totp_submit(req, client).await?,
+            (&Method::GET | &Method::HEAD, "account") => self.account_page(&req, client).await?,
+            (&Method::POST, "account") => self.account_submit(req, client).await?,
             _ => return Err(ProxyError::NotFound),
         })
     }
@@ -268,19 +280,18 @@ impl Pages<'_> {
         Ok(
             match self.auth.check_password(user, field("password")).await {
                 Check::Valid(name) => {
+                    // totp: a second factor first? Then no session yet, and
+                    // neither success nor failure is recorded with the
+                    // lockout: the counters stay until the login completes.
+                    if let Some(r) = self.second_step(&name, &headers, &next, client).await? {
+                        drop(attempt);
+                        return Ok(r);
+                    }
                     attempt.succeeded(&name, Instant::now());
-                    let seen = Sighting {
-                        client,
-                        user_agent: user_agent(&headers),
-                    };
-                    let (claims, set) = self.auth.start_session(&name, seen);
-                    tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent, session = %short(&claims.sid), "login");
-                    crate::metrics::login(crate::metrics::Login::Success);
+                    let (claims, set) = self.start_session(&name, "password", client, &headers);
                     let mut r = see_other(&next);
                     set_cookie(&mut r, &set);
-                    let who = Who::Known(Identity::session(Arc::new(claims), None));
-                    r.extensions_mut().insert(who);
-                    r
+                    said_by(r, claims)
                 }
                 Check::Invalid { unknown_user } => {
                     let reason = if unknown_user {
@@ -313,6 +324,27 @@ impl Pages<'_> {
                 }
             },
         )
+    }
+
+    /// Starts a session for `name`, who proved who they are by `method`
+    /// (`password`, `totp`, `recovery_code`, ...): every way in ends here,
+    /// with one `login_success` audit line.
+    fn start_session(
+        &self,
+        name: &str,
+        method: &'static str,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> (session::Claims, String) {
+        let agent = user_agent(headers);
+        let seen = Sighting {
+            client,
+            user_agent: agent,
+        };
+        let (claims, set) = self.auth.start_session(name, seen);
+        tracing::info!(target: "nbgate::audit", event = "login_success", user = %name, %client, user_agent = agent.unwrap_or(""), method, session = %short(&claims.sid), "login");
+        crate::metrics::login(crate::metrics::Login::Success);
+        (claims, set)
     }
 
     /// 429 with the login page asking to retry in a second.

@@ -165,6 +165,8 @@ pub fn choose_login(config: &mut Config) -> Result<Option<String>, SuperviseErro
                     name: config.auth.default_user.clone(),
                     password_hash: Some(Secret::new(found.hash)),
                     tokens: Vec::new(),
+                    totp: Default::default(),
+                    totp_secret_file: None,
                 });
                 chosen = Some(format!(
                     "Jupyter's own password, from {}",
