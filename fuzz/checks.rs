@@ -18,11 +18,12 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nbgate::auth::next_path::{sanitize_next, MAX_NEXT_LEN};
+use nbgate::auth::passkey::{self, LoginFinish, Passkeys, RegisterFinish, RegisterStart};
 use nbgate::auth::password::StoredHash;
 use nbgate::auth::session::{Claims, SessionKeys, SESSION_COOKIE};
 use nbgate::config::Config;
@@ -1132,6 +1133,54 @@ pub fn user_agent(data: &[u8]) {
     let far = summarize(Some(&padded));
     assert_eq!(far.browser, None, "{padded:?}");
     assert_eq!(far.os, None, "{padded:?}");
+}
+
+// passkeys (issue 22 §2): the JSON the passkey script sends (src/auth/passkey.rs)
+
+/// One relying party (`localhost`) with its state directory under the
+/// temporary directory, made once per process.
+fn fuzz_passkeys() -> &'static Passkeys {
+    static PASSKEYS: OnceLock<Passkeys> = OnceLock::new();
+    PASSKEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("nbgate-fuzz-passkeys-{}", std::process::id()));
+        let text = format!(
+            "[server]\nstate_dir = {:?}\n[auth.passkeys]\nrp_id = \"localhost\"\n",
+            dir.display().to_string()
+        );
+        let config = Config::from_text(&text, Path::new("fuzz.toml")).expect("fuzz config");
+        Passkeys::new(&config)
+    })
+}
+
+/// A body of `POST passkey/...`: parsed into its type or refused, never a
+/// panic; a parsed answer, put into a real pending ceremony, runs through
+/// webauthn-rs's client-data, CBOR and signature checks and is refused
+/// (nobody can forge an answer to a fresh random challenge), as a client's
+/// fault, never as nbgate's.
+pub fn passkey_json(data: &[u8]) {
+    let pk = fuzz_passkeys();
+    let _ = passkey::parse::<RegisterStart>(data);
+    if let Ok(mut answer) = passkey::parse::<RegisterFinish>(data) {
+        let (id, _) = pk
+            .start_registration("fuzz", "sid", "key", Instant::now())
+            .expect("registration starts");
+        answer.ceremony = id;
+        let r = pk.finish_registration(&answer, "fuzz", "sid", Instant::now(), 0);
+        assert!(matches!(&r, Err(e) if !e.is_ours()), "{r:?}");
+    }
+    if let Ok(mut answer) = passkey::parse::<LoginFinish>(data) {
+        let (id, _) = pk
+            .start_login("binding", Instant::now())
+            .expect("login starts");
+        answer.ceremony = id;
+        match pk.identify_login(&answer, "binding", Instant::now(), |_| true) {
+            Ok(candidate) => {
+                let r = pk.finish_login(candidate, &answer.credential, 0);
+                assert!(matches!(&r, Err(e) if !e.is_ours()), "{r:?}");
+            }
+            Err(e) => assert!(!e.is_ours(), "{e}"),
+        }
+    }
 }
 
 // totp: the second step's pending cookie and typed codes (src/auth/pending.rs, src/auth/totp.rs)

@@ -16,6 +16,8 @@
 //! - `auth`: passwords and API tokens (verified off the executor), session cookies, their
 //!   revocation, the in-memory list of each user's active sessions for the sessions page
 //!   (`auth::active`), CSRF tokens, the `next=` sanitizer; decisions only, no responses.
+//!   Passkeys (issue 22 §2): `auth::passkey` the WebAuthn ceremonies and per-user credential
+//!   files, `pages::passkey` the button, page and script, `proxy::own_pages::passkey` the routes.
 //!   The TOTP second factor: codes and recovery codes (`auth::totp`), each user's state file
 //!   (`auth::second_factor`), the sealed pending login between password and code
 //!   (`auth::pending`); its pages are `pages::totp` and `pages::account`, its routes

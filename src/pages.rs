@@ -8,8 +8,10 @@
 //!
 //! Must not: do I/O, choose status codes, read request state beyond the strings it is
 //! handed, or judge whether a `next` target is safe (that is `crate::auth::next_path`; this
-//! module only escapes it). Pages carry no JavaScript and load nothing from anywhere, so the
-//! CSP can start from `default-src 'none'`; keep it that way when editing the markup.
+//! module only escapes it). Pages load nothing from anywhere, so the CSP can start from
+//! `default-src 'none'`; keep it that way when editing the markup. The one script is the
+//! passkey ceremony's (`passkey`: a constant allowed by its hash, issue 22 §2); every page
+//! works without it.
 
 // oidc: the single sign-on parts of the login page and its error pages.
 pub mod oidc;
@@ -22,6 +24,9 @@ pub mod totp;
 
 use base64::Engine as _;
 use http::StatusCode;
+
+// passkeys (issue 22 §2): the login page's button, the passkeys page, their script.
+pub mod passkey;
 
 /// The languages nbgate's own pages are written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +168,12 @@ a{color:var(--accent)}
 
 /// The `sha256-...` CSP hash source of [`STYLESHEET`] (CSP Level 3 §2.3.1: base64 with padding).
 fn style_hash_source() -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, STYLESHEET.as_bytes());
+    hash_source(STYLESHEET)
+}
+
+/// The `sha256-...` CSP hash source of an inline element's text.
+fn hash_source(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
@@ -177,14 +187,17 @@ fn style_hash_source() -> String {
 /// loads; `img-src data:` only admits the empty `data:` favicon; `form-action 'self'` stops
 /// an injected `<form>` or `formaction` from posting the password elsewhere;
 /// `frame-ancestors 'none'` stops clickjacking of the login form; `base-uri 'none'` stops a
-/// `<base>` tag from re-pointing the relative form action.
+/// `<base>` tag from re-pointing the relative form action. The passkey script is allowed by
+/// its hash alone (`script-src`, never `'unsafe-inline'`: injected markup still runs nothing),
+/// and may `fetch` only nbgate itself (`connect-src 'self'`).
 pub fn page_csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
         format!(
-            "default-src 'none'; style-src '{}'; img-src data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-            style_hash_source()
+            "default-src 'none'; style-src '{}'; script-src '{}'; connect-src 'self'; \
+             img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            style_hash_source(),
+            passkey::script_hash_source()
         )
     })
     .as_str()
@@ -215,6 +228,8 @@ pub struct LoginView<'a> {
     pub notice: Option<Notice>,
     /// oidc: the "Sign in with …" buttons, and whether the password form shows.
     pub sso: Option<oidc::SsoLogin<'a>>,
+    /// passkeys (issue 22 §2): the "Sign in with a passkey" button; `None` when off.
+    pub passkey: Option<passkey::PasskeyLogin<'a>>,
 }
 
 /// Renders the login page: one document, inline CSS, no script, no external resources.
@@ -268,6 +283,14 @@ pub fn render_login(view: &LoginView<'_>) -> String {
             username = html_escape(view.username),
             password_label = html_escape(password_label),
             submit = html_escape(submit),
+        ));
+    }
+    if let Some(pk) = &view.passkey {
+        main.push_str(&passkey::login_piece(
+            view.lang,
+            pk,
+            view.csrf_token,
+            view.next,
         ));
     }
     if let Some(sso) = sso {
@@ -878,6 +901,7 @@ mod tests {
             username: "",
             notice,
             sso: None,
+            passkey: None,
         }
     }
 
@@ -993,6 +1017,7 @@ mod tests {
             username: HOSTILE,
             notice: Some(Notice::WrongCredentials),
             sso: None,
+            passkey: None,
         });
         assert!(!page.contains("<script"));
         assert!(!page.contains(HOSTILE));

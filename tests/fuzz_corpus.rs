@@ -62,6 +62,7 @@ replay_tests!(
     kernel_frames,
     audit_classify,
     user_agent,
+    passkey_json,
     second_factor_input,
     oidc_callback,
 );

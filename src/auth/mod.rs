@@ -10,14 +10,17 @@
 //! lifetime, revocation), `active` (the in-memory list of each user's
 //! active sessions, for the sessions page), `user_agent` (a browser
 //! summary for that list), `csrf`, `next_path`, `oidc` (single sign-on
-//! with OpenID Connect providers). The TOTP second factor: `totp` (codes
-//! and recovery codes), `second_factor` (each user's state file and who must
+//! with OpenID Connect providers), `passkey` (WebAuthn ceremonies and the
+//! per-user passkey files). The TOTP second factor: `totp` (codes and
+//! recovery codes), `second_factor` (each user's state file and who must
 //! pass it), `pending` (the sealed login between password and code).
 
 pub mod active;
 pub mod csrf;
 pub mod next_path;
 pub mod oidc;
+// passkeys (issue 22 §2)
+pub mod passkey;
 pub mod password;
 pub mod pending;
 pub mod prompt;

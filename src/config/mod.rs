@@ -38,7 +38,7 @@ use serde::Serialize;
 
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_LEN};
 pub use audit::AuditConfig;
-pub use auth::{AuthConfig, TotpPolicy, UserEntry};
+pub use auth::{valid_rp_id, AuthConfig, PasskeysConfig, TotpPolicy, UserEntry};
 pub use load::default_state_dir;
 pub use logging::{LogConfig, LogFormat};
 pub use oidc::{is_loopback_host, OidcProvider};
@@ -239,7 +239,11 @@ impl Config {
         )?;
         let upstream = upstream::validate(raw.upstream, overrides, &ctx)?;
         let log = logging::validate(raw.log, &ctx)?;
-        let auth = auth::validate(raw.auth, &ctx)?;
+        // passkeys (issue 22 §2): the default relying party comes from [server] and [tls].
+        let mut raw_auth = raw.auth;
+        let raw_passkeys = raw_auth.passkeys.take();
+        let mut auth = auth::validate(raw_auth, &ctx)?;
+        auth.passkeys = auth::passkeys(raw_passkeys, &server, &tls, &ctx)?;
         let policy = policy::validate(raw.policy, &ctx)?;
         let users = auth::users(raw.users, &ctx)?;
         let admin = admin::validate(raw.admin, &server, &ctx)?;

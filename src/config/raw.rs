@@ -79,6 +79,8 @@ pub(super) struct RawAuth {
     pub(super) idle_timeout: Option<String>,
     pub(super) max_lifetime: Option<String>,
     pub(super) max_concurrent_verifications: Option<usize>,
+    // passkeys (issue 22 §2)
+    pub(super) passkeys: Option<RawPasskeys>,
     // totp (issue 22 §1)
     pub(super) require_second_factor: Option<bool>,
     // oidc: single sign-on (config/oidc.rs).
@@ -111,6 +113,16 @@ pub(super) struct RawOidc {
     pub(super) allowed_groups: Vec<String>,
     pub(super) require_email_verified: Option<bool>,
     pub(super) ca_bundle: Option<PathBuf>,
+}
+
+/// `[auth.passkeys]`: WebAuthn's relying party (passkeys, issue 22 §2).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPasskeys {
+    pub(super) enabled: Option<bool>,
+    pub(super) rp_id: Option<String>,
+    pub(super) origins: Option<Vec<String>>,
+    pub(super) rp_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -207,6 +207,7 @@ mod tests {
                 password,
                 notice: None,
             }),
+            passkey: None,
         };
         let page = super::super::render_login(&view(false));
         assert!(!page.contains("<form"), "{page}");

@@ -98,6 +98,10 @@ pub enum ProxyError {
     /// of (and a token must not end the sessions of a person's browser).
     #[error("the sessions page needs a login session")]
     LoginSessionRequired,
+    /// passkeys (issue 22 §2): a refused passkey request; the script on
+    /// the page shows the code's sentence in the page's language.
+    #[error(transparent)]
+    Passkey(#[from] crate::auth::passkey::PasskeyError),
     /// totp: a user's second-factor state cannot be read or written (a
     /// corrupt or unreadable file in the state directory): the login is
     /// refused rather than let through on the password alone.
@@ -250,6 +254,7 @@ impl ProxyError {
                 "login_session_required",
                 "The sessions page needs a browser login session; an API token cannot use it.",
             ),
+            ProxyError::Passkey(e) => passkey_parts(e),
             ProxyError::SecondFactorState => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "second_factor_unavailable",
@@ -323,6 +328,79 @@ impl ProxyError {
                 .insert(header::ALLOW, HeaderValue::from_static(""));
         }
         r
+    }
+}
+
+// ---- passkeys (issue 22 §2) ----
+
+/// Status, code and sentence of a passkey refusal. A wrong passkey reads
+/// the same whether it is nobody's or its signature failed, as a wrong
+/// password does: both are 401s, with their own codes for the log reader.
+fn passkey_parts(
+    e: &crate::auth::passkey::PasskeyError,
+) -> (StatusCode, &'static str, &'static str) {
+    use crate::auth::passkey::PasskeyError as P;
+    match e {
+        P::Off => (
+            StatusCode::NOT_FOUND,
+            "passkeys_off",
+            "Passkeys are not enabled on this server.",
+        ),
+        P::WrongHost { .. } => (
+            StatusCode::BAD_REQUEST,
+            "passkey_wrong_host",
+            "Passkeys are registered for another host name than the one this page was opened by.",
+        ),
+        P::BadRequest(_) => (
+            StatusCode::BAD_REQUEST,
+            "passkey_bad_request",
+            "The passkey request is not valid JSON of the expected shape.",
+        ),
+        P::Expired => (
+            StatusCode::BAD_REQUEST,
+            "passkey_expired",
+            "The passkey ceremony expired, was already used, or was never started.",
+        ),
+        P::WrongOrigin(_) => (
+            StatusCode::BAD_REQUEST,
+            "passkey_wrong_origin",
+            "The browser signed for an origin that is not allowed for passkeys.",
+        ),
+        P::Unknown => (
+            StatusCode::UNAUTHORIZED,
+            "passkey_unknown",
+            "This passkey is not registered.",
+        ),
+        P::Rejected(_) => (
+            StatusCode::UNAUTHORIZED,
+            "passkey_rejected",
+            "The passkey could not be verified.",
+        ),
+        P::NotUserVerified => (
+            StatusCode::UNAUTHORIZED,
+            "passkey_user_not_verified",
+            "The authenticator did not verify the user.",
+        ),
+        P::BadName => (
+            StatusCode::BAD_REQUEST,
+            "passkey_bad_name",
+            "A passkey name has 1 to 64 characters.",
+        ),
+        P::TooMany => (
+            StatusCode::CONFLICT,
+            "passkey_too_many",
+            "The most passkeys a user may have are registered.",
+        ),
+        P::NotFound => (
+            StatusCode::NOT_FOUND,
+            "passkey_not_found",
+            "No such passkey of yours; it may have been removed already.",
+        ),
+        P::Storage(_) | P::Read { .. } | P::Corrupt { .. } | P::Start(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "passkey_storage",
+            "nbgate could not read or store passkeys; its log says more.",
+        ),
     }
 }
 

@@ -105,6 +105,9 @@ pub struct Live {
     pub guard: Arc<guard::Guard>,
     /// oidc: single sign-on providers (discovery kept across reloads).
     sso: Arc<Sso>,
+    /// passkeys (issue 22 §2): relying party, pending ceremonies (kept
+    /// across a reload), credential files.
+    pub passkeys: Arc<crate::auth::passkey::Passkeys>,
 }
 
 /// The client address with IPv4-mapped IPv6 (`::ffff:1.2.3.4`) unmapped, so
@@ -123,6 +126,7 @@ impl Gateway {
         let token = Arc::new(UpstreamToken::new(&config.upstream));
         let guard = Arc::new(guard::Guard::new(&config.policy));
         let sso = Arc::new(Sso::new(&config.auth, auth.csrf_key()));
+        let passkeys = Arc::new(crate::auth::passkey::Passkeys::new(&config));
         let live = Live::new(
             config,
             auth,
@@ -130,6 +134,7 @@ impl Gateway {
             token,
             guard,
             sso,
+            passkeys,
             Arc::clone(&tunnels),
         );
         Gateway {
@@ -182,6 +187,7 @@ impl Gateway {
         };
         let guard = Arc::new(old.guard.reloaded(&config.policy));
         let sso = Arc::new(old.sso.reloaded(&config.auth, auth.csrf_key()));
+        let passkeys = Arc::new(old.passkeys.reloaded(&config));
         let live = Live::new(
             config,
             auth,
@@ -189,6 +195,7 @@ impl Gateway {
             token,
             guard,
             sso,
+            passkeys,
             Arc::clone(&self.tunnels),
         );
         self.live.store(Arc::new(live));
@@ -231,6 +238,7 @@ impl Live {
         token: Arc<UpstreamToken>,
         guard: Arc<guard::Guard>,
         sso: Arc<Sso>,
+        passkeys: Arc<crate::auth::passkey::Passkeys>,
         tunnels: Arc<Tunnels>,
     ) -> Self {
         let hsts = config.tls.hsts.then(|| {
@@ -250,6 +258,7 @@ impl Live {
             tunnels,
             hsts,
             token,
+            passkeys,
         }
     }
 
@@ -466,9 +475,10 @@ impl Live {
             base_url: &self.config.auth.base_url,
             prefix: &self.prefix,
             upstream: &self.upstream,
+            host,
+            passkeys: &self.passkeys,
             config: &self.config,
             sso: &self.sso,
-            host,
         }
         .serve(req, rest, client)
         .await

@@ -1,4 +1,6 @@
 //! nbgate's own pages under `<base_url>_nbgate/`: login, logout, sessions
+//! (a user's active sessions, ending one or all others), health; passkeys
+//! and their JSON ceremony endpoints in `passkey` (issue 22 §2).
 //! (a user's active sessions, ending one or all others), health; the TOTP
 //! second step (`totp`), the account page (`account`) and single sign-on
 //! (`oidc`: a provider's start and callback).
@@ -30,6 +32,8 @@ use crate::auth::{csrf, next_path, session, Authenticator, Check, Identity, Who}
 use crate::pages::{self, LoginView, Notice, SessionRow, SessionsNotice, SessionsView};
 use crate::policy::Refused;
 
+// passkeys (issue 22 §2): the passkeys page and the ceremony endpoints.
+mod passkey;
 // totp (issue 22 §1): the login's second step and the account page.
 mod account;
 mod totp;
@@ -128,11 +132,15 @@ pub struct Pages<'a> {
     pub prefix: &'a str,
     /// Asked by the health page.
     pub upstream: &'a Upstream,
+    /// The host the request came for: single sign-on's redirect URI is
+    /// built on it, and passkeys work on one name (the relying party's).
+    pub host: &'a str,
+    // passkeys (issue 22 §2): the relying party, ceremonies and credential files.
+    pub passkeys: &'a crate::auth::passkey::Passkeys,
     /// totp: who must pass a second factor, and where its state lives.
     pub config: &'a Arc<crate::config::Config>,
-    // oidc: the providers, and the request's host (the redirect URI's).
+    // oidc: the providers.
     pub sso: &'a crate::auth::oidc::Sso,
-    pub host: &'a str,
 }
 
 impl Pages<'_> {
@@ -163,6 +171,12 @@ impl Pages<'_> {
             (&Method::POST, "logout") => self.logout_submit(req, client).await?,
             (&Method::GET | &Method::HEAD, "sessions") => self.sessions_page(&req, client)?,
             (&Method::POST, "sessions") => self.sessions_submit(req, client).await?,
+            // passkeys (issue 22 §2)
+            (&Method::GET | &Method::HEAD, "passkeys") => self.passkeys_page(&req, client)?,
+            (&Method::POST, "passkeys") => self.passkeys_submit(req, client).await?,
+            (&Method::POST, r) if r.starts_with("passkey/") => {
+                self.passkey_api(req, r, client).await?
+            }
             // totp (issue 22 §1)
             (&Method::GET | &Method::HEAD, "login/totp") => self.totp_page(&req),
             (&Method::POST, "login/totp") => self.totp_submit(req, client).await?,
@@ -227,6 +241,13 @@ impl Pages<'_> {
                 password: self.sso.password(),
                 notice: sso_notice,
             }),
+            passkey: self
+                .passkeys
+                .rp_id()
+                .map(|rp_id| pages::passkey::PasskeyLogin {
+                    prefix: self.prefix,
+                    rp_id,
+                }),
         };
         let mut r = html(status, pages::render_login(&view));
         if fresh {
@@ -486,6 +507,18 @@ impl Pages<'_> {
         query: Option<&str>,
         client: IpAddr,
     ) -> Result<session::Claims, ProxyError> {
+        self.login_session(headers, query, client, &self.sessions_href())
+    }
+
+    /// What `sessions_login` says, for any page of a logged-in user: a
+    /// browser without a session is sent to log in and come back to `page`.
+    fn login_session(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        client: IpAddr,
+        page: &str,
+    ) -> Result<session::Claims, ProxyError> {
         if let Some(claims) = self.session_of(headers) {
             let seen = Sighting {
                 client,
@@ -498,8 +531,7 @@ impl Pages<'_> {
             return Err(ProxyError::LoginSessionRequired);
         }
         let login = error::wants_html(headers).then(|| {
-            let next: String =
-                form_urlencoded::byte_serialize(self.sessions_href().as_bytes()).collect();
+            let next: String = form_urlencoded::byte_serialize(page.as_bytes()).collect();
             format!("{}?next={next}", self.login_href())
         });
         Err(ProxyError::LoginRequired { login })

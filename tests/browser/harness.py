@@ -5,6 +5,7 @@ Imported by the scripts in this directory (Python puts a script's own directory 
 `error: <reason>` line on stderr.
 """
 
+import argparse
 import os
 import sys
 import threading
@@ -33,6 +34,24 @@ BROWSER_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+def user_args(description, timeout):
+    """The arguments of a script that logs in as a user through the form: `--url`, `--user`,
+    `--screenshots`, `--chromium`, `--timeout` (default `timeout` s); the password from
+    `$NBGATE_TEST_PASSWORD` as `args.password`, `args.url` without a trailing slash."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--url", required=True, help="base URL, e.g. https://localhost:8443")
+    ap.add_argument("--user", required=True, help="nbgate user (password: $NBGATE_TEST_PASSWORD)")
+    ap.add_argument("--screenshots", required=True, help="directory for PNG screenshots")
+    ap.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable")
+    ap.add_argument("--timeout", type=float, default=timeout, help="overall time budget, seconds")
+    args = ap.parse_args()
+    args.url = args.url.rstrip("/")
+    args.password = os.environ.get("NBGATE_TEST_PASSWORD", "")
+    if not args.password:
+        ap.error("NBGATE_TEST_PASSWORD must be set")
+    return args
 
 
 def report(body):

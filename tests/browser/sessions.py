@@ -6,12 +6,11 @@ Run by the Rust integration tests with the test venv's python. See README.md.
 Exit 0 and a final line "OK" on success; exit 1 with a one-line reason on stderr on failure.
 """
 
-import argparse
 import os
 import sys
 import threading
 
-from harness import BROWSER_ARGS, Fail, report, step
+from harness import BROWSER_ARGS, Fail, report, step, user_args
 
 SESSIONS_PATH = "/_nbgate/sessions"
 LOGIN_PATH = "/_nbgate/login"
@@ -20,18 +19,7 @@ OTHER_END_BUTTON = "ul.sessions > li:not(.current) form button"
 ENDED_TEXT = "The session was ended."
 
 def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--url", required=True, help="base URL, e.g. https://localhost:8443")
-    ap.add_argument("--user", required=True, help="nbgate user (password: $NBGATE_TEST_PASSWORD)")
-    ap.add_argument("--screenshots", required=True, help="directory for PNG screenshots")
-    ap.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable")
-    ap.add_argument("--timeout", type=float, default=90.0, help="overall time budget, seconds")
-    args = ap.parse_args()
-    args.url = args.url.rstrip("/")
-    args.password = os.environ.get("NBGATE_TEST_PASSWORD", "")
-    if not args.password:
-        ap.error("NBGATE_TEST_PASSWORD must be set")
-    return args
+    return user_args(__doc__, 90.0)
 
 
 def log_in(ctx, args, name):

@@ -15,6 +15,7 @@
 //! - `pebble`   the Pebble ACME test server with its mock DNS, on its own loopback ports.
 //! - `certs`    rcgen certificates for `tls.mode = "files"` and fingerprints.
 //! - `process`  process-tree kill and `/proc` readings.
+//! - `browser`  runs the Python browser scripts of `tests/browser/` (Playwright + Chromium).
 //!
 //! It must not sleep to wait for readiness: everything is polled, and every await that could
 //! hang sits under [`within`].
@@ -23,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod ari;
+pub mod browser;
 pub mod certs;
 pub mod h2ws;
 pub mod jupyter;
