@@ -158,7 +158,7 @@ fn fmt_kib(kib: Option<u64>) -> String {
 
 /// The n-th flood address: IPv4 for even n, a distinct IPv6 /64 for odd n.
 fn flood_addr(n: u32) -> IpAddr {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n / 2))
     } else {
         IpAddr::V6(Ipv6Addr::from(

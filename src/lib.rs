@@ -22,6 +22,7 @@
 //!   (`auth::second_factor`), the sealed pending login between password and code
 //!   (`auth::pending`); its pages are `pages::totp` and `pages::account`, its routes
 //!   `proxy::own_pages::{totp, account}`.
+//!   `auth::sealed`: the one AEAD sealer of cookie values (pending login, SSO flow).
 //!   `auth::oidc`: single sign-on with OpenID Connect (discovery, the sealed flow cookie,
 //!   ID token checks, allow lists), its HTTP client over `tls::client`.
 //! - `policy`: allow/deny lists, client address behind proxies, PROXY protocol, rate limits, lockout.

@@ -14,6 +14,8 @@
 //! per-user passkey files). The TOTP second factor: `totp` (codes and
 //! recovery codes), `second_factor` (each user's state file and who must
 //! pass it), `pending` (the sealed login between password and code).
+//! `sealed`: the one AEAD sealer of values kept in cookies (the pending
+//! login, the enrolment offer, single sign-on's flow).
 
 pub mod active;
 pub mod csrf;
@@ -24,6 +26,7 @@ pub mod passkey;
 pub mod password;
 pub mod pending;
 pub mod prompt;
+pub mod sealed;
 pub mod second_factor;
 pub mod session;
 pub mod totp;

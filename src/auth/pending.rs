@@ -18,9 +18,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use super::sealed::SealKey;
 
 /// The cookie carrying a pending login. `__Host-`: only this origin, over
 /// HTTPS, can set it (no sibling subdomain can plant one).
@@ -138,33 +139,15 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-/// The AEAD key: HMAC-SHA-256 of a label under the signing key, so this
-/// key is never the one the session cookies or CSRF tokens use.
-fn key(signing_key: &[u8]) -> LessSafeKey {
-    let mac = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, signing_key),
-        b"nbgate-pending-key-v1",
-    );
-    let unbound =
-        UnboundKey::new(&aead::AES_256_GCM, mac.as_ref()).expect("HMAC-SHA-256 gives 32 bytes");
-    LessSafeKey::new(unbound)
+/// The key of pending logins and enrolment offers (`auth::sealed`), its
+/// own: never the one the session cookies, CSRF tokens or SSO flows use.
+fn key(signing_key: &[u8]) -> SealKey {
+    SealKey::derive(signing_key, b"nbgate-pending-key-v1")
 }
 
-/// Seals `value` for `purpose`: base64url of nonce and ciphertext.
+/// Seals `value` for `purpose`.
 pub fn seal<T: Serialize>(signing_key: &[u8], purpose: Purpose, value: &T) -> String {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::fill(&mut nonce);
-    let mut data = serde_json::to_vec(value).expect("sealed values always serialize");
-    key(signing_key)
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(purpose.aad()),
-            &mut data,
-        )
-        .expect("AES-GCM seals any value this small");
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&data);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+    key(signing_key).seal(purpose.aad(), value)
 }
 
 /// Largest sealed value opened or set: browsers keep a cookie's name and
@@ -194,22 +177,7 @@ pub fn open<T: DeserializeOwned + Expiring>(
     sealed: &str,
     now: u64,
 ) -> Option<T> {
-    if sealed.len() > MAX_SEALED {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sealed.trim())
-        .ok()?;
-    if raw.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce, data) = raw.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut data = data.to_vec();
-    let plain = key(signing_key)
-        .open_in_place(nonce, Aad::from(purpose.aad()), &mut data)
-        .ok()?;
-    let value: T = serde_json::from_slice(plain).ok()?;
+    let value: T = key(signing_key).open(purpose.aad(), sealed, MAX_SEALED)?;
     (now < value.expires()).then_some(value)
 }
 

@@ -69,7 +69,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 fn format_size(n: usize) -> String {
     for (unit, m) in [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= m && n % m == 0 {
+        if n >= m && n.is_multiple_of(m) {
             return format!("{}{unit}", n / m);
         }
     }

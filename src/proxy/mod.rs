@@ -133,8 +133,7 @@ impl Gateway {
             upstream,
             token,
             guard,
-            sso,
-            passkeys,
+            OtherLogins { sso, passkeys },
             Arc::clone(&tunnels),
         );
         Gateway {
@@ -194,8 +193,7 @@ impl Gateway {
             upstream,
             token,
             guard,
-            sso,
-            passkeys,
+            OtherLogins { sso, passkeys },
             Arc::clone(&self.tunnels),
         );
         self.live.store(Arc::new(live));
@@ -230,6 +228,13 @@ fn upstream_unchanged(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && a.pool_max_idle == b.pool_max_idle
 }
 
+/// The ways in besides a password, kept across reloads with their state
+/// (SSO discovery, pending passkey ceremonies).
+struct OtherLogins {
+    sso: Arc<Sso>,
+    passkeys: Arc<crate::auth::passkey::Passkeys>,
+}
+
 impl Live {
     fn new(
         config: Arc<Config>,
@@ -237,8 +242,7 @@ impl Live {
         upstream: Arc<Upstream>,
         token: Arc<UpstreamToken>,
         guard: Arc<guard::Guard>,
-        sso: Arc<Sso>,
-        passkeys: Arc<crate::auth::passkey::Passkeys>,
+        OtherLogins { sso, passkeys }: OtherLogins,
         tunnels: Arc<Tunnels>,
     ) -> Self {
         let hsts = config.tls.hsts.then(|| {

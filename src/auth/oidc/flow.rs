@@ -14,11 +14,10 @@
 //! back is a cross-site top-level GET, which `Strict` would strip.
 //! Single use is enforced at the callback (`UsedStates`).
 
-use base64::Engine;
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+use crate::auth::sealed::SealKey;
 
 /// The flow cookie's name; `__Host-`: Secure, Path=/, no Domain.
 pub const FLOW_COOKIE: &str = "__Host-nbgate-oidc";
@@ -48,57 +47,26 @@ pub struct FlowState {
     pub expires: u64,
 }
 
-/// The key that seals flow states, derived from the session signing key
-/// with its own label, so that no other sealed or signed value of nbgate
-/// can be taken for a flow state.
-pub struct FlowKey(LessSafeKey);
+/// The key that seals flow states (`auth::sealed`), derived from the
+/// session signing key with its own label, so that no other sealed or
+/// signed value of nbgate can be taken for a flow state.
+pub struct FlowKey(SealKey);
 
 impl FlowKey {
     pub fn derive(signing_key: &[u8]) -> FlowKey {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, signing_key);
-        let tag = hmac::sign(&k, b"nbgate-oidc-flow-v1");
-        let unbound =
-            UnboundKey::new(&aead::AES_256_GCM, tag.as_ref()).expect("HMAC-SHA256 is 32 bytes");
-        FlowKey(LessSafeKey::new(unbound))
+        FlowKey(SealKey::derive(signing_key, b"nbgate-oidc-flow-v1"))
     }
 
-    /// The sealed value (base64url of nonce || ciphertext || tag).
+    /// The sealed value, bound to the cookie's name.
     pub fn seal(&self, flow: &FlowState) -> String {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce);
-        let mut data = serde_json::to_vec(flow).expect("a flow state always serializes");
-        self.0
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(FLOW_COOKIE.as_bytes()),
-                &mut data,
-            )
-            .expect("AES-GCM seals any length under 64 GiB");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+        self.0.seal(FLOW_COOKIE.as_bytes(), flow)
     }
 
     /// The flow state in `value`, if it was sealed by this key and has
     /// not expired at `now`. Anything else (tampered, truncated, another
     /// key, expired, oversized) is `None`.
     pub fn open(&self, value: &str, now: u64) -> Option<FlowState> {
-        if value.len() > MAX_SEALED {
-            return None;
-        }
-        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(value)
-            .ok()?;
-        if raw.len() < NONCE_LEN + aead::AES_256_GCM.tag_len() {
-            return None;
-        }
-        let mut body = raw.split_off(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(&raw).ok()?;
-        let plain = self
-            .0
-            .open_in_place(nonce, Aad::from(FLOW_COOKIE.as_bytes()), &mut body)
-            .ok()?;
-        let flow: FlowState = serde_json::from_slice(plain).ok()?;
+        let flow: FlowState = self.0.open(FLOW_COOKIE.as_bytes(), value, MAX_SEALED)?;
         (now < flow.expires).then_some(flow)
     }
 }
