@@ -583,23 +583,27 @@ pub fn render_logout(
     action: &str,
     csrf_token: &str,
     sessions_href: &str,
+    account_href: &str,
 ) -> String {
-    let (title, heading, who, sessions) = match lang {
+    let (title, heading, who, sessions, account) = match lang {
         Lang::En => (
             "nbgate — Log out",
             "Log out",
             "Logged in as",
             "See and end your other sessions",
+            "Account: two-factor login and passkeys",
         ),
         Lang::ZhHans => (
             "nbgate — 退出登录",
             "退出登录",
             "当前用户",
             "查看并结束您的其他会话",
+            "账户：两步验证与通行密钥",
         ),
     };
     let main = format!(
         "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n<p>{} <strong>{}</strong></p>\n{}\n\
+         <p class=\"links\"><a href=\"{}\">{}</a></p>\n\
          <p class=\"links\"><a href=\"{}\">{}</a></p>\n</main>\n",
         html_escape(heading),
         html_escape(who),
@@ -607,6 +611,8 @@ pub fn render_logout(
         logout_form(action, csrf_token, lang),
         html_escape(sessions_href),
         html_escape(sessions),
+        html_escape(account_href),
+        html_escape(account),
     );
     document(lang, title, &main)
 }
@@ -911,8 +917,8 @@ mod tests {
             render_login(&view(Lang::ZhHans, Some(Notice::WrongCredentials))),
             render_logged_out(Lang::En, "/_nbgate/login"),
             render_logged_out(Lang::ZhHans, "/_nbgate/login"),
-            render_logout(Lang::En, "a", "/l", "t", "/s"),
-            render_logout(Lang::ZhHans, "a", "/l", "t", "/s"),
+            render_logout(Lang::En, "a", "/l", "t", "/s", "/a"),
+            render_logout(Lang::ZhHans, "a", "/l", "t", "/s", "/a"),
         ];
         for lang in [Lang::En, Lang::ZhHans] {
             pages.push(render_sessions(&sessions_view(lang, &rows())));
@@ -1036,11 +1042,20 @@ mod tests {
         assert!(form.contains(">Log out</button>"));
         assert!(logout_form("/_nbgate/logout", "t", Lang::ZhHans).contains(">退出登录</button>"));
         assert!(form.contains("name=\"everywhere\""));
-        let page = render_logout(Lang::En, HOSTILE, HOSTILE, HOSTILE, HOSTILE);
+        let page = render_logout(Lang::En, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE);
         assert!(!page.contains("<script"));
         assert!(page.contains("Logged in as"));
-        let page = render_logout(Lang::En, "a", "/_nbgate/logout", "t", "/_nbgate/sessions");
+        let page = render_logout(
+            Lang::En,
+            "a",
+            "/_nbgate/logout",
+            "t",
+            "/_nbgate/sessions",
+            "/_nbgate/account",
+        );
         assert!(page.contains("<a href=\"/_nbgate/sessions\">See and end your other sessions</a>"));
+        assert!(page
+            .contains("<a href=\"/_nbgate/account\">Account: two-factor login and passkeys</a>"));
     }
 
     #[test]

@@ -444,6 +444,7 @@ impl Pages<'_> {
             &action,
             &token,
             &self.sessions_href(),
+            &format!("{}account", self.prefix),
         );
         html(StatusCode::OK, body)
     }
