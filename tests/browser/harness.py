@@ -88,3 +88,23 @@ def guarded(timeout, body):
         return report(body)
     finally:
         dog.cancel()
+
+
+def failure_shot(page, screenshots):
+    """While a failure propagates: `failure.png` of `page` (if one was open) and its URL, best
+    effort (the page may be the thing that broke)."""
+    if page is None:
+        return
+    try:
+        page.screenshot(path=os.path.join(screenshots, "failure.png"))
+        print(f"info: page at failure: {page.url}", flush=True)
+    except Exception:  # noqa: BLE001 - the original failure is the one reported
+        pass
+
+
+def main_of(parse_args, run):
+    """A script's `main`: its arguments, the screenshot directory made, `run(args)` under
+    `guarded`; returns the exit code."""
+    args = parse_args()
+    os.makedirs(args.screenshots, exist_ok=True)
+    return guarded(args.timeout, lambda: run(args))

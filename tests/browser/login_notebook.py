@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.parse
 
-from harness import BROWSER_ARGS, Fail, guarded, step
+from harness import BROWSER_ARGS, Fail, failure_shot, guarded, step
 
 LAUNCHER_CARD = ".jp-LauncherCard"
 NOTEBOOK_CARD = '.jp-LauncherCard[data-category="Notebook"][title^="Python 3"]'
@@ -307,12 +307,7 @@ def run(args, budget):
                 do_login(page, args, budget)
             run_notebook(page, args, budget)
         except Exception:
-            if page is not None:
-                try:
-                    shot(page, args.screenshots, "failure.png")
-                    print(f"info: page at failure: {page.url}", flush=True)
-                except Exception:
-                    pass
+            failure_shot(page, args.screenshots)
             raise
         finally:
             ctx.close()

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from harness import BROWSER_ARGS, Fail, guarded, step
+from harness import BROWSER_ARGS, Fail, failure_shot, main_of, step
 
 LOGIN_PATH = "/_nbgate/login"
 LAUNCHER_CARD = ".jp-LauncherCard"
@@ -102,21 +102,14 @@ def run(args):
 
             phone_fits(browser, args)
         except Exception:
-            if page is not None:
-                try:
-                    page.screenshot(path=os.path.join(args.screenshots, "failure.png"))
-                    print(f"info: page at failure: {page.url}", flush=True)
-                except Exception:
-                    pass
+            failure_shot(page, args.screenshots)
             raise
         finally:
             browser.close()
 
 
 def main():
-    args = parse_args()
-    os.makedirs(args.screenshots, exist_ok=True)
-    return guarded(args.timeout, lambda: run(args))
+    return main_of(parse_args, run)
 
 
 if __name__ == "__main__":

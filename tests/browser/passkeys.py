@@ -15,7 +15,7 @@ Exit 0 and a final line "OK" on success; exit 1 with a one-line reason on stderr
 import os
 import sys
 
-from harness import BROWSER_ARGS, Fail, guarded, step, user_args
+from harness import BROWSER_ARGS, Fail, failure_shot, main_of, step, user_args
 
 PASSKEYS_PATH = "/_nbgate/passkeys"
 LOGIN_PATH = "/_nbgate/login"
@@ -197,21 +197,14 @@ def run(args):
                 raise Fail("the passkeys page does not say adding one needs JavaScript")
             plain.close()
         except Exception:
-            if page is not None:
-                try:
-                    shot(page, args, "failure.png")
-                    print(f"info: page at failure: {page.url}", flush=True)
-                except Exception:
-                    pass
+            failure_shot(page, args.screenshots)
             raise
         finally:
             browser.close()
 
 
 def main():
-    args = parse_args()
-    os.makedirs(args.screenshots, exist_ok=True)
-    return guarded(args.timeout, lambda: run(args))
+    return main_of(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 
-from harness import BROWSER_ARGS, Fail, report, step, user_args
+from harness import BROWSER_ARGS, Fail, failure_shot, report, step, user_args
 
 SESSIONS_PATH = "/_nbgate/sessions"
 LOGIN_PATH = "/_nbgate/login"
@@ -83,12 +83,7 @@ def run(args):
             if not other.url.split("?")[0].endswith(LOGIN_PATH):
                 raise Fail(f"the ended session still opens the page: {other.url}")
         except Exception:
-            if page is not None:
-                try:
-                    page.screenshot(path=os.path.join(args.screenshots, "failure.png"))
-                    print(f"info: page at failure: {page.url}", flush=True)
-                except Exception:
-                    pass
+            failure_shot(page, args.screenshots)
             raise
         finally:
             browser.close()

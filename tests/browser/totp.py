@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from harness import BROWSER_ARGS, Fail, guarded, step
+from harness import BROWSER_ARGS, Fail, failure_shot, main_of, step
 
 ACCOUNT_PATH = "/_nbgate/account"
 LOGIN_PATH = "/_nbgate/login"
@@ -157,21 +157,14 @@ def run(args):
                 raise Fail("logged in, but the account page does not show TOTP on")
             shot(page, args, "logged-in.png")
         except Exception:
-            if page is not None:
-                try:
-                    page.screenshot(path=os.path.join(args.screenshots, "failure.png"))
-                    print(f"info: page at failure: {page.url}", flush=True)
-                except Exception:
-                    pass
+            failure_shot(page, args.screenshots)
             raise
         finally:
             browser.close()
 
 
 def main():
-    args = parse_args()
-    os.makedirs(args.screenshots, exist_ok=True)
-    return guarded(args.timeout, lambda: run(args))
+    return main_of(parse_args, run)
 
 
 if __name__ == "__main__":
