@@ -136,6 +136,12 @@ if (($# == 0)); then
     cargo clippy --all-targets --quiet -- -D warnings
 fi
 
+# The build's size is a known CI failure (a cold build once ran the disk full): say what is free
+# before it, and what the target directory holds after it, so a log shows how close it was.
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+mkdir -p "$target_dir"
+log "disk: $(df -h --output=avail "$target_dir" | tail -1 | tr -d ' ') free under $target_dir"
+
 # All targets unless the caller picked some (e.g. `bash tests/run.sh --test tls`).
 targets=(--all-targets)
 for arg in "$@"; do
@@ -151,6 +157,7 @@ done
 log "cargo test ${targets[*]} --no-fail-fast $*"
 status=0
 cargo test "${targets[@]}" --no-fail-fast "$@" || status=$?
+log "disk: $(du -sh "$target_dir" | cut -f1) in $target_dir, $(df -h --output=avail "$target_dir" | tail -1 | tr -d ' ') free"
 if ((status != 0)); then
     log "FAILED (cargo test exit code $status)"
     exit "$status"
