@@ -300,17 +300,57 @@ pub fn render_login(view: &LoginView<'_>) -> String {
     document(view.lang, title, &main)
 }
 
-/// The notice paragraph. `role="alert"` and its place before the form make screen readers
-/// announce it as soon as the page loads.
+/// The login page's notice paragraph, before the form.
 fn notice_html(notice: Notice, lang: Lang) -> String {
-    let class = match notice {
-        Notice::LoggedOut => "notice-info",
-        _ => "notice-error",
+    let tone = match notice {
+        Notice::LoggedOut => Tone::Info,
+        _ => Tone::Error,
+    };
+    notice_p(tone, &notice_text(notice, lang))
+}
+
+/// What a notice says: news (`notice-info`, `role="status"`: read out when the reader is
+/// idle) or a refusal (`notice-error`, `role="alert"`: read out at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tone {
+    Info,
+    Error,
+}
+
+/// One notice paragraph: every page writes its notices here. Placed before a page's forms,
+/// a screen reader announces it as soon as the page loads.
+pub(crate) fn notice_p(tone: Tone, text: &str) -> String {
+    let (class, role) = match tone {
+        Tone::Info => ("notice-info", "status"),
+        Tone::Error => ("notice-error", "alert"),
     };
     format!(
-        "<p class=\"notice {class}\" role=\"alert\">{}</p>\n",
-        html_escape(&notice_text(notice, lang))
+        "<p class=\"notice {class}\" role=\"{role}\">{}</p>\n",
+        html_escape(text)
     )
+}
+
+/// The head every page of a logged-in user shares (sessions, passkeys, account): the wide
+/// `<main>`, the brand, the heading, an optional notice and who is logged in. The caller
+/// appends its content and closes `<main>`.
+pub(crate) fn signed_in_head(
+    heading: &str,
+    notice: Option<(Tone, &str)>,
+    who: &str,
+    user: &str,
+) -> String {
+    let mut main = String::with_capacity(4096);
+    main.push_str("<main class=\"wide\">\n<p class=\"brand\">nbgate</p>\n");
+    main.push_str(&format!("<h1>{}</h1>\n", html_escape(heading)));
+    if let Some((tone, text)) = notice {
+        main.push_str(&notice_p(tone, text));
+    }
+    main.push_str(&format!(
+        "<p>{} <strong>{}</strong></p>\n",
+        html_escape(who),
+        html_escape(user)
+    ));
+    main
 }
 
 /// The sentence for a notice.
@@ -659,24 +699,12 @@ pub struct SessionsView<'a> {
 /// `end_others=1`), each with the hidden `csrf` field. Works without script, like every page.
 pub fn render_sessions(view: &SessionsView<'_>) -> String {
     let t = SessionsText::of(view.lang);
-    let mut main = String::with_capacity(2048);
-    main.push_str("<main class=\"wide\">\n<p class=\"brand\">nbgate</p>\n");
-    main.push_str(&format!("<h1>{}</h1>\n", html_escape(t.heading)));
-    if let Some(notice) = view.notice {
-        let text = match notice {
-            SessionsNotice::EndedOne => t.ended_one,
-            SessionsNotice::EndedOthers => t.ended_others,
-        };
-        main.push_str(&format!(
-            "<p class=\"notice notice-info\" role=\"status\">{}</p>\n",
-            html_escape(text)
-        ));
-    }
-    main.push_str(&format!(
-        "<p>{} <strong>{}</strong></p>\n<ul class=\"sessions\">\n",
-        html_escape(t.who),
-        html_escape(view.user)
-    ));
+    let notice = view.notice.map(|notice| match notice {
+        SessionsNotice::EndedOne => (Tone::Info, t.ended_one),
+        SessionsNotice::EndedOthers => (Tone::Info, t.ended_others),
+    });
+    let mut main = signed_in_head(t.heading, notice, t.who, view.user);
+    main.push_str("<ul class=\"sessions\">\n");
     for row in view.rows {
         let what = browser_summary(row.browser.as_deref(), row.os, view.lang);
         let tag = if row.current {

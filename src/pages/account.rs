@@ -4,7 +4,9 @@
 //! page with the hidden `csrf` field (bound to the session) and an `action`.
 
 use super::totp::{code_input, offer_html, Offer};
-use super::{document, html_escape, too_many_attempts, utc_minute, Lang};
+use std::borrow::Cow;
+
+use super::{document, html_escape, signed_in_head, too_many_attempts, utc_minute, Lang, Tone};
 
 /// The TOTP state the page shows.
 #[derive(Clone, Copy, Debug)]
@@ -198,31 +200,26 @@ fn form(
 /// The account page.
 pub fn render_account(view: &AccountView<'_>) -> String {
     let t = AccountText::of(view.lang);
-    let mut main = String::with_capacity(8192);
-    main.push_str("<main class=\"wide\">\n<p class=\"brand\">nbgate</p>\n");
-    main.push_str(&format!("<h1>{}</h1>\n", html_escape(t.heading)));
-    if let Some(n) = view.notice {
-        let (class, text) = match n {
-            AccountNotice::Removed => ("notice-info", t.removed.to_owned()),
-            AccountNotice::WrongCode => ("notice-error", t.wrong.to_owned()),
-            AccountNotice::WrongPassword => ("notice-error", t.wrong_password.to_owned()),
-            AccountNotice::OfferExpired => ("notice-error", t.expired.to_owned()),
-            AccountNotice::AlreadyOn => ("notice-info", t.already_on.to_owned()),
-            AccountNotice::ManagedByConfig => ("notice-error", t.managed.to_owned()),
-            AccountNotice::LockedOut { retry_after_secs } => (
-                "notice-error",
-                too_many_attempts(retry_after_secs, view.lang),
-            ),
-        };
-        main.push_str(&format!(
-            "<p class=\"notice {class}\" role=\"alert\">{}</p>\n",
-            html_escape(&text)
-        ));
-    }
+    let notice = view.notice.map(|n| match n {
+        AccountNotice::Removed => (Tone::Info, Cow::Borrowed(t.removed)),
+        AccountNotice::WrongCode => (Tone::Error, Cow::Borrowed(t.wrong)),
+        AccountNotice::WrongPassword => (Tone::Error, Cow::Borrowed(t.wrong_password)),
+        AccountNotice::OfferExpired => (Tone::Error, Cow::Borrowed(t.expired)),
+        AccountNotice::AlreadyOn => (Tone::Info, Cow::Borrowed(t.already_on)),
+        AccountNotice::ManagedByConfig => (Tone::Error, Cow::Borrowed(t.managed)),
+        AccountNotice::LockedOut { retry_after_secs } => (
+            Tone::Error,
+            Cow::Owned(too_many_attempts(retry_after_secs, view.lang)),
+        ),
+    });
+    let mut main = signed_in_head(
+        t.heading,
+        notice.as_ref().map(|(tone, text)| (*tone, text.as_ref())),
+        t.who,
+        view.user,
+    );
     main.push_str(&format!(
-        "<p>{} <strong>{}</strong></p>\n<p class=\"links\"><a href=\"{}\">{}</a> · <a href=\"{}\">{}</a> · <a href=\"{}\">{}</a></p>\n",
-        html_escape(t.who),
-        html_escape(view.user),
+        "<p class=\"links\"><a href=\"{}\">{}</a> · <a href=\"{}\">{}</a> · <a href=\"{}\">{}</a></p>\n",
         html_escape(view.sessions_href),
         html_escape(t.sessions),
         html_escape(view.passkeys_href),

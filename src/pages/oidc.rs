@@ -3,7 +3,7 @@
 //! cannot be reached, and the error pages of a refused sign-in. English and
 //! Chinese, like every page.
 
-use super::{html_escape, Lang};
+use super::{html_escape, notice_p, Lang, Tone};
 
 /// One provider's button.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +51,7 @@ pub(super) fn notice_html(sso: &SsoLogin<'_>, lang: Lang) -> String {
             format!("暂时无法使用 {display_name} 登录：它没有响应。请稍后重试。")
         }
     };
-    format!(
-        "<p class=\"notice notice-error\" role=\"alert\">{}</p>\n",
-        html_escape(&text)
-    )
+    notice_p(Tone::Error, &text)
 }
 
 /// The buttons: links to each provider's start, below the password form

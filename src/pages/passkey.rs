@@ -9,7 +9,7 @@
 //! (or without WebAuthn) the passkey parts stay `hidden` and the password
 //! form works as before; the remove buttons are plain forms.
 
-use super::{document, html_escape, utc_minute, Lang};
+use super::{document, html_escape, signed_in_head, utc_minute, Lang, Tone};
 
 /// The ceremony script: `data-mode="login"` drives
 /// `navigator.credentials.get` from the button, `"register"` drives
@@ -210,24 +210,11 @@ pub struct PasskeysView<'a> {
 /// then says it needs).
 pub fn render_passkeys(view: &PasskeysView<'_>) -> String {
     let t = Text::of(view.lang);
-    let mut main = String::with_capacity(4096);
-    main.push_str("<main class=\"wide\">\n<p class=\"brand\">nbgate</p>\n");
-    main.push_str(&format!("<h1>{}</h1>\n", html_escape(t.heading)));
-    if let Some(notice) = view.notice {
-        let said = match notice {
-            PasskeysNotice::Added => t.added,
-            PasskeysNotice::Removed => t.removed,
-        };
-        main.push_str(&format!(
-            "<p class=\"notice notice-info\" role=\"status\">{}</p>\n",
-            html_escape(said)
-        ));
-    }
-    main.push_str(&format!(
-        "<p>{} <strong>{}</strong></p>\n",
-        html_escape(t.who),
-        html_escape(view.user)
-    ));
+    let notice = view.notice.map(|notice| match notice {
+        PasskeysNotice::Added => (Tone::Info, t.added),
+        PasskeysNotice::Removed => (Tone::Info, t.removed),
+    });
+    let mut main = signed_in_head(t.heading, notice, t.who, view.user);
     let action = format!("{}passkeys", view.prefix);
     if view.rows.is_empty() {
         main.push_str(&format!("<p class=\"muted\">{}</p>\n", html_escape(t.none)));

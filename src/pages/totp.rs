@@ -8,7 +8,7 @@
 //! stays. Its colours are presentation attributes, not `style=""` (which
 //! the CSP's hash would not cover).
 
-use super::{document, html_escape, Lang};
+use super::{document, html_escape, notice_p, Lang, Tone};
 
 /// Why the second-step page is shown again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,10 +108,7 @@ fn step_notice(notice: StepNotice, lang: Lang) -> String {
             super::too_many_attempts(retry_after_secs, lang)
         }
     };
-    format!(
-        "<p class=\"notice notice-error\" role=\"alert\">{}</p>\n",
-        html_escape(&text)
-    )
+    notice_p(Tone::Error, &text)
 }
 
 /// The QR code of `uri` as an inline `<svg>` (no XML declaration), about
@@ -243,12 +240,11 @@ pub fn render_recovery_codes(
         .map(|c| format!("<li><code>{}</code></li>\n", html_escape(c)))
         .collect();
     let main = format!(
-        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n\
-         <p class=\"notice notice-info\" role=\"status\">{}</p>\n<p>{}</p>\n\
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n{}<p>{}</p>\n\
          <ul class=\"recovery-codes\">\n{items}</ul>\n\
          <a class=\"button\" href=\"{}\">{}</a>\n</main>\n",
         html_escape(heading),
-        html_escape(done),
+        notice_p(Tone::Info, done),
         html_escape(keep),
         html_escape(continue_href),
         html_escape(go),
@@ -285,12 +281,11 @@ pub fn render_recovery_used(
         ),
     };
     let main = format!(
-        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n\
-         <p class=\"notice notice-info\" role=\"status\">{}</p>\n<p>{}</p>\n\
+        "<main>\n<p class=\"brand\">nbgate</p>\n<h1>{}</h1>\n{}<p>{}</p>\n\
          <a class=\"button\" href=\"{}\">{}</a>\n\
          <p class=\"links\"><a href=\"{}\">{}</a></p>\n</main>\n",
         html_escape(heading),
-        html_escape(&sentence),
+        notice_p(Tone::Info, &sentence),
         html_escape(advice),
         html_escape(continue_href),
         html_escape(go),
