@@ -185,8 +185,13 @@ async fn post_current_code(
     csrf: &str,
     key: &[u8],
 ) -> reqwest::Response {
+    post_code(gate, client, pending, csrf, &code_now(key, 0).await).await
+}
+
+/// The code of the step `steps` away from the current one, at least 4 s before the step ends.
+async fn code_now(key: &[u8], steps: i64) -> String {
     let now = settled_now().await;
-    post_code(gate, client, pending, csrf, &code_at(key, now)).await
+    code_at(key, now.checked_add_signed(steps * 30).expect("after 1970"))
 }
 
 /// Password then `code` in a fresh pending login: the answer to the code.
@@ -258,12 +263,7 @@ async fn cli_enrolment_then_password_and_code_reach_jupyter_and_codes_work_once(
     let csrf = hidden(&html, "csrf");
 
     // A wrong code: refused, the form again, still no session.
-    let now = settled_now().await;
-    let wrong = if code_at(&enrolled.key, now) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
     let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
     assert_eq!(r.status(), 401);
     assert_eq!(session_of(&r), None);
@@ -271,15 +271,8 @@ async fn cli_enrolment_then_password_and_code_reach_jupyter_and_codes_work_once(
         .await;
 
     // The previous step's code: accepted, Jupyter reachable.
-    let now = settled_now().await;
-    let r = post_code(
-        &gate,
-        &client,
-        &pending,
-        &csrf,
-        &code_at(&enrolled.key, now - 30),
-    )
-    .await;
+    let code = code_now(&enrolled.key, -1).await;
+    let r = post_code(&gate, &client, &pending, &csrf, &code).await;
     assert_eq!(r.status(), 303, "{:?}", r.headers());
     assert_eq!(r.headers()["location"], "/lab");
     let session = session_of(&r).expect("session cookie");
@@ -293,21 +286,13 @@ async fn cli_enrolment_then_password_and_code_reach_jupyter_and_codes_work_once(
     assert_eq!(log_field(&line, "user").as_deref(), Some(TEST_USER));
 
     // The used pending login cannot open a second session, even with a valid code.
-    let now = settled_now().await;
-    let r = post_code(
-        &gate,
-        &client,
-        &pending,
-        &csrf,
-        &code_at(&enrolled.key, now + 30),
-    )
-    .await;
+    let code = code_now(&enrolled.key, 1).await;
+    let r = post_code(&gate, &client, &pending, &csrf, &code).await;
     assert_eq!(r.status(), 403);
     assert_eq!(session_of(&r), None);
 
     // The next step's code: accepted.
-    let now = settled_now().await;
-    let next = code_at(&enrolled.key, now + 30);
+    let next = code_now(&enrolled.key, 1).await;
     let r = log_in_with(&gate, &client, &next).await;
     assert_eq!(r.status(), 303);
     assert!(session_of(&r).is_some());
@@ -409,12 +394,7 @@ async fn wrong_codes_count_toward_the_lockout_with_wrong_passwords() {
     }
     // The right password does not clear the two failures: the second step is pending.
     let (pending, csrf) = pending_step(&gate, &client).await;
-    let now = settled_now().await;
-    let wrong = if code_at(&enrolled.key, now) == "123456" {
-        "654321"
-    } else {
-        "123456"
-    };
+    let wrong = wrong_code(&enrolled.key, settled_now().await);
     // The third failure, a wrong code: locked out.
     let r = post_code(&gate, &client, &pending, &csrf, wrong).await;
     assert_eq!(r.status(), 429);
@@ -439,8 +419,7 @@ async fn a_tampered_expired_or_foreign_pending_login_is_refused() {
     let gate = builder.start().await;
     let client = bare_client(&gate);
     let (pending, csrf) = pending_step(&gate, &client).await;
-    let now = settled_now().await;
-    let code = code_at(&enrolled.key, now);
+    let code = code_now(&enrolled.key, 0).await;
 
     // One character of the sealed value changed.
     let mut tampered = pending.clone().into_bytes();
@@ -547,8 +526,7 @@ async fn a_user_required_to_have_totp_enrols_during_the_login() {
     assert!(html.contains("<svg class=\"qr\""), "{html}");
     let key = key_in(&html);
     let csrf = hidden(&html, "csrf");
-    let now = settled_now().await;
-    let r = post_code(&gate, &client, &pending, &csrf, &code_at(&key, now)).await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &key).await;
     assert_eq!(r.status(), 200);
     let session = session_of(&r).expect("session");
     let html = r.text().await.expect("html");
@@ -565,8 +543,7 @@ async fn a_user_required_to_have_totp_enrols_during_the_login() {
     let (_, pending) = password_step(&gate, &client, TEST_PASSWORD).await;
     let (_, html) = step_page(&gate, &client, &pending.expect("pending")).await;
     assert!(!html.contains("<svg"), "{html}");
-    let now = settled_now().await;
-    let r = log_in_with(&gate, &client, &code_at(&key, now + 30)).await;
+    let r = log_in_with(&gate, &client, &code_now(&key, 1).await).await;
     assert_eq!(r.status(), 303);
 }
 
@@ -898,15 +875,24 @@ async fn a_printed_secret_in_a_totp_secret_file_is_asked_for_and_a_bad_policy_na
         .expect("user")
         .insert("totp_secret_file".into(), junk.display().to_string().into());
     let done = NbgateBuilder::new()
-        .set("users", bad_users)
+        .set("users", bad_users.clone())
         .check_config()
         .await;
     assert!(!done.status.success());
     assert!(done.stderr.contains("junk.totp"), "{}", done.stderr);
+    // The server refuses it too, rather than starting and refusing every login of the user.
+    let refused = NbgateBuilder::new()
+        .set("users", bad_users)
+        .start_expecting_failure()
+        .await;
+    assert!(
+        refused.log.contains("junk.totp") && refused.log.contains("not a base32 TOTP secret"),
+        "{}",
+        refused.log
+    );
     let gate = builder.set("users", users).start().await;
     let client = bare_client(&gate);
-    let now = settled_now().await;
-    let r = log_in_with(&gate, &client, &code_at(&base32_decode(&secret), now)).await;
+    let r = log_in_with(&gate, &client, &code_now(&base32_decode(&secret), 0).await).await;
     assert_eq!(r.status(), 303);
     assert!(session_of(&r).is_some());
 }
@@ -978,15 +964,7 @@ async fn wrong_codes_use_up_the_pending_login_and_then_lock_the_users_code_step(
         .any(|c| c.starts_with(PENDING) && c.contains("Max-Age=0")));
     gate.wait_for_line(&["reason=\"pending_login_tries_used\""], T)
         .await;
-    let now = settled_now().await;
-    let r = post_code(
-        &gate,
-        &client,
-        &pending,
-        &csrf,
-        &code_at(&enrolled.key, now),
-    )
-    .await;
+    let r = post_current_code(&gate, &client, &pending, &csrf, &enrolled.key).await;
     assert_eq!(r.status(), 403, "even the right code: log in again");
     assert_eq!(session_of(&r), None);
 

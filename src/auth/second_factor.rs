@@ -281,15 +281,7 @@ fn secret_of(
     path: &Path,
 ) -> Result<Option<Secret>, SecondFactorError> {
     if let Some(file) = secret_file(config, user) {
-        let text = std::fs::read_to_string(file).map_err(|source| SecondFactorError::Io {
-            path: file.to_owned(),
-            source,
-        })?;
-        return Secret::from_base32(text.trim()).map(Some).map_err(|_| {
-            SecondFactorError::BadSecret {
-                path: file.to_owned(),
-            }
-        });
+        return read_secret_file(file).map(Some);
     }
     match record.and_then(|r| r.secret.as_deref()) {
         Some(text) => {
@@ -301,6 +293,25 @@ fn secret_of(
         }
         None => Ok(None),
     }
+}
+
+/// Reads a `totp_secret_file`: the base32 secret, surrounding whitespace
+/// allowed.
+///
+/// Users loading calls it at start and at every reload, so a missing or
+/// unusable file refuses the configuration instead of every login of its
+/// user.
+///
+/// # Errors
+/// The file cannot be read, or holds no base32 secret of 128 bits or more.
+pub fn read_secret_file(file: &Path) -> Result<Secret, SecondFactorError> {
+    let text = std::fs::read_to_string(file).map_err(|source| SecondFactorError::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    Secret::from_base32(text.trim()).map_err(|_| SecondFactorError::BadSecret {
+        path: file.to_owned(),
+    })
 }
 
 /// What `user`'s login needs after the password.

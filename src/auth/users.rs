@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::password::{self, PasswordError, StoredHash};
+use super::second_factor;
 use super::session::SessionError;
 use crate::config::{valid_user_name, Config};
 use crate::state;
@@ -361,6 +362,18 @@ fn load_with(
     let src = config.source.display().to_string();
 
     for u in &config.users {
+        // A secret file that is missing or holds no secret would refuse every
+        // login of its user with a server error: refuse the configuration at
+        // start and at reload instead, naming the file.
+        if let Some(file) = &u.totp_secret_file {
+            second_factor::read_secret_file(file).map_err(|e| AuthError::Invalid {
+                source_name: format!("{src}: [[users]] {:?}: totp_secret_file", u.name),
+                message: match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
+            })?;
+        }
         let tokens: Vec<&str> = u.tokens.iter().map(|t| t.expose()).collect();
         store.add(
             &format!("{src}: [[users]]"),
@@ -671,6 +684,37 @@ mod tests {
             .and_then(User::password_hash)
             .expect("user")
             .verify("container-secret-2"));
+    }
+
+    /// Security: a `totp_secret_file` that goes missing or bad is refused at
+    /// reload (and start) with the file named; the server never runs with a
+    /// user whose every login would fail on it.
+    #[test]
+    fn an_unusable_totp_secret_file_is_refused_at_load_and_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("alice.totp");
+        std::fs::write(&secret, "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\n").expect("write");
+        let c = config(
+            dir.path(),
+            &format!(
+                "[[users]]\nname = \"alice\"\npassword_hash = {:?}\ntotp_secret_file = {:?}\n",
+                fast_hash("alice-pw-1"),
+                secret.display().to_string()
+            ),
+        );
+        let (store, _) = load(&c).expect("a usable secret file loads");
+        std::fs::write(&secret, "not a secret\n").expect("write");
+        let err = reload(&c, &store).err().expect("refused").to_string();
+        assert!(
+            err.contains("alice.totp") && err.contains("base32"),
+            "{err}"
+        );
+        std::fs::remove_file(&secret).expect("remove");
+        let err = load(&c).err().expect("refused").to_string();
+        assert!(
+            err.contains("alice.totp") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]
