@@ -40,7 +40,8 @@
 //!   (RFC 8441) included (`server::h2_stream` one stream as a byte stream; `server::coalesce` gathers
 //!   what one poll of such a connection writes into one TLS write; `server::frame_budget`
 //!   closes one that floods frames carrying no requests), hyper's HTTP/1.1 server the
-//!   others (HTTP/2 without ALPN is refused); `server::admin` the admin listener
+//!   others (HTTP/2 without ALPN is refused); `server::send_deadline` closes a connection
+//!   whose client takes nothing for `server.send_timeout`; `server::admin` the admin listener
 //!   (`/metrics`, `/health`; plain on loopback, else TLS + bearer token).
 //! - `telemetry`: logging setup (its level changes at a reload); access and audit targets.
 //! - `audit`: the operation audit (who opened, saved, ran what): HTTP requests classified

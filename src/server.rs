@@ -20,6 +20,7 @@ mod coalesce;
 mod frame_budget;
 pub mod h2_stream;
 mod http2;
+mod send_deadline;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::send_deadline::SendDeadline;
 use crate::auth::SessionCache;
 use crate::config::Config;
 use crate::policy::{self, ProxyHeader};
@@ -783,7 +785,10 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     let gateway = Arc::clone(&ctx.gateway);
     let sessions = Arc::new(SessionCache::default());
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let tls = crate::metrics::CountedIo::new(tls);
+    let tls = SendDeadline::new(
+        crate::metrics::CountedIo::new(tls),
+        config.server.send_timeout,
+    );
     if h2 {
         let settings = http2_settings(&config);
         let served = http2::serve(tls, &settings, ctx.stop.clone(), move |req| {
@@ -897,6 +902,7 @@ async fn serve_plain_redirect(tcp: TcpStream, ctx: ConnCtx, config: &Config, wat
         .max_header_size(config.server.max_header_bytes)
         .max_buf_size(config.server.max_header_bytes.max(8192))
         .keep_alive(false);
+    let tcp = SendDeadline::new(tcp, config.server.send_timeout);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     let _ = watcher.watch(conn).await;
 }

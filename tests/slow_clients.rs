@@ -6,7 +6,8 @@
 //! memory and descriptors stay bounded; nbgate itself closes the slowloris connections
 //! (`server.header_read_timeout`, `server.tls_handshake_timeout`); once the slow clients are gone
 //! its descriptors come back down. With the default limits, one address gets at most
-//! `policy.max_connections_per_client` connections and everyone else is still served.
+//! `policy.max_connections_per_client` connections and everyone else is still served. A slow
+//! reader that takes nothing at all for `server.send_timeout` is disconnected.
 //!
 //! nbgate runs with the soft descriptor limit systemd gives a service (1024, hard limit
 //! unchanged), through `prlimit`: the thousand clients need more than that.
@@ -23,12 +24,13 @@ use common::login::{bare_client, login, session_cookie, ws_connect_with_cookie};
 use common::nbgate::TEST_PASSWORD;
 use common::process::proc_status_kib;
 use common::{poll_until, within, Jupyter, Nbgate, NbgateBuilder, TestUpstream};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -248,6 +250,8 @@ async fn a_thousand_slow_clients_leave_a_logged_in_user_served_and_nbgate_bounde
         .set("policy.max_connections_per_client", 300)
         .set("server.header_read_timeout", timeout.as_str())
         .set("server.tls_handshake_timeout", timeout.as_str())
+        // Not the limit under test: the slow readers must all be held while the rest open.
+        .set("server.send_timeout", "1h")
         // Idle upstream connections close soon, so the descriptor count can settle.
         .set("upstream.pool_idle_timeout", "1s")
         .wrapped(&["prlimit", &format!("--nofile=1024:{hard_limit}"), "--"])
@@ -461,4 +465,81 @@ async fn a_client_silent_after_the_handshake_is_closed_by_header_read_timeout() 
     )
     .await
     .ok();
+}
+
+/// `server.send_timeout`: a logged-in download that the client stops reading is cut off once
+/// the client has taken nothing for that long, and the upstream connection behind it is closed
+/// with it; a WebSocket that was silent all that time stays open (only a stalled send is
+/// timed, never an idle connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
+    const BODY: u64 = 1 << 30;
+    let upstream = TestUpstream::start().await;
+    let gate = NbgateBuilder::new()
+        .upstream(&upstream.url())
+        .set("server.send_timeout", "2s")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let answer = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let cookie = session_cookie(&answer);
+    let (mut ws, _) = ws_connect_with_cookie(&gate, "/ws-echo", &cookie)
+        .await
+        .expect("WebSocket through nbgate");
+    // The echo greets with a description of the request it got.
+    within(T, "the echo's greeting", ws.next())
+        .await
+        .expect("a greeting")
+        .expect("a message");
+    let upstream_before = upstream.open_connections();
+
+    let connector = TlsConnector::from(Arc::new(gate.tls_client_config(&[b"http/1.1"])));
+    let addr = gate.https_addr();
+    let tcp = connect_from(Ipv4Addr::LOCALHOST, addr, Some(4096)).await;
+    let mut tls = tls_over(&connector, tcp).await.expect("TLS");
+    let request = format!(
+        "GET /stream?bytes={BODY} HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {cookie}\r\n\r\n",
+        addr.port()
+    );
+    tls.write_all(request.as_bytes()).await.expect("request");
+    let mut status = [0u8; 12];
+    within(T, "status line", tls.read_exact(&mut status))
+        .await
+        .expect("status line");
+    assert_eq!(&status, b"HTTP/1.1 200");
+    // The client reads no more. nbgate gives up on it and closes the download's upstream
+    // connection too.
+    poll_until(T, "the download's upstream connection", || async {
+        (upstream.open_connections() > upstream_before).then_some(())
+    })
+    .await;
+    gate.wait_for_line(&["server.send_timeout"], T).await;
+    poll_until(T, "nbgate to close the download's upstream", || async {
+        (upstream.open_connections() <= upstream_before).then_some(())
+    })
+    .await;
+    // What the client finds when it reads again: the end of the connection, long before the
+    // end of the body.
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    within(T, "the end of the cut-off download", async {
+        while let Ok(n) = tls.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            received += n as u64;
+        }
+    })
+    .await;
+    assert!(received < BODY / 4, "{received} bytes of {BODY}");
+
+    // The WebSocket, silent longer than send_timeout, still works.
+    ws.send(Message::Text("still here".into()))
+        .await
+        .expect("send on the idle WebSocket");
+    let echo = within(T, "echo", ws.next())
+        .await
+        .expect("an answer")
+        .expect("a message");
+    assert_eq!(echo.into_text().expect("text"), "still here");
 }

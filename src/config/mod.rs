@@ -289,6 +289,18 @@ mod tests {
             }
         );
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(60));
+    }
+
+    /// A send timeout under a second would cut off any answer larger than
+    /// the socket's send buffer: refused with the file and line.
+    #[test]
+    fn a_send_timeout_under_a_second_is_refused() {
+        let e = load_str("[server]\nsend_timeout = \"0s\"\n").expect_err("zero");
+        assert!(e.to_string().contains("server.send_timeout"), "{e}");
+        assert!(e.to_string().contains("at least 1s"), "{e}");
+        let c = load_str("[server]\nsend_timeout = \"5m\"\n").expect("valid");
+        assert_eq!(c.server.send_timeout, Duration::from_secs(300));
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<usize>,
     pub(super) header_read_timeout: Option<String>,
     pub(super) tls_handshake_timeout: Option<String>,
+    pub(super) send_timeout: Option<String>,
     pub(super) max_header_bytes: Option<String>,
     pub(super) max_headers: Option<usize>,
     pub(super) shutdown_grace: Option<String>,

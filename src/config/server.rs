@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub tls_handshake_timeout: Duration,
+    /// How long a client may take nothing of what nbgate sends it before
+    /// its connection is closed (`server::send_deadline`).
+    #[serde(serialize_with = "ser_duration")]
+    pub send_timeout: Duration,
     #[serde(serialize_with = "ser_size")]
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -92,6 +96,16 @@ pub(super) fn validate(
     if max_headers == 0 {
         return Err(ctx.invalid("server.max_headers", "must be at least 1".into()));
     }
+    let send_timeout = ctx.duration(
+        "server.send_timeout",
+        s.send_timeout,
+        Duration::from_secs(60),
+    )?;
+    // Zero would time out every write the socket cannot take at once,
+    // cutting off any download larger than the send buffer.
+    if send_timeout < Duration::from_secs(1) {
+        return Err(ctx.invalid("server.send_timeout", "must be at least 1s".into()));
+    }
     Ok(ServerConfig {
         listen,
         http_listen,
@@ -112,6 +126,7 @@ pub(super) fn validate(
             s.tls_handshake_timeout,
             Duration::from_secs(10),
         )?,
+        send_timeout,
         max_header_bytes,
         max_headers,
         shutdown_grace: ctx.duration(

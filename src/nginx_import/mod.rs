@@ -655,9 +655,16 @@ impl<'a> Converter<'a> {
                 }
                 _ => self.note(d, "not an nginx time"),
             },
+            "send_timeout" if jupyter_wide => match nginx_duration(d.arg0()) {
+                Some(t) if t >= Duration::from_secs(1) => {
+                    self.mapped(d);
+                    self.key("server", "send_timeout", duration_value(t), from(d));
+                }
+                _ => self.note(d, "not an nginx time of 1s or more"),
+            },
             "proxy_send_timeout" | "send_timeout" | "client_body_timeout" => self.note(
                 d,
-                "nbgate streams bodies with backpressure; its own limits are server.header_read_timeout and upstream.websocket_idle_timeout",
+                "nbgate streams bodies with backpressure; its own limits are server.header_read_timeout, server.send_timeout and upstream.websocket_idle_timeout",
             ),
             "client_header_timeout" if jupyter_wide => match nginx_duration(d.arg0()) {
                 Some(t) if !t.is_zero() => {
@@ -1738,6 +1745,17 @@ mod tests {
         let out = convert(text);
         assert_eq!(config(&out).tls.mode, crate::config::TlsMode::SelfSigned);
         assert!(out.contains("must both be set"), "{out}");
+    }
+
+    #[test]
+    fn send_timeout_becomes_server_send_timeout_and_one_under_a_second_is_noted() {
+        let text = "server { listen 443 ssl; send_timeout 2m; location / { proxy_pass http://127.0.0.1:8888; } }";
+        let c = config(&convert(text));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(120));
+        let text = "server { listen 443 ssl; send_timeout 0; location / { proxy_pass http://127.0.0.1:8888; } }";
+        let out = convert(text);
+        assert_eq!(config(&out).server.send_timeout, Duration::from_secs(60));
+        assert!(out.contains("not an nginx time of 1s or more"), "{out}");
     }
 
     #[test]

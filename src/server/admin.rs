@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::send_deadline::SendDeadline;
 use super::StatusSource;
 use crate::config::{AdminConfig, Config, Secret};
 use crate::metrics;
@@ -66,6 +67,7 @@ pub(super) fn spawn(
         token: admin.token.clone(),
         status,
         timeout: config.server.header_read_timeout,
+        send_timeout: config.server.send_timeout,
     });
     tokio::spawn(accept_loop(listener, ctx, stop));
 }
@@ -76,6 +78,8 @@ struct AdminCtx {
     status: StatusSource,
     /// Handshake and request-head timeout (`server.header_read_timeout`).
     timeout: Duration,
+    /// `server.send_timeout`, as on the client listeners.
+    send_timeout: Duration,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, stop: CancellationToken) {
@@ -120,9 +124,15 @@ async fn serve(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<AdminCtx>)
         async move { Ok::<_, std::convert::Infallible>(answer(&ctx, &req).await) }
     });
     let served = match &ctx.acceptor {
-        None => builder.serve_connection(TokioIo::new(tcp), service).await,
+        None => {
+            let tcp = SendDeadline::new(tcp, ctx.send_timeout);
+            builder.serve_connection(TokioIo::new(tcp), service).await
+        }
         Some(acceptor) => match tokio::time::timeout(ctx.timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), service).await,
+            Ok(Ok(tls)) => {
+                let tls = SendDeadline::new(tls, ctx.send_timeout);
+                builder.serve_connection(TokioIo::new(tls), service).await
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "admin tls handshake failed");
                 return;
