@@ -854,6 +854,7 @@ fn http2_settings(config: &Config) -> http2::Settings {
         keep_alive_timeout: HTTP2_KEEP_ALIVE_TIMEOUT,
         preface_timeout: s.header_read_timeout,
         idle_timeout: s.header_read_timeout,
+        send_timeout: s.send_timeout,
     }
 }
 

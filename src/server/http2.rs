@@ -62,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::coalesce;
 use super::frame_budget::{FrameBudget, Served};
 use super::h2_stream::H2Stream;
+use super::send_deadline::SendDeadline;
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
 use crate::proxy::websocket::{ClientTunnel, TunnelAccepted, TunnelOffer};
 use crate::telemetry::Chain;
@@ -80,6 +81,11 @@ pub struct Settings {
     /// that answers PINGs and never asks anything holds a connection slot
     /// for ever.
     pub idle_timeout: Duration,
+    /// `server.send_timeout` for what the TLS layer cannot see: a stream
+    /// whose flow-control window the client keeps shut gets no bytes
+    /// written, so the socket never stalls (`super::send_deadline` times
+    /// that); the stream waiting for window is reset instead.
+    pub send_timeout: Duration,
 }
 
 /// Why a connection ended other than by either side closing it.
@@ -246,6 +252,7 @@ where
                     Arc::clone(&resets),
                     Arc::clone(&served),
                     OpenStreams::start(&streams),
+                    settings.send_timeout,
                 ));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
@@ -476,6 +483,7 @@ async fn serve_stream<F>(
     // Held until the stream's answer is sent or abandoned, or while its
     // tunnel is open: the connection is not idle meanwhile.
     open: OpenStream,
+    send_timeout: Duration,
 ) where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -502,7 +510,7 @@ async fn serve_stream<F>(
     }
     if let Some(tunnel) = tunnel {
         if head.status.is_success() && head.extensions.get::<TunnelAccepted>().is_some() {
-            open_tunnel(tunnel, head, respond, served, open);
+            open_tunnel(tunnel, head, respond, served, open, send_timeout);
             return;
         }
     }
@@ -523,7 +531,7 @@ async fn serve_stream<F>(
         }
     };
     if !end {
-        if let Err(e) = send_body(body, &mut send, &served).await {
+        if let Err(e) = send_body(body, &mut send, &served, send_timeout).await {
             tracing::debug!(error = %Chain(&*e), "response body not sent whole");
             if is_client_reset(&e) {
                 resets.note_premature();
@@ -549,6 +557,7 @@ fn open_tunnel(
     mut respond: SendResponse<Bytes>,
     served: Arc<Served>,
     open: OpenStream,
+    send_timeout: Duration,
 ) {
     let send = match respond.send_response(Response::from_parts(head, ()), false) {
         Ok(send) => send,
@@ -564,6 +573,9 @@ fn open_tunnel(
         served,
         _open: open,
     };
+    // A client that keeps the stream's window shut stalls the tunnel's
+    // writes: timed like a stalled socket.
+    let io = SendDeadline::new(io, send_timeout);
     // The tunnel's task is gone (shutdown): dropping the stream resets it.
     let _ = tunnel.offer.send(Box::new(io));
 }
@@ -629,6 +641,7 @@ async fn send_body(
     mut body: ProxyBody,
     send: &mut SendStream<Bytes>,
     served: &Served,
+    send_timeout: Duration,
 ) -> Result<(), BoxError> {
     loop {
         let frame = poll_fn(|cx| {
@@ -656,7 +669,7 @@ async fn send_body(
             Ok(data) => {
                 let end = body.is_end_stream();
                 if !data.is_empty() {
-                    wait_for_capacity(send).await?;
+                    wait_for_capacity(send, send_timeout).await?;
                     served.add(data.len());
                 }
                 if !data.is_empty() || end {
@@ -678,20 +691,30 @@ async fn send_body(
     }
 }
 
-/// Waits until the stream may buffer a chunk (see the module doc).
-async fn wait_for_capacity(send: &mut SendStream<Bytes>) -> Result<(), BoxError> {
+/// Waits until the stream may buffer a chunk (see the module doc), for
+/// `send_timeout` at most: a client that grants no window for that long is
+/// treated as one that reads nothing (`Settings::send_timeout`).
+async fn wait_for_capacity(
+    send: &mut SendStream<Bytes>,
+    send_timeout: Duration,
+) -> Result<(), BoxError> {
     if send.capacity() > 0 {
         return Ok(());
     }
     send.reserve_capacity(1);
-    while send.capacity() == 0 {
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err("the stream closed while its body was being sent".into()),
+    let granted = async {
+        while send.capacity() == 0 {
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err("the stream closed while its body was being sent".into()),
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    tokio::time::timeout(send_timeout, granted)
+        .await
+        .map_err(|_| BoxError::from("the client granted no window for server.send_timeout"))?
 }
 
 /// The current time as an HTTP date, formatted once per second per thread.
@@ -734,6 +757,7 @@ mod tests {
             keep_alive_timeout: Duration::from_secs(20),
             preface_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
+            send_timeout: Duration::from_secs(60),
         }
     }
 
@@ -1039,6 +1063,43 @@ mod tests {
         };
         let err = outcome.expect_err("a truncated body must not end cleanly");
         assert_eq!(err.reason(), Some(Reason::INTERNAL_ERROR));
+    }
+
+    /// `send_timeout` where the socket never stalls: a client that keeps a
+    /// stream's window shut gets that stream reset once the timeout has
+    /// passed (not before), and the connection's other streams go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_window_stays_shut_is_reset_after_the_send_timeout() {
+        let mut client = h2::client::Builder::new();
+        client.initial_window_size(1024);
+        let (mut send, _server) = pair_with(client, CancellationToken::new(), |req| async move {
+            if req.uri().path() == "/small" {
+                return Response::new(full("small"));
+            }
+            let frames = futures_util::stream::iter(
+                (0..8).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 16 * 1024])))),
+            );
+            Response::new(StreamBody::new(frames).boxed_unsync())
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/big"), true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        let started = tokio::time::Instant::now();
+        let mut got = 0;
+        // Read without giving any window back.
+        let err = loop {
+            match body.data().await {
+                Some(Ok(chunk)) => got += chunk.len(),
+                Some(Err(e)) => break e,
+                None => panic!("the whole body came through a shut window"),
+            }
+        };
+        assert_eq!(got, 1024, "what the initial window allowed");
+        assert_eq!(err.reason(), Some(Reason::INTERNAL_ERROR));
+        assert!(started.elapsed() >= settings().send_timeout);
+        let (resp, _) = send.send_request(get("/small"), true).expect("send");
+        let mut small = resp.await.expect("response").into_body();
+        assert_eq!(read_all(&mut small).await.expect("body"), b"small");
     }
 
     #[tokio::test]
