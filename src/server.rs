@@ -760,6 +760,10 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
         Ok(Ok(1)) => {}
         _ => return,
     }
+    // Under TLS, so that the clock sees what the kernel takes rather than
+    // rustls's buffer filling and draining (`server::send_deadline`).
+    let tcp = SendDeadline::new(tcp, config.server.send_timeout);
+    let sent = tcp.sent();
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -785,13 +789,10 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, ctx: ConnCtx, wa
     let gateway = Arc::clone(&ctx.gateway);
     let sessions = Arc::new(SessionCache::default());
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let tls = SendDeadline::new(
-        crate::metrics::CountedIo::new(tls),
-        config.server.send_timeout,
-    );
+    let tls = crate::metrics::CountedIo::new(tls);
     if h2 {
         let settings = http2_settings(&config);
-        let served = http2::serve(tls, &settings, ctx.stop.clone(), move |req| {
+        let served = http2::serve(tls, &settings, sent, ctx.stop.clone(), move |req| {
             // Boxed once here: the stream's task cell would otherwise hold
             // (and tokio move) the ~2.4 KB request state; moving a pointer
             // saves 4% of a proxied HTTP/2 request's instructions

@@ -543,3 +543,57 @@ async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
         .expect("a message");
     assert_eq!(echo.into_text().expect("text"), "still here");
 }
+
+/// `server.send_timeout` is a limit on a client that takes nothing, not on a slow one: a
+/// reader over TLS on a tiny receive buffer that takes 16 KiB every 1.5 seconds (three
+/// quarters of the 2-second timeout) gets the whole 160 KiB download, though every byte of it
+/// waits on the socket and the whole download takes ten times the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursty_reader_over_tls_gets_the_whole_download() {
+    const BODY: usize = 160 * 1024;
+    let upstream = TestUpstream::start().await;
+    let gate = NbgateBuilder::new()
+        .upstream(&upstream.url())
+        .set("server.send_timeout", "2s")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let answer = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    let cookie = session_cookie(&answer);
+    let connector = TlsConnector::from(Arc::new(gate.tls_client_config(&[b"http/1.1"])));
+    let addr = gate.https_addr();
+    let tcp = connect_from(Ipv4Addr::LOCALHOST, addr, Some(4096)).await;
+    let mut tls = tls_over(&connector, tcp).await.expect("TLS");
+    let request = format!(
+        "GET /stream?bytes={BODY} HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {cookie}\r\n\
+         Connection: close\r\n\r\n",
+        addr.port()
+    );
+    tls.write_all(request.as_bytes()).await.expect("request");
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let done = within(Duration::from_secs(120), "the whole download", async {
+        loop {
+            let burst_end = received.len() + 16 * 1024;
+            while received.len() < burst_end {
+                match tls.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(e),
+                }
+            }
+            // The pace of a slow link: nothing taken for a while.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    })
+    .await;
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    done.expect("the connection ends cleanly after the body");
+    assert_eq!(received.len() - head_end, BODY, "the whole body");
+    assert!(!gate.log_contains("server.send_timeout"));
+}

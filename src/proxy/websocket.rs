@@ -332,7 +332,10 @@ where
             };
             touch();
             frames.feed(pbuf.filled(n));
-            if c_w.write_all(pbuf.filled(n)).await.is_err() {
+            // Flushed too: a TLS stream keeps what the socket could not take
+            // at once in its buffer, and only a later write or a flush sends
+            // it; the next upstream message may be a long time coming.
+            if c_w.write_all(pbuf.filled(n)).await.is_err() || c_w.flush().await.is_err() {
                 return CloseReason::Error;
             }
             bytes_down.fetch_add(n as u64, Ordering::Relaxed);

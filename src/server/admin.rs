@@ -113,6 +113,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, stop: Cancellati
 
 async fn serve(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<AdminCtx>) {
     let _ = tcp.set_nodelay(true);
+    // Under TLS, as on the client listeners.
+    let tcp = SendDeadline::new(tcp, ctx.send_timeout);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -124,15 +126,9 @@ async fn serve(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<AdminCtx>)
         async move { Ok::<_, std::convert::Infallible>(answer(&ctx, &req).await) }
     });
     let served = match &ctx.acceptor {
-        None => {
-            let tcp = SendDeadline::new(tcp, ctx.send_timeout);
-            builder.serve_connection(TokioIo::new(tcp), service).await
-        }
+        None => builder.serve_connection(TokioIo::new(tcp), service).await,
         Some(acceptor) => match tokio::time::timeout(ctx.timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                let tls = SendDeadline::new(tls, ctx.send_timeout);
-                builder.serve_connection(TokioIo::new(tls), service).await
-            }
+            Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), service).await,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "admin tls handshake failed");
                 return;

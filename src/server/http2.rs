@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::coalesce;
 use super::frame_budget::{FrameBudget, Served};
 use super::h2_stream::H2Stream;
-use super::send_deadline::SendDeadline;
+use super::send_deadline::{SendDeadline, Sent, StallClock};
 use crate::proxy::body::{BoxError, H2Body, ProxyBody, RequestBody};
 use crate::proxy::websocket::{ClientTunnel, TunnelAccepted, TunnelOffer};
 use crate::telemetry::Chain;
@@ -81,11 +81,19 @@ pub struct Settings {
     /// that answers PINGs and never asks anything holds a connection slot
     /// for ever.
     pub idle_timeout: Duration,
-    /// `server.send_timeout` for what the TLS layer cannot see: a stream
+    /// `server.send_timeout` for what the socket cannot see: a stream
     /// whose flow-control window the client keeps shut gets no bytes
-    /// written, so the socket never stalls (`super::send_deadline` times
-    /// that); the stream waiting for window is reset instead.
+    /// written, so the socket never stalls; the stream's wait for window is
+    /// timed instead (`super::send_deadline`).
     pub send_timeout: Duration,
+}
+
+/// What a stream's waits to send are timed with: the timeout, and what
+/// the connection's socket has taken (its progress restarts the clock).
+#[derive(Clone)]
+struct SendLimit {
+    timeout: Duration,
+    connection: Arc<Sent>,
 }
 
 /// Why a connection ended other than by either side closing it.
@@ -133,11 +141,13 @@ const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one HTTP/2 connection until the client closes it, it fails, or
 /// `stop` is cancelled and every stream started before that has finished.
+/// `sent` counts what the connection's socket took (`SendDeadline`).
 /// `handle` turns a request into the future of its response; each stream
 /// runs in its own task.
 pub async fn serve<T, H, F>(
     io: T,
     settings: &Settings,
+    sent: Arc<Sent>,
     stop: CancellationToken,
     handle: H,
 ) -> Result<(), Http2Error>
@@ -252,7 +262,10 @@ where
                     Arc::clone(&resets),
                     Arc::clone(&served),
                     OpenStreams::start(&streams),
-                    settings.send_timeout,
+                    SendLimit {
+                        timeout: settings.send_timeout,
+                        connection: Arc::clone(&sent),
+                    },
                 ));
             }
             Event::Stream(Some(Err(e))) => return Err(e.into()),
@@ -483,7 +496,7 @@ async fn serve_stream<F>(
     // Held until the stream's answer is sent or abandoned, or while its
     // tunnel is open: the connection is not idle meanwhile.
     open: OpenStream,
-    send_timeout: Duration,
+    limit: SendLimit,
 ) where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -510,7 +523,7 @@ async fn serve_stream<F>(
     }
     if let Some(tunnel) = tunnel {
         if head.status.is_success() && head.extensions.get::<TunnelAccepted>().is_some() {
-            open_tunnel(tunnel, head, respond, served, open, send_timeout);
+            open_tunnel(tunnel, head, respond, served, open, limit);
             return;
         }
     }
@@ -531,7 +544,7 @@ async fn serve_stream<F>(
         }
     };
     if !end {
-        if let Err(e) = send_body(body, &mut send, &served, send_timeout).await {
+        if let Err(e) = send_body(body, &mut send, &served, &limit).await {
             tracing::debug!(error = %Chain(&*e), "response body not sent whole");
             if is_client_reset(&e) {
                 resets.note_premature();
@@ -557,7 +570,7 @@ fn open_tunnel(
     mut respond: SendResponse<Bytes>,
     served: Arc<Served>,
     open: OpenStream,
-    send_timeout: Duration,
+    limit: SendLimit,
 ) {
     let send = match respond.send_response(Response::from_parts(head, ()), false) {
         Ok(send) => send,
@@ -575,7 +588,7 @@ fn open_tunnel(
     };
     // A client that keeps the stream's window shut stalls the tunnel's
     // writes: timed like a stalled socket.
-    let io = SendDeadline::new(io, send_timeout);
+    let io = SendDeadline::on_stream(io, limit.timeout, limit.connection);
     // The tunnel's task is gone (shutdown): dropping the stream resets it.
     let _ = tunnel.offer.send(Box::new(io));
 }
@@ -641,7 +654,7 @@ async fn send_body(
     mut body: ProxyBody,
     send: &mut SendStream<Bytes>,
     served: &Served,
-    send_timeout: Duration,
+    limit: &SendLimit,
 ) -> Result<(), BoxError> {
     loop {
         let frame = poll_fn(|cx| {
@@ -669,7 +682,7 @@ async fn send_body(
             Ok(data) => {
                 let end = body.is_end_stream();
                 if !data.is_empty() {
-                    wait_for_capacity(send, send_timeout).await?;
+                    wait_for_capacity(send, limit).await?;
                     served.add(data.len());
                 }
                 if !data.is_empty() || end {
@@ -691,30 +704,40 @@ async fn send_body(
     }
 }
 
-/// Waits until the stream may buffer a chunk (see the module doc), for
-/// `send_timeout` at most: a client that grants no window for that long is
-/// treated as one that reads nothing (`Settings::send_timeout`).
+/// Waits until the stream may buffer a chunk (see the module doc). A
+/// client that grants no window for `send_timeout`, while the connection's
+/// socket takes next to nothing, is treated as one that reads nothing
+/// (`super::send_deadline`); a stream waiting its turn behind others on a
+/// slow but moving link waits on.
 async fn wait_for_capacity(
     send: &mut SendStream<Bytes>,
-    send_timeout: Duration,
+    limit: &SendLimit,
 ) -> Result<(), BoxError> {
     if send.capacity() > 0 {
         return Ok(());
     }
     send.reserve_capacity(1);
-    let granted = async {
+    let mut clock = StallClock::new(limit.timeout, Some(Arc::clone(&limit.connection)));
+    poll_fn(|cx| {
         while send.capacity() == 0 {
-            match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err("the stream closed while its body was being sent".into()),
+            match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(
+                        "the stream closed while its body was being sent".into()
+                    ))
+                }
+                Poll::Pending => {
+                    return clock.poll_stalled(cx).map(|()| {
+                        Err("the client granted no window for server.send_timeout".into())
+                    })
+                }
             }
         }
-        Ok(())
-    };
-    tokio::time::timeout(send_timeout, granted)
-        .await
-        .map_err(|_| BoxError::from("the client granted no window for server.send_timeout"))?
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// The current time as an HTTP date, formatted once per second per thread.
@@ -791,7 +814,10 @@ mod tests {
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
         let (client_io, server_io) = tokio::io::duplex(256 * 1024);
-        let server = tokio::spawn(async move { serve(server_io, &settings(), stop, handle).await });
+        let server_io = SendDeadline::new(server_io, settings().send_timeout);
+        let sent = server_io.sent();
+        let server =
+            tokio::spawn(async move { serve(server_io, &settings(), sent, stop, handle).await });
         let (send, conn) = client.handshake(client_io).await.expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
@@ -920,6 +946,7 @@ mod tests {
             serve(
                 server_io,
                 &settings(),
+                Arc::default(),
                 CancellationToken::new(),
                 move |_req| {
                     let (a, r) = (Arc::clone(&a), Arc::clone(&r));
@@ -1102,6 +1129,39 @@ mod tests {
         assert_eq!(read_all(&mut small).await.expect("body"), b"small");
     }
 
+    /// A client that reads at 2 KiB/s (a slow link), opening its 1 KiB
+    /// window again every half second, gets a 512 KiB body over four
+    /// minutes, though each 128 KiB chunk takes longer than the send timeout
+    /// to leave h2's buffer.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_gets_the_whole_body() {
+        let mut client = h2::client::Builder::new();
+        client.initial_window_size(1024);
+        let (mut send, _server) = pair_with(client, CancellationToken::new(), |_req| async move {
+            let frames = futures_util::stream::iter(
+                (0..4).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 128 * 1024])))),
+            );
+            Response::new(StreamBody::new(frames).boxed_unsync())
+        })
+        .await;
+        let (resp, _) = send.send_request(get("/big"), true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        let started = tokio::time::Instant::now();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("no reset for a steady reader");
+            got += chunk.len();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        assert_eq!(got, 512 * 1024);
+        assert!(
+            started.elapsed() > Duration::from_secs(240),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn trailers_are_passed_on() {
         let (mut send, _server) = pair(CancellationToken::new(), |_req| async move {
@@ -1185,9 +1245,13 @@ mod tests {
 
     /// Serves `io` with a handler that answers every request with nothing.
     async fn serve_empty(io: DuplexStream) -> Result<(), Http2Error> {
-        serve(io, &settings(), CancellationToken::new(), |_req| async {
-            Response::new(full(""))
-        })
+        serve(
+            io,
+            &settings(),
+            Arc::default(),
+            CancellationToken::new(),
+            |_req| async { Response::new(full("")) },
+        )
         .await
     }
 
@@ -1230,6 +1294,7 @@ mod tests {
         let result = serve(
             server_io,
             &settings(),
+            Arc::default(),
             CancellationToken::new(),
             |req| async move {
                 let mut body = req.into_body();
@@ -1273,11 +1338,17 @@ mod tests {
             ..settings()
         };
         let server = tokio::spawn(async move {
-            serve(server_io, &idle, CancellationToken::new(), |_req| async {
-                // Answers after 15 s: longer than the idle timeout.
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                Response::new(full("slow"))
-            })
+            serve(
+                server_io,
+                &idle,
+                Arc::default(),
+                CancellationToken::new(),
+                |_req| async {
+                    // Answers after 15 s: longer than the idle timeout.
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    Response::new(full("slow"))
+                },
+            )
             .await
         });
         let (mut send, conn) = h2::client::handshake(client_io).await.expect("handshake");
@@ -1404,9 +1475,13 @@ mod tests {
         // client, again and again.
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
-            serve(server_io, &settings(), CancellationToken::new(), |_req| {
-                std::future::pending::<Response<ProxyBody>>()
-            })
+            serve(
+                server_io,
+                &settings(),
+                Arc::default(),
+                CancellationToken::new(),
+                |_req| std::future::pending::<Response<ProxyBody>>(),
+            )
             .await
         });
         let (mut read, mut write) = tokio::io::split(client_io);
