@@ -467,6 +467,18 @@ async fn a_client_silent_after_the_handshake_is_closed_by_header_read_timeout() 
     .ok();
 }
 
+/// A gate in front of `upstream` with `server.send_timeout = 2s`, and a session cookie for it.
+async fn logged_in_with_send_timeout_2s(upstream: &TestUpstream) -> (Nbgate, String) {
+    let gate = NbgateBuilder::new()
+        .upstream(&upstream.url())
+        .set("server.send_timeout", "2s")
+        .start()
+        .await;
+    let client = bare_client(&gate);
+    let answer = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
+    (gate, session_cookie(&answer))
+}
+
 /// `server.send_timeout`: a logged-in download that the client stops reading is cut off once
 /// the client has taken nothing for that long, and the upstream connection behind it is closed
 /// with it; a WebSocket that was silent all that time stays open (only a stalled send is
@@ -475,14 +487,7 @@ async fn a_client_silent_after_the_handshake_is_closed_by_header_read_timeout() 
 async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
     const BODY: u64 = 1 << 30;
     let upstream = TestUpstream::start().await;
-    let gate = NbgateBuilder::new()
-        .upstream(&upstream.url())
-        .set("server.send_timeout", "2s")
-        .start()
-        .await;
-    let client = bare_client(&gate);
-    let answer = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
-    let cookie = session_cookie(&answer);
+    let (gate, cookie) = logged_in_with_send_timeout_2s(&upstream).await;
     let (mut ws, _) = ws_connect_with_cookie(&gate, "/ws-echo", &cookie)
         .await
         .expect("WebSocket through nbgate");
@@ -552,14 +557,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
 async fn a_bursty_reader_over_tls_gets_the_whole_download() {
     const BODY: usize = 160 * 1024;
     let upstream = TestUpstream::start().await;
-    let gate = NbgateBuilder::new()
-        .upstream(&upstream.url())
-        .set("server.send_timeout", "2s")
-        .start()
-        .await;
-    let client = bare_client(&gate);
-    let answer = within(T, "login", login(&gate, &client, TEST_PASSWORD)).await;
-    let cookie = session_cookie(&answer);
+    let (gate, cookie) = logged_in_with_send_timeout_2s(&upstream).await;
     let connector = TlsConnector::from(Arc::new(gate.tls_client_config(&[b"http/1.1"])));
     let addr = gate.https_addr();
     let tcp = connect_from(Ipv4Addr::LOCALHOST, addr, Some(4096)).await;

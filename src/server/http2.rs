@@ -897,6 +897,14 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
+    /// A response of `count` chunks of `size` bytes each.
+    fn chunks(count: usize, size: usize) -> Response<crate::proxy::body::ProxyBody> {
+        let frames = futures_util::stream::iter(
+            (0..count).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; size])))),
+        );
+        Response::new(StreamBody::new(frames).boxed_unsync())
+    }
+
     fn get(path: &str) -> Request<()> {
         Request::get(format!("https://nbgate.test{path}"))
             .body(())
@@ -1103,10 +1111,7 @@ mod tests {
             if req.uri().path() == "/small" {
                 return Response::new(full("small"));
             }
-            let frames = futures_util::stream::iter(
-                (0..8).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 16 * 1024])))),
-            );
-            Response::new(StreamBody::new(frames).boxed_unsync())
+            chunks(8, 16 * 1024)
         })
         .await;
         let (resp, _) = send.send_request(get("/big"), true).expect("send");
@@ -1138,10 +1143,7 @@ mod tests {
         let mut client = h2::client::Builder::new();
         client.initial_window_size(1024);
         let (mut send, _server) = pair_with(client, CancellationToken::new(), |_req| async move {
-            let frames = futures_util::stream::iter(
-                (0..4).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 128 * 1024])))),
-            );
-            Response::new(StreamBody::new(frames).boxed_unsync())
+            chunks(4, 128 * 1024)
         })
         .await;
         let (resp, _) = send.send_request(get("/big"), true).expect("send");
